@@ -1,0 +1,96 @@
+"""``python -m sdlib train|measure ...``: parse, call, print. Errors a user can fix print one line, exit 2."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from typing import Sequence
+
+from sdlib.errors import SdlibError
+
+
+def _train(args: argparse.Namespace, extra: Sequence[str]) -> int:
+    from sdlib.config import load_config
+    from sdlib.train import train
+
+    config = load_config(args.config, extra)
+    run_dir = train(config, resume=args.resume)
+    print(f"run folder: {run_dir}")
+    return 0
+
+
+def _measure(args: argparse.Namespace, extra: Sequence[str]) -> int:
+    import torch
+
+    from sdlib.measure import format_measurement, measure_text
+    from sdlib.models import load
+    from sdlib.paths import results_dir
+    from sdlib.provenance import provenance, write_json
+
+    if extra:
+        raise SdlibError(f"unknown arguments {' '.join(extra)}: see `python -m sdlib measure --help`")
+    if args.windows < 1 or args.window_len < 2:
+        raise SdlibError("--windows must be >= 1 and --window-len >= 2")
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    model, tokenizer = load(args.model, dtype=args.dtype, device=device)
+    result = measure_text(model, tokenizer, args.text, args.windows, args.window_len, args.batch_size,
+                          progress=not args.json)
+    record = {"model": args.model, **result.to_dict(),
+              "provenance": provenance(device=device, data=result.info.get("data"),
+                                       limits={"windows": args.windows, "window_len": args.window_len,
+                                               "dtype": args.dtype})}
+    slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", args.model.strip("/"))[-80:]
+    out = write_json(args.out or results_dir() / slug / "measure.json", record)
+    if args.json:
+        summary = {k: record[k] for k in ("model", "D", "S", "last_layer_ratio", "n_tokens", "n_windows", "window_len")}
+        print(json.dumps(summary, indent=2))
+    else:
+        print(format_measurement(result))
+        print(f"written: {out}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from sdlib.config import config_help
+
+    parser = argparse.ArgumentParser(prog="python -m sdlib", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("train", help="self-distil a model from a YAML config",
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       epilog="config keys (override any with --key value):\n" + config_help())
+    p.add_argument("config", help="YAML config, e.g. configs/tiny.yaml")
+    p.add_argument("--resume", action="store_true", help="continue the run from its latest checkpoint")
+    p.set_defaults(func=_train)
+    p = sub.add_parser("measure", help="D curve and S (both last-state conventions) of a model or checkpoint")
+    p.add_argument("model", help="smollm2-135m, tiny-llama, a hub id, a model folder or a run folder")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--dtype", default="float32", help="float32 (default), bfloat16, float16")
+    p.add_argument("--text", default="wikitext-test", help="wikitext-test (default), wikitext-valid or a file")
+    p.add_argument("--windows", type=int, default=64, help="number of windows (default 64)")
+    p.add_argument("--window-len", type=int, default=512, help="tokens per window (default 512)")
+    p.add_argument("--batch-size", type=int, default=8, help="windows per forward pass")
+    p.add_argument("--out", default=None, help="JSON output path (default: <build>/results/<model>/measure.json)")
+    p.set_defaults(func=_measure)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and args.command != "train":
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    try:
+        return args.func(args, extra)
+    except SdlibError as err:
+        print(f"sdlib: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("sdlib: interrupted; finished checkpoints are kept (resume with --resume)", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,215 @@
+"""Typed training configuration: YAML file + ``--key value`` overrides; unknown keys are errors.
+
+Each field's ``help`` is the CLI help (``python -m sdlib train --help-config``). The config travels inside
+every checkpoint (``sdlib_config.yaml``), so a checkpoint always says how it was made.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Sequence
+
+import yaml
+
+from sdlib.errors import SdlibError
+
+
+def _f(default: Any, help: str, **kw: Any) -> Any:
+    if isinstance(default, (dict, list)):
+        return field(default_factory=lambda: type(default)(default), metadata={"help": help, **kw})
+    return field(default=default, metadata={"help": help, **kw})
+
+
+@dataclass
+class TrainConfig:
+    """Everything that decides a self-distillation run."""
+
+    # what to train
+    name: str = _f("run", "run name; the run folder is <build>/runs/<name> unless output_dir is set")
+    model: str = _f("tiny-llama", "model to distil: smollm2-135m, tiny-llama, tiny-qwen2, a hub id or a folder")
+    model_options: dict = _f({}, "options for built-in tiny models (num_layers, hidden_size, vocab_size, seed, ...)")
+    output_dir: str = _f("", "run folder (default: <build>/runs/<name>)")
+    # data
+    data: str = _f("fineweb-edu", "training text: fineweb-edu (HF stream, or its sample under SDLIB_DATA_DIR), "
+                                  "or a local .txt/.jsonl file or folder")
+    seq_len: int = _f(1024, "tokens per packed training sequence (EOS between documents)")
+    max_tokens: int = _f(10_000_000, "token budget; optimizer steps = max_tokens // (batch_size * seq_len)")
+    batch_size: int = _f(128, "sequences per optimizer step, all processes together")
+    micro_batch: int = _f(8, "sequences per forward pass on each process (gradient accumulation fills the rest)")
+    # loss
+    alpha: float = _f(1.0, "weight of zeta2 (the movement term)")
+    k: float = _f(0.25, "layer-weight slope: w_l = softmax(k * l)")
+    kl_direction: str = _f("forward", "forward = KL(teacher || lens_l) (paper), reverse = KL(lens_l || teacher)",
+                           choices=("forward", "reverse"))
+    last_state: str = _f("normed", "h_L inside zeta2: normed (after the final norm) or pre_norm",
+                         choices=("normed", "pre_norm"))
+    chunk_size: int = _f(1024, "tokens per chunk of the all-layer lens KL (memory O(chunk x vocab))")
+    # optimizer
+    lr: float = _f(1e-4, "peak AdamW learning rate")
+    weight_decay: float = _f(0.0, "AdamW weight decay")
+    beta1: float = _f(0.9, "AdamW beta1")
+    beta2: float = _f(0.999, "AdamW beta2")
+    warmup_steps: int = _f(0, "linear warm-up steps before the cosine decay")
+    grad_clip: float = _f(1.0, "clip the global gradient norm to this (0 = off)")
+    # run
+    seed: int = _f(0, "one seed for everything (python, numpy, torch)")
+    device: str = _f("auto", "auto (accelerate's choice), cpu or cuda")
+    precision: str = _f("auto", "auto = bf16 autocast on CUDA, fp32 on CPU; or fp32, bf16",
+                        choices=("auto", "fp32", "bf16"))
+    log_every: int = _f(1, "print a progress line every this many steps (every step is in log.jsonl)")
+    save_every: int = _f(0, "checkpoint every this many steps (0 = only at the end)")
+    eval_every: int = _f(0, "measure the D curve and S on held-out text every this many steps (0 = start and end only)")
+    eval_text: str = _f("wikitext-valid", "held-out text for those measurements: wikitext-valid, wikitext-test or a file")
+    eval_windows: int = _f(8, "windows of held-out text per measurement")
+    eval_window_len: int = _f(256, "tokens per held-out window")
+
+    def validate(self) -> "TrainConfig":
+        checks = [
+            (self.lr > 0 and math.isfinite(self.lr), f"lr must be a finite number > 0, got {self.lr}"),
+            (self.alpha >= 0 and math.isfinite(self.alpha), f"alpha must be a finite number >= 0, got {self.alpha}"),
+            (math.isfinite(self.k), f"k must be finite, got {self.k}"),
+            (self.seq_len >= 2, f"seq_len must be >= 2, got {self.seq_len}"),
+            (self.micro_batch >= 1, f"micro_batch must be >= 1, got {self.micro_batch}"),
+            (self.batch_size >= self.micro_batch and self.batch_size % self.micro_batch == 0,
+             f"batch_size ({self.batch_size}) must be a multiple of micro_batch ({self.micro_batch})"),
+            (self.max_tokens >= self.batch_size * self.seq_len,
+             f"max_tokens ({self.max_tokens}) is below one step (batch_size x seq_len = {self.batch_size * self.seq_len})"),
+            (self.chunk_size >= 1, f"chunk_size must be >= 1, got {self.chunk_size}"),
+            (self.grad_clip >= 0, f"grad_clip must be >= 0, got {self.grad_clip}"),
+            (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1, "beta1 and beta2 must be in [0, 1)"),
+            (self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}"),
+            (min(self.warmup_steps, self.save_every, self.eval_every, self.log_every) >= 0,
+             "warmup_steps, save_every, eval_every and log_every must be >= 0"),
+            (self.eval_windows >= 1 and self.eval_window_len >= 2, "eval_windows must be >= 1 and eval_window_len >= 2"),
+            (self.device in ("auto", "cpu", "cuda"), f"device must be auto, cpu or cuda, got {self.device!r}"),
+        ]
+        for f_ in fields(self):
+            choices = f_.metadata.get("choices")
+            if choices and getattr(self, f_.name) not in choices:
+                checks.append((False, f"{f_.name} must be one of {', '.join(choices)}, got {getattr(self, f_.name)!r}"))
+        for ok, message in checks:
+            if not ok:
+                raise SdlibError(f"config: {message}")
+        return self
+
+    @property
+    def total_steps(self) -> int:
+        return self.max_tokens // (self.batch_size * self.seq_len)
+
+    def run_dir(self) -> Path:
+        from sdlib.paths import runs_dir
+
+        return Path(self.output_dir).expanduser().resolve() if self.output_dir else runs_dir() / self.name
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def config_help(cls: type = TrainConfig) -> str:
+    lines = []
+    for f_ in fields(cls):
+        default = f_.default if f_.default is not dataclasses.MISSING else f_.default_factory()
+        lines.append(f"  --{f_.name:<16} {f_.metadata['help']} (default: {default!r})")
+    return "\n".join(lines)
+
+
+def _coerce(name: str, value: Any, kind: type, source: str) -> Any:
+    def bad() -> SdlibError:
+        return SdlibError(f"config key {name!r} in {source} must be {kind.__name__}, got {value!r}")
+
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        raise bad()
+    if kind is int:
+        if isinstance(value, bool):
+            raise bad()
+        if isinstance(value, str):  # YAML 1.1 reads "1e6" as a string
+            try:
+                value = float(value)
+            except ValueError:
+                raise bad() from None
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and value.is_integer():  # 1e6 in YAML is a float
+            return int(value)
+        raise bad()
+    if kind is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads "1e-4" as a string
+            try:
+                return float(value)
+            except ValueError:
+                raise bad() from None
+        raise bad()
+    if kind is str:
+        if isinstance(value, str):
+            return value
+        raise bad()
+    if kind is dict:
+        if isinstance(value, dict):
+            return dict(value)
+        raise bad()
+    raise bad()
+
+
+_TYPES = {"int": int, "float": float, "str": str, "bool": bool, "dict": dict}
+
+
+def config_from_dict(values: dict[str, Any], source: str = "config", cls: type = TrainConfig) -> Any:
+    known = {f_.name: f_ for f_ in fields(cls)}
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise SdlibError(f"unknown config key {unknown[0]!r} in {source}; valid keys: {', '.join(known)}")
+    kwargs = {name: _coerce(name, value, _TYPES[str(known[name].type)], source) for name, value in values.items()}
+    return cls(**kwargs).validate()
+
+
+def parse_overrides(args: Sequence[str]) -> dict[str, Any]:
+    """``["--lr", "3e-4", "--name=x"]`` -> ``{"lr": 3e-4, "name": "x"}`` (values parsed as YAML scalars)."""
+    out: dict[str, Any] = {}
+    it = iter(args)
+    for arg in it:
+        if not arg.startswith("--") or arg == "--":
+            raise SdlibError(f"expected --key value, got {arg!r}")
+        key, eq, value = arg[2:].partition("=")
+        if not eq:
+            try:
+                value = next(it)
+            except StopIteration:
+                raise SdlibError(f"--{key} needs a value") from None
+        out[key.replace("-", "_")] = yaml.safe_load(value) if value != "" else ""
+    return out
+
+
+def load_config(path: str | os.PathLike | None = None, overrides: Sequence[str] | dict[str, Any] = ()) -> TrainConfig:
+    """TrainConfig from a YAML file (optional) with overrides applied on top."""
+    values: dict[str, Any] = {}
+    source = "overrides"
+    if path is not None:
+        path = Path(path)
+        if not path.exists():
+            raise SdlibError(f"config file {path} does not exist (see configs/ for examples)")
+        try:
+            loaded = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as err:
+            raise SdlibError(f"config file {path} is not valid YAML: {str(err).splitlines()[0]}") from None
+        if loaded is not None and not isinstance(loaded, dict):
+            raise SdlibError(f"config file {path} must be a mapping of keys to values")
+        values.update(loaded or {})
+        source = str(path)
+    extra = overrides if isinstance(overrides, dict) else parse_overrides(overrides)
+    values.update(extra)
+    return config_from_dict(values, source)
+
+
+def save_config(config: TrainConfig, path: str | os.PathLike) -> None:
+    from sdlib.provenance import atomic_path
+
+    with atomic_path(path) as tmp:
+        tmp.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))

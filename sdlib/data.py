@@ -1,0 +1,177 @@
+"""Text in: the training stream (packed token sequences) and the held-out text for measurements.
+
+Real sources by default (Hugging Face ``datasets``, streamed); offline copies when ``SDLIB_DATA_DIR`` points
+at a folder laid out like ``../shared/data``. Nothing is downloaded at import time.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import torch
+
+from sdlib.errors import SdlibError
+from sdlib.paths import data_dir
+
+# name -> (HF dataset, config, split, file under SDLIB_DATA_DIR)
+FINEWEB_EDU = ("HuggingFaceFW/fineweb-edu", "sample-10BT", "train", "fineweb-edu-sample/sample-10BT-first-1M-chars.txt")
+WIKITEXT = {
+    "wikitext-test": ("Salesforce/wikitext", "wikitext-2-raw-v1", "test", "wikitext-2-raw-v1/wiki.test.raw"),
+    "wikitext-valid": ("Salesforce/wikitext", "wikitext-2-raw-v1", "validation", "wikitext-2-raw-v1/wiki.valid.raw"),
+}
+
+
+def offline_file(relative: str, dataset: str) -> Path | None:
+    """The offline copy of a dataset file under SDLIB_DATA_DIR, None when that is unset; clear error if missing."""
+    root = data_dir()
+    if root is None:
+        return None
+    path = root / relative
+    if not path.is_file():
+        raise SdlibError(f"{dataset}: SDLIB_DATA_DIR={root} has no {relative}; lay the folder out like "
+                         "shared/data (see its README) or unset SDLIB_DATA_DIR to use the Hugging Face hub")
+    if path.stat().st_size == 0:
+        raise SdlibError(f"{dataset}: {path} is empty; restore the file (see shared/data/README.md for its hash)")
+    return path
+
+
+def _hf_dataset(path: str, config: str, split: str, streaming: bool):
+    try:
+        import datasets
+
+        return datasets.load_dataset(path, config, split=split, streaming=streaming)
+    except Exception as err:  # datasets raises many types for "no network"
+        raise SdlibError(f"could not load dataset {path} ({config}, {split}) from the Hugging Face hub "
+                         f"({type(err).__name__}); offline, set SDLIB_DATA_DIR to a folder laid out like "
+                         "shared/data") from err
+
+
+# --- held-out text for measurements ---------------------------------------------------------------------
+
+def read_text(source: str) -> tuple[str, dict[str, str]]:
+    """The text of ``wikitext-test``, ``wikitext-valid`` or a file; and a provenance entry (name -> hash/id).
+
+    WikiText offline is the raw file as it is; online, the ``Salesforce/wikitext`` rows joined as they are.
+    """
+    from sdlib.provenance import file_sha256
+
+    if source in WIKITEXT:
+        hf_path, config, split, rel = WIKITEXT[source]
+        path = offline_file(rel, f"WikiText-2 ({split})")
+        if path is None:
+            rows = _hf_dataset(hf_path, config, split, streaming=False)
+            return "".join(rows["text"]), {source: f"hf:{hf_path}/{config}/{split}"}
+        return path.read_text(encoding="utf-8"), {source: f"sha256:{file_sha256(path)}"}
+    path = Path(source).expanduser()
+    if not path.is_file():
+        raise SdlibError(f"text {source!r} is neither {' nor '.join(WIKITEXT)} nor an existing file")
+    return path.read_text(encoding="utf-8"), {str(path.resolve()): f"sha256:{file_sha256(path)}"}
+
+
+def text_windows(tokenizer, text: str, n_windows: int, window_len: int) -> torch.Tensor:
+    """Tokenize ``text`` once as one string (tokenizer defaults) and cut its first tokens into windows.
+
+    -> LongTensor [n, window_len] with n = min(n_windows, tokens // window_len); a text shorter than one
+    window gives one window of all its tokens. Fewer than two tokens is an error (nothing moves).
+    """
+    ids = tokenizer(text, verbose=False)["input_ids"]  # no warning about exceeding model_max_length
+    if len(ids) < 2:
+        raise SdlibError(f"the text has {len(ids)} token(s): at least two are needed to measure anything")
+    if len(ids) < window_len:
+        return torch.tensor([ids], dtype=torch.long)
+    n = min(n_windows, len(ids) // window_len)
+    return torch.tensor(ids[: n * window_len], dtype=torch.long).view(n, window_len)
+
+
+# --- the training stream ----------------------------------------------------------------------------------
+
+def training_documents(source: str, text_field: str = "text") -> tuple[Iterator[str], dict[str, str]]:
+    """Documents of a training source and a provenance entry.
+
+    ``fineweb-edu``: the FineWeb-Edu ``sample-10BT`` stream, or its offline sample (one document: the
+    sample's boundaries are lost). A ``.txt`` file is one document, a ``.jsonl`` file one per line (field
+    ``text``), a folder all such files in name order.
+    """
+    from sdlib.provenance import file_sha256
+
+    if source == "fineweb-edu":
+        hf_path, config, split, rel = FINEWEB_EDU
+        path = offline_file(rel, "FineWeb-Edu")
+        if path is None:
+            stream = _hf_dataset(hf_path, config, split, streaming=True)
+            return (row[text_field] for row in stream), {source: f"hf:{hf_path}/{config}/{split}"}
+        return iter([path.read_text(encoding="utf-8")]), {source: f"sha256:{file_sha256(path)}"}
+    root = Path(source).expanduser()
+    if not root.exists():
+        raise SdlibError(f"training data {source!r} is neither 'fineweb-edu' nor an existing file or folder")
+    files = sorted(p for p in root.rglob("*") if p.suffix in (".txt", ".jsonl")) if root.is_dir() else [root]
+    if not files:
+        raise SdlibError(f"training data folder {root} holds no .txt or .jsonl files")
+    return _file_documents(files, text_field), {str(f.resolve()): f"sha256:{file_sha256(f)}" for f in files}
+
+
+def _file_documents(files: Iterable[Path], text_field: str) -> Iterator[str]:
+    for path in files:
+        if path.stat().st_size == 0:
+            raise SdlibError(f"training data file {path} is empty")
+        if path.suffix != ".jsonl":
+            yield path.read_text(encoding="utf-8")
+            continue
+        with open(path, encoding="utf-8") as f:
+            for number, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    yield json.loads(line)[text_field]
+                except (json.JSONDecodeError, KeyError, TypeError):
+                    raise SdlibError(f"{path}, line {number}: not a JSON object with a {text_field!r} field") from None
+
+
+class PackedSequences:
+    """Documents tokenized and packed into fixed-length sequences, EOS after each document.
+
+    ``sequence(i)`` is deterministic in i, so a resumed run continues at the exact position. Tokens are
+    produced lazily from the document stream; when the stream ends, the token array repeats (``epochs``
+    tells how often it has been read).
+    """
+
+    def __init__(self, documents: Iterator[str], tokenizer, seq_len: int, batch_docs: int = 64, eager: bool = False):
+        self.documents, self.tokenizer, self.seq_len, self.batch_docs = documents, tokenizer, seq_len, batch_docs
+        self.eos = tokenizer.eos_token_id
+        if self.eos is None:
+            raise SdlibError("the tokenizer has no EOS token to separate documents")
+        self.tokens: list[int] = []
+        self.exhausted = False
+        if eager:  # a finite local source: tokenize it all now, so epochs are known from the start
+            self._fill(1 << 62)
+
+    def _fill(self, needed: int) -> None:
+        while len(self.tokens) < needed and not self.exhausted:
+            batch = [doc for _, doc in zip(range(self.batch_docs), self.documents)]
+            if not batch:
+                self.exhausted = True
+                break
+            for ids in self.tokenizer(batch, add_special_tokens=False, verbose=False)["input_ids"]:
+                self.tokens.extend(ids)
+                self.tokens.append(self.eos)
+        if self.exhausted and len(self.tokens) < self.seq_len:
+            raise SdlibError(f"the training data has {len(self.tokens)} tokens, fewer than one sequence ({self.seq_len})")
+
+    def sequence(self, index: int) -> torch.Tensor:
+        start = index * self.seq_len
+        self._fill(start + self.seq_len)
+        n = len(self.tokens)
+        if start + self.seq_len <= n:
+            return torch.tensor(self.tokens[start: start + self.seq_len], dtype=torch.long)
+        return torch.tensor([self.tokens[(start + j) % n] for j in range(self.seq_len)], dtype=torch.long)
+
+    def batch(self, start: int, count: int) -> torch.Tensor:
+        return torch.stack([self.sequence(i) for i in range(start, start + count)])
+
+    def epochs(self, sequences_read: int) -> float | None:
+        """How many times the data has been read after ``sequences_read`` sequences (None while unknown)."""
+        if not self.exhausted:
+            return None
+        return sequences_read * self.seq_len / len(self.tokens)

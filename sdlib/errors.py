@@ -1,0 +1,9 @@
+"""One exception type for every problem the user can fix.
+
+The CLI prints ``SdlibError`` as one line (what is wrong, what to do) and exits non-zero; anything else
+is a bug and keeps its stack trace.
+"""
+
+
+class SdlibError(Exception):
+    """A user-facing error: the message says what is wrong and what to do about it."""

@@ -1,0 +1,268 @@
+"""The self-distillation loss (paper Section 3), exactly as defined there.
+
+    zeta  = zeta1 + alpha * zeta2
+    zeta1 = sum_{l=0..L} w_l KL(q_teacher || q_l)                 mean over tokens
+    zeta2 = sum_{l=1..L} w_l ||h_l - h_{l-1}||^2 / ||h_{l-1}||^2   mean over tokens (no embedding step)
+    w_l   = exp(k l) / sum_{i=0..L} exp(k i)
+
+q_l is the logit lens of layer l (final norm + lm_head; at l = L the model's own output) and q_teacher
+the output distribution of the frozen pretrained model. zeta2's h_L follows the chosen last-state
+convention (``normed`` by default, or ``pre_norm``). The KL is forward, KL(teacher || student), by
+default; ``kl_direction="reverse"`` gives KL(student || teacher).
+
+zeta1 never holds every layer's logits: ``LensKL`` walks token chunks (outer) and layers (inner),
+computes each chunk's KL and its gradient with respect to the normed states and lm_head at once, and
+keeps only the gradients, so the extra memory is O(chunk x vocab) plus one lm_head-sized buffer.
+``reference_self_distillation_loss`` materializes everything with plain autograd; tests hold the two equal.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Literal, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from sdlib.errors import SdlibError
+from sdlib.states import Convention, check_convention
+
+KLDirection = Literal["forward", "reverse"]
+KL_DIRECTIONS = ("forward", "reverse")
+
+
+def layer_weights(num_layers: int, k: float) -> torch.Tensor:
+    """w_l = exp(k l) / sum_{i=0..L} exp(k i) for l = 0..L.
+
+    num_layers = L + 1 -> Tensor [L + 1] float32, summing to 1 (increasing in l for k > 0, uniform for k = 0).
+    """
+    if num_layers < 1:
+        raise SdlibError(f"num_layers must be at least 1, got {num_layers}")
+    return torch.softmax(k * torch.arange(num_layers, dtype=torch.float64), dim=0).float()
+
+
+@dataclass
+class TeacherHead:
+    """The teacher's output distribution, produced chunk by chunk from its final (normed) hidden states.
+
+    hidden: [tokens, d] (or [batch, seq, d]); weight: [vocab, d]; bias: [vocab] or None.
+    """
+
+    hidden: torch.Tensor
+    weight: torch.Tensor
+    bias: torch.Tensor | None = None
+
+
+@dataclass
+class LossParts:
+    """zeta and its parts. ``total`` carries the gradient; the rest are detached, for logging."""
+
+    total: torch.Tensor
+    zeta1: torch.Tensor
+    zeta2: torch.Tensor
+    kl_per_layer: torch.Tensor  # [L + 1]: mean-over-tokens KL of layers 0..L
+    movement_per_layer: torch.Tensor  # [L]: mean-over-tokens ||h_l - h_{l-1}||^2 / ||h_{l-1}||^2, l = 1..L
+
+    def as_dict(self) -> dict[str, float | list[float]]:
+        return {"loss": float(self.total.detach()), "zeta1": float(self.zeta1), "zeta2": float(self.zeta2),
+                "kl_per_layer": self.kl_per_layer.tolist(), "zeta2_per_layer": self.movement_per_layer.tolist()}
+
+
+def _check_options(alpha: float, kl_direction: str, last_state: str) -> None:
+    if kl_direction not in KL_DIRECTIONS:
+        raise SdlibError(f"unknown KL direction {kl_direction!r}: use 'forward' (KL(teacher||student)) or 'reverse'")
+    check_convention(last_state)
+    if not alpha >= 0:
+        raise SdlibError(f"alpha must be >= 0, got {alpha}")
+
+
+def _flat(h: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
+    h = h.reshape(-1, h.shape[-1])
+    return h if valid is None else h[valid]
+
+
+def _valid_tokens(attention_mask: torch.Tensor | None) -> torch.Tensor | None:
+    if attention_mask is None:
+        return None
+    valid = attention_mask.reshape(-1).bool()
+    if not bool(valid.any()):
+        raise SdlibError("the attention mask selects no tokens: the loss is undefined")
+    return None if bool(valid.all()) else valid
+
+
+def _teacher_logprobs_fn(teacher: TeacherHead | torch.Tensor, valid: torch.Tensor | None,
+                         compute_dtype: torch.dtype) -> Callable[[int, int], torch.Tensor]:
+    """(start, end) -> teacher log-probs [end - start, vocab] of the flattened valid tokens (float32, or
+    float64 when computing in float64)."""
+    acc = torch.float64 if compute_dtype == torch.float64 else torch.float32
+    if isinstance(teacher, TeacherHead):
+        hidden = _flat(teacher.hidden.detach(), valid)
+        weight = teacher.weight.detach().to(compute_dtype)
+        bias = None if teacher.bias is None else teacher.bias.detach()
+
+        def from_head(s: int, e: int) -> torch.Tensor:
+            logits = hidden[s:e].to(compute_dtype) @ weight.T
+            if bias is not None:
+                logits = logits + bias
+            return torch.log_softmax(logits.to(acc), dim=-1)
+
+        return from_head
+    flat = _flat(teacher.detach(), valid)
+    return lambda s, e: torch.log_softmax(flat[s:e].to(acc), dim=-1)  # accepts logits or log-probs
+
+
+def _kl_and_grad(logq: torch.Tensor, logp: torch.Tensor, p: torch.Tensor, direction: str, need_grad: bool
+                 ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Per-token KL [n] and its gradient with respect to the student logits [n, V] (or None)."""
+    q = logq.exp()
+    if direction == "forward":  # KL(p || q) = sum p (log p - log q); d/dz = q - p
+        kl = (p * (logp - logq)).sum(-1)
+        return kl, (q - p) if need_grad else None
+    diff = logq - logp  # KL(q || p) = sum q (log q - log p); d/dz_j = q_j (diff_j - KL)
+    kl = (q * diff).sum(-1)
+    return kl, q * (diff - kl[:, None]) if need_grad else None
+
+
+class LensKL(torch.autograd.Function):
+    """zeta1 = sum_l w_l mean_tokens KL over all lens layers, with gradients computed in the forward pass.
+
+    Inputs: weights [n_layers], lm_head weight [V, d], bias [V] or None, teacher log-prob function,
+    direction, chunk size, compute dtype, then the n_layers normed student states [N, d] each.
+    Outputs: zeta1 (scalar, differentiable) and the per-layer mean KL [n_layers] (not differentiable).
+    """
+
+    @staticmethod
+    def forward(ctx, weights, lm_weight, lm_bias, teacher_logprobs, direction, chunk_size, compute_dtype, *states):
+        n_layers, n_tokens = len(states), states[0].shape[0]
+        need_h = [ctx.needs_input_grad[7 + i] for i in range(n_layers)]
+        need_w, need_b = ctx.needs_input_grad[1], lm_bias is not None and ctx.needs_input_grad[2]
+        need_any = any(need_h) or need_w or need_b
+        w_c = lm_weight.to(compute_dtype)
+        acc = torch.float64 if compute_dtype == torch.float64 else torch.float32  # gradient accumulators
+        grad_h = [torch.zeros(s.shape, dtype=acc, device=s.device) if need else None
+                  for s, need in zip(states, need_h)]
+        grad_w = torch.zeros(lm_weight.shape, dtype=acc, device=lm_weight.device) if need_w else None
+        grad_b = torch.zeros(lm_bias.shape, dtype=acc, device=lm_bias.device) if need_b else None
+        kl_sum = torch.zeros(n_layers, dtype=torch.float64, device=lm_weight.device)
+        scale = weights.to(acc) / n_tokens
+        for s in range(0, n_tokens, chunk_size):
+            e = min(s + chunk_size, n_tokens)
+            logp = teacher_logprobs(s, e)
+            p = logp.exp() if direction == "forward" else None
+            for layer, state in enumerate(states):
+                h = state[s:e].to(compute_dtype)
+                logits = h @ w_c.T
+                if lm_bias is not None:
+                    logits = logits + lm_bias
+                kl, g = _kl_and_grad(torch.log_softmax(logits.to(acc), dim=-1), logp, p, direction, need_any)
+                kl_sum[layer] += kl.sum(dtype=torch.float64)
+                if g is None:
+                    continue
+                g = (g * scale[layer]).to(compute_dtype)
+                if grad_h[layer] is not None:
+                    grad_h[layer][s:e] = (g @ w_c).to(acc)
+                if grad_w is not None:
+                    grad_w += (g.T @ h).to(acc)
+                if grad_b is not None:
+                    grad_b += g.to(acc).sum(0)
+        kl_mean = (kl_sum / n_tokens).to(acc)
+        zeta1 = (weights.to(acc) * kl_mean).sum()
+        ctx.grads = (grad_w, grad_b, grad_h, [s.dtype for s in states], lm_weight.dtype)
+        ctx.mark_non_differentiable(kl_mean)
+        return zeta1, kl_mean
+
+    @staticmethod
+    def backward(ctx, grad_zeta1, _grad_kl):
+        grad_w, grad_b, grad_h, dtypes, w_dtype = ctx.grads
+        del ctx.grads
+        scale = grad_zeta1
+        gw = None if grad_w is None else (grad_w * scale).to(w_dtype)
+        gb = None if grad_b is None else (grad_b * scale).to(w_dtype)
+        gh = [None if g is None else (g * scale).to(dt) for g, dt in zip(grad_h, dtypes)]
+        return (None, gw, gb, None, None, None, None, *gh)
+
+
+def self_distillation_loss(pre_norm_states: Sequence[torch.Tensor], final_norm: nn.Module, lm_head: nn.Linear,
+                           teacher: TeacherHead | torch.Tensor, *, alpha: float = 1.0, k: float = 0.25,
+                           attention_mask: torch.Tensor | None = None, last_state: Convention = "normed",
+                           kl_direction: KLDirection = "forward", chunk_size: int = 1024,
+                           compute_dtype: torch.dtype | None = None) -> LossParts:
+    """zeta for one batch (see the module doc), chunked: O(chunk x vocab) extra memory.
+
+    pre_norm_states: (h_{-1}, h_0, ..., h_L) as L + 2 tensors [batch, seq, d], with h_L the *raw* output
+        of decoder layer L (``sdlib.states.forward_states(...)["pre_norm"]``); the final norm is applied here.
+    teacher: a ``TeacherHead`` (teacher's final normed states + its lm_head) or precomputed teacher logits
+        or log-probs [batch, seq, vocab].
+    attention_mask: [batch, seq], 1 = token counts in the means; None = all tokens.
+    compute_dtype: matmul dtype of the lens (default: lm_head's dtype, or the autocast dtype when active).
+    """
+    _check_options(alpha, kl_direction, last_state)
+    if chunk_size < 1:
+        raise SdlibError(f"chunk_size must be >= 1, got {chunk_size}")
+    num_layers = len(pre_norm_states) - 1  # L + 1
+    valid = _valid_tokens(attention_mask)
+    flat = [_flat(h, valid) for h in pre_norm_states]
+    normed = [final_norm(h) for h in flat[1:]]  # lens inputs of layers 0..L
+    weights = layer_weights(num_layers, k).to(flat[0].device, torch.float64 if flat[0].dtype == torch.float64
+                                              else torch.float32)
+    if compute_dtype is None:
+        device_type = flat[0].device.type
+        compute_dtype = (torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type)
+                         else lm_head.weight.dtype)
+    teacher_fn = _teacher_logprobs_fn(teacher, valid, compute_dtype)
+    zeta1, kl_per_layer = LensKL.apply(weights, lm_head.weight, lm_head.bias, teacher_fn, kl_direction,
+                                       chunk_size, compute_dtype, *normed)
+    zeta2, per_layer = _zeta2(flat, normed[-1], weights, last_state)
+    return LossParts(total=zeta1 + alpha * zeta2, zeta1=zeta1.detach(), zeta2=zeta2.detach(),
+                     kl_per_layer=kl_per_layer.detach(), movement_per_layer=per_layer.detach())
+
+
+def relative_step(h_prev: torch.Tensor, h_next: torch.Tensor) -> torch.Tensor:
+    """||h_next - h_prev||^2 / ||h_prev||^2 per token: [..., d], [..., d] -> [...] (float32, or float64)."""
+    dtype = torch.float64 if h_prev.dtype == torch.float64 else torch.float32
+    prev, nxt = h_prev.to(dtype), h_next.to(dtype)
+    return (nxt - prev).pow(2).sum(-1) / prev.pow(2).sum(-1).clamp_min(1e-12)
+
+
+def _zeta2(flat: Sequence[torch.Tensor], normed_last: torch.Tensor, weights: torch.Tensor, last_state: str
+           ) -> tuple[torch.Tensor, torch.Tensor]:
+    """zeta2 over l = 1..L (flat = [h_{-1}, h_0, ..., h_L pre-norm], each [N, d]) and its per-layer terms [L]."""
+    states = list(flat[1:])  # h_0 .. h_L
+    if last_state == "normed":
+        states[-1] = normed_last
+    if len(states) < 2:
+        zero = states[0].new_zeros((), dtype=torch.float32)
+        return zero, zero.new_zeros(0)
+    terms = torch.stack([relative_step(a, b).mean() for a, b in zip(states[:-1], states[1:])])
+    return (weights[1:] * terms).sum(), terms
+
+
+def reference_self_distillation_loss(pre_norm_states: Sequence[torch.Tensor], final_norm: nn.Module,
+                                     lm_head: nn.Linear, teacher: TeacherHead | torch.Tensor, *, alpha: float = 1.0,
+                                     k: float = 0.25, attention_mask: torch.Tensor | None = None,
+                                     last_state: Convention = "normed", kl_direction: KLDirection = "forward",
+                                     ) -> LossParts:
+    """The plain version of ``self_distillation_loss``: every layer's logits materialized, fp32 log-softmax,
+    autograd keeps everything. For tests and benchmarks only; same arguments and result."""
+    _check_options(alpha, kl_direction, last_state)
+    num_layers = len(pre_norm_states) - 1
+    valid = _valid_tokens(attention_mask)
+    flat = [_flat(h, valid) for h in pre_norm_states]
+    if isinstance(teacher, TeacherHead):
+        t_logits = F.linear(_flat(teacher.hidden, valid), teacher.weight, teacher.bias)
+    else:
+        t_logits = _flat(teacher, valid)
+    acc = torch.float64 if lm_head.weight.dtype == torch.float64 else torch.float32
+    logp = torch.log_softmax(t_logits.detach().to(acc), dim=-1)
+    normed = [final_norm(h) for h in flat[1:]]
+    all_logq = torch.stack([torch.log_softmax(lm_head(h).to(acc), dim=-1) for h in normed])  # [L+1, N, V]
+    if kl_direction == "forward":
+        kl = (logp.exp() * (logp - all_logq)).sum(-1).mean(-1)
+    else:
+        kl = (all_logq.exp() * (all_logq - logp)).sum(-1).mean(-1)
+    weights = layer_weights(num_layers, k).to(kl)
+    zeta1 = (weights * kl).sum()
+    zeta2, per_layer = _zeta2(flat, normed[-1], weights, last_state)
+    return LossParts(total=zeta1 + alpha * zeta2, zeta1=zeta1.detach(), zeta2=zeta2.detach(),
+                     kl_per_layer=kl.detach(), movement_per_layer=per_layer.detach())

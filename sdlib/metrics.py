@@ -1,0 +1,84 @@
+"""The paper's hidden-state metrics, as pure functions on tensors.
+
+Indexing follows the paper: ``hidden_states`` is the sequence (h_{-1}, h_0, ..., h_L) of L + 2 tensors of
+shape [batch, seq, d] (transformers' ``output_hidden_states`` tuple works as is; see ``sdlib.states`` for
+the two conventions of h_L).
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+
+from sdlib.errors import SdlibError
+
+
+def movement(h_prev: torch.Tensor, h_next: torch.Tensor) -> torch.Tensor:
+    """Definition 1 for single vectors: D = 1 - (1 + cos(h_prev, h_next)) / 2, in [0, 1].
+
+    Shapes: [..., d], [..., d] -> [...]. Computed in float32 (float64 inputs stay float64).
+    """
+    dtype = torch.float64 if h_prev.dtype == torch.float64 else torch.float32
+    cos = F.cosine_similarity(h_prev.to(dtype), h_next.to(dtype), dim=-1, eps=1e-12)
+    return (0.5 * (1.0 - cos)).clamp(0.0, 1.0)
+
+
+def token_movement(hidden_states: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Per-token movement D_l for l = 0..L.
+
+    hidden_states: L + 2 tensors [batch, seq, d] -> Tensor [L + 1, batch, seq]; entry l is the step from
+    h_{l-1} to h_l (entry 0: embedding -> layer 0).
+    """
+    if len(hidden_states) < 2:
+        raise SdlibError(f"need at least two hidden states (h_-1 and h_0) to measure movement, got {len(hidden_states)}")
+    return torch.stack([movement(a, b) for a, b in zip(hidden_states[:-1], hidden_states[1:])])
+
+
+def layer_movement(hidden_states: Sequence[torch.Tensor], attention_mask: torch.Tensor | None = None
+                   ) -> torch.Tensor:
+    """D_0..D_L: per-layer movement averaged over all non-padding tokens of the batch.
+
+    hidden_states: L + 2 tensors [batch, seq, d]; attention_mask: [batch, seq] (1 = real token) or None
+    (every token counts) -> Tensor [L + 1] (float32). Each token weighs the same, whichever sequence it is in.
+    """
+    sums, count = movement_sums(hidden_states, attention_mask)
+    return (sums / count).float()
+
+
+def movement_sums(hidden_states: Sequence[torch.Tensor], attention_mask: torch.Tensor | None = None
+                  ) -> tuple[torch.Tensor, int]:
+    """Per-layer sums of token movement over the mask and the token count, for averaging over batches.
+
+    Returns (Tensor [L + 1] float64, int).
+    """
+    per_token = token_movement(hidden_states)  # [L+1, B, T]
+    if attention_mask is None:
+        mask = torch.ones(per_token.shape[1:], dtype=torch.bool, device=per_token.device)
+    else:
+        mask = attention_mask.to(per_token.device).bool()
+    count = int(mask.sum())
+    if count == 0:
+        raise SdlibError("the attention mask selects no tokens: nothing to measure")
+    return (per_token.double() * mask).sum(dim=(1, 2)), count
+
+
+def monotonicity(D: Sequence[float] | torch.Tensor) -> float:
+    """Definition 2: S = 1 - sum_{l=1..L} max(0, D_l - D_{l-1}) / sum_{l=1..L} |D_l - D_{l-1}|.
+
+    D: [L + 1] movements D_0..D_L -> float in [0, 1]. S = 1 when D never rises, 0 when it never falls.
+    When the denominator is 0 (D constant, or a single layer) nothing rises, so S = 1.
+    """
+    d = torch.as_tensor(D, dtype=torch.float64).flatten()
+    diffs = d[1:] - d[:-1]
+    total = diffs.abs().sum()
+    if total == 0:
+        return 1.0
+    return float(1.0 - diffs.clamp(min=0).sum() / total)
+
+
+def last_layer_ratio(D: Sequence[float] | torch.Tensor) -> float:
+    """D_L / D_{L-1}: how much bigger the last layer's step is than the one before (paper: 4.14 -> 1.69)."""
+    d = torch.as_tensor(D, dtype=torch.float64).flatten()
+    return float(d[-1] / d[-2]) if len(d) >= 2 and d[-2] != 0 else float("nan")

@@ -1,0 +1,66 @@
+"""Every folder sdlib reads or writes, in one place.
+
+Each path is absolute and can be overridden by an environment variable:
+
+=====================  ===================================  =============================================
+variable               default                              what lives there
+=====================  ===================================  =============================================
+``SDLIB_DATA_DIR``     unset (real sources: HF datasets)    offline data laid out like ``../shared/data``
+``SDLIB_CACHE_DIR``    ``$XDG_CACHE_HOME/sdlib``            dequantized models, tokenized-data caches
+``SDLIB_BUILD_DIR``    ``<project>/build``                  git-ignored outputs: runs, results, notebooks
+``SDLIB_FIGURES_DIR``  ``<project>/figures``                the committed figures (default profile only)
+=====================  ===================================  =============================================
+
+Functions (not module constants) so a test or notebook can change the environment and see the change.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+
+
+def project_root() -> Path:
+    """The repository root when running from a checkout (it holds pyproject.toml), else the cwd."""
+    root = PACKAGE_DIR.parent
+    return root if (root / "pyproject.toml").exists() else Path.cwd().resolve()
+
+
+def _env_path(var: str, default: Path) -> Path:
+    value = os.environ.get(var)
+    return Path(value).expanduser().resolve() if value else default.resolve()
+
+
+def data_dir() -> Path | None:
+    """Offline data folder (``SDLIB_DATA_DIR``), or None to use the real (online) sources."""
+    value = os.environ.get("SDLIB_DATA_DIR")
+    return Path(value).expanduser().resolve() if value else None
+
+
+def cache_dir() -> Path:
+    xdg = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
+    return _env_path("SDLIB_CACHE_DIR", xdg / "sdlib")
+
+
+def build_dir() -> Path:
+    return _env_path("SDLIB_BUILD_DIR", project_root() / "build")
+
+
+def runs_dir() -> Path:
+    """Training runs: one folder per run, holding checkpoints and logs."""
+    return build_dir() / "runs"
+
+
+def results_dir() -> Path:
+    """Evaluation and measurement tables, one folder per model or checkpoint."""
+    return build_dir() / "results"
+
+
+def figures_dir() -> Path:
+    return _env_path("SDLIB_FIGURES_DIR", project_root() / "figures")
+
+
+def configs_dir() -> Path:
+    return project_root() / "configs"

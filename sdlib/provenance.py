@@ -1,0 +1,118 @@
+"""What produced a result: every JSON/CSV sdlib writes carries this record.
+
+Also the atomic writers: a file is written to a temporary name in the same folder and renamed into
+place, so a kill never leaves a half-written result behind.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import subprocess
+import tempfile
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from functools import lru_cache
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Iterator
+
+from sdlib.paths import project_root
+
+_PACKAGES = ("sdlib", "torch", "transformers", "accelerate", "datasets", "lm_eval", "numpy")
+
+
+@lru_cache(maxsize=None)
+def git_commit() -> str:
+    """The checkout's commit, with ``+dirty`` when tracked files differ from it; ``unknown`` outside git."""
+    root = project_root()
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
+                             check=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, check=True, timeout=10).stdout.strip()
+        return sha + ("+dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def package_versions() -> dict[str, str]:
+    versions = {"python": platform.python_version()}
+    for name in _PACKAGES:
+        try:
+            versions[name] = metadata.version(name.replace("_", "-"))
+        except metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+def device_name(device: Any = None) -> str:
+    """A human description of the device, e.g. ``cuda: NVIDIA H200`` or ``cpu: 2 cores (x86_64)``."""
+    import torch
+
+    dev = torch.device(device) if device is not None else torch.device("cpu")
+    if dev.type == "cuda" and torch.cuda.is_available():
+        return f"cuda: {torch.cuda.get_device_name(dev)}"
+    return f"cpu: {os.cpu_count()} cores ({platform.machine()}), {torch.get_num_threads()} torch threads"
+
+
+@lru_cache(maxsize=64)
+def _sha256_cached(path: str, size: int, mtime_ns: int) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    st = os.stat(path)
+    return _sha256_cached(str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
+
+
+def provenance(*, seed: int | None = None, device: Any = None, data: dict[str, str] | None = None,
+               limits: dict[str, Any] | None = None, **extra: Any) -> dict[str, Any]:
+    """The record stored with every result: commit, versions, device, seed, data hashes, limits."""
+    record = {
+        "git_commit": git_commit(),
+        "versions": package_versions(),
+        "device": device_name(device),
+        "seed": seed,
+        "data": data or {},
+        "limits": limits or {},
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    record.update(extra)
+    return record
+
+
+@contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> Path:
+    """Write JSON atomically (indent 2, NaN written as null-safe strings are the caller's business)."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, default=_json_default) + "\n")
+    return Path(path)
+
+
+def _json_default(obj: Any) -> Any:
+    if hasattr(obj, "tolist"):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"cannot write {type(obj).__name__} as JSON")

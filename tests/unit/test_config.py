@@ -1,0 +1,90 @@
+import math
+
+import pytest
+import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from sdlib.config import TrainConfig, config_from_dict, load_config, parse_overrides
+from sdlib.errors import SdlibError
+
+ROOT_CONFIGS = ["configs/tiny.yaml", "configs/smol.yaml"]
+
+
+@pytest.mark.parametrize("path", ROOT_CONFIGS)
+def test_shipped_configs_load(path):
+    from tests.conftest import ROOT
+
+    config = load_config(ROOT / path)
+    assert config.total_steps >= 1
+
+
+def test_paper_configs_load():
+    from tests.conftest import ROOT
+
+    paths = sorted((ROOT / "configs" / "paper").glob("*.yaml"))
+    assert len(paths) == 5
+    for path in paths:
+        c = load_config(path)
+        assert (c.alpha, c.k, c.lr, c.batch_size, c.seq_len, c.kl_direction) == (1.0, 0.25, 1e-4, 128, 1024, "forward")
+        assert c.total_steps == 76
+
+
+def test_unknown_key_is_an_error(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("alpha: 1.0\nlearning_rate: 0.1\n")
+    with pytest.raises(SdlibError, match="unknown config key 'learning_rate'"):
+        load_config(p)
+    with pytest.raises(SdlibError, match="unknown config key 'bogus'"):
+        load_config(None, ["--bogus", "1"])
+
+
+@pytest.mark.parametrize("override, message", [
+    (["--lr", "0"], "lr must be"), (["--lr", "-1e-4"], "lr must be"), (["--alpha", "-1"], "alpha must be"),
+    (["--k", ".nan"], "k must be finite"), (["--k", ".inf"], "k must be finite"),
+    (["--seq_len", "abc"], "must be int"), (["--batch_size", "12", "--micro_batch", "5"], "multiple"),
+    (["--kl_direction", "up"], "kl_direction must be"), (["--last_state", "x"], "last_state must be"),
+    (["--max_tokens", "10"], "below one step"), (["--lr"], "needs a value"),
+])
+def test_bad_values(override, message):
+    with pytest.raises(SdlibError, match=message):
+        load_config(None, override)
+
+
+def test_overrides_parse_yaml_scalars():
+    assert parse_overrides(["--lr", "3e-4", "--name=x", "--model_options", "{num_layers: 2}"]) == {
+        "lr": 3e-4, "name": "x", "model_options": {"num_layers": 2}}
+    c = load_config(None, ["--max_tokens", "1e6", "--lr", "1e-3"])
+    assert c.max_tokens == 1_000_000 and c.lr == 1e-3
+
+
+def test_missing_and_malformed_files(tmp_path):
+    with pytest.raises(SdlibError, match="does not exist"):
+        load_config(tmp_path / "none.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("alpha: [1\n")
+    with pytest.raises(SdlibError, match="not valid YAML"):
+        load_config(bad)
+    bad.write_text("- 1\n- 2\n")
+    with pytest.raises(SdlibError, match="mapping"):
+        load_config(bad)
+
+
+_values = st.one_of(st.integers(-10**9, 10**9), st.floats(allow_nan=True, allow_infinity=True),
+                    st.text(max_size=8), st.booleans(), st.none())
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.dictionaries(st.sampled_from(["lr", "alpha", "k", "seq_len", "batch_size", "micro_batch", "name",
+                                        "max_tokens", "chunk_size", "kl_direction", "bogus"]), _values, max_size=5))
+def test_loader_accepts_only_valid_configs(values):
+    """Property: the loader either returns a config that satisfies every invariant, or raises SdlibError."""
+    try:
+        c = config_from_dict(values)
+    except SdlibError:
+        return
+    assert isinstance(c, TrainConfig) and "bogus" not in values
+    assert c.lr > 0 and math.isfinite(c.lr) and c.alpha >= 0 and math.isfinite(c.k)
+    assert c.batch_size % c.micro_batch == 0 and c.total_steps >= 1
+    assert isinstance(c.seq_len, int) and isinstance(c.name, str)
+    assert yaml.safe_load(yaml.safe_dump(c.to_dict())) == c.to_dict()

@@ -1,0 +1,115 @@
+import pytest
+import torch
+
+from sdlib import models
+from sdlib.errors import SdlibError
+from sdlib.loss import (TeacherHead, layer_weights, reference_self_distillation_loss, relative_step,
+                        self_distillation_loss)
+from sdlib.states import forward_states
+
+
+def test_layer_weights():
+    w = layer_weights(16, 0.25)
+    assert w.shape == (16,)
+    assert w.sum().item() == pytest.approx(1.0, abs=1e-6)
+    assert (w[1:] > w[:-1]).all()
+    assert torch.allclose(w[1:] / w[:-1], torch.full((15,), torch.e ** 0.25))
+    assert torch.allclose(layer_weights(5, 0.0), torch.full((5,), 0.2))
+    with pytest.raises(SdlibError):
+        layer_weights(0, 0.25)
+
+
+def _setup(name, seed_teacher=1, dtype=torch.float64, tie=False):
+    student, _ = models.load(name, num_layers=3, hidden_size=32, vocab_size=300, tie_word_embeddings=tie, dtype=dtype)
+    teacher, _ = models.load(name, num_layers=3, hidden_size=32, vocab_size=300, seed=seed_teacher, dtype=dtype)
+    ids = torch.randint(0, 259, (2, 11))
+    mask = torch.ones(2, 11, dtype=torch.long)
+    mask[1, 7:] = 0
+    return student, teacher, ids, mask
+
+
+def _run(fn, student, teacher, ids, mask, teacher_as="head", **kw):
+    student.zero_grad()
+    acc, tacc = models.layer_access(student), models.layer_access(teacher)
+    with torch.no_grad():
+        t_hidden = tacc.backbone(input_ids=ids, attention_mask=mask).last_hidden_state
+    target = TeacherHead(t_hidden, tacc.lm_head.weight) if teacher_as == "head" else tacc.lm_head(t_hidden)
+    states = forward_states(student, ids, mask)["pre_norm"]
+    parts = fn(states, acc.norm, acc.lm_head, target, attention_mask=mask, **kw)
+    parts.total.backward()
+    grads = {n: p.grad.clone() for n, p in student.named_parameters() if p.grad is not None}
+    return parts, grads
+
+
+@pytest.mark.parametrize("name", models.TINY_MODELS)
+@pytest.mark.parametrize("direction", ["forward", "reverse"])
+@pytest.mark.parametrize("last_state", ["normed", "pre_norm"])
+def test_chunked_loss_equals_reference(name, direction, last_state):
+    student, teacher, ids, mask = _setup(name, tie=(direction == "reverse"))
+    kw = dict(alpha=0.7, k=0.25, kl_direction=direction, last_state=last_state)
+    ref, ref_grads = _run(reference_self_distillation_loss, student, teacher, ids, mask, **kw)
+    for chunk in (3, 1024):
+        got, grads = _run(self_distillation_loss, student, teacher, ids, mask, chunk_size=chunk, **kw)
+        assert got.total.item() == pytest.approx(ref.total.item(), rel=1e-5)
+        assert torch.allclose(got.kl_per_layer, ref.kl_per_layer, rtol=1e-5, atol=1e-12)
+        assert torch.allclose(got.movement_per_layer, ref.movement_per_layer, rtol=1e-5)
+        assert set(grads) == set(ref_grads)
+        for n in ref_grads:
+            scale = ref_grads[n].abs().max().clamp_min(1e-30)
+            assert ((grads[n] - ref_grads[n]).abs().max() / scale).item() < 1e-5, n
+
+
+def test_chunked_loss_float32_and_precomputed_teacher():
+    student, teacher, ids, mask = _setup("tiny-llama", dtype=torch.float32)
+    ref, ref_grads = _run(reference_self_distillation_loss, student, teacher, ids, mask)
+    got, grads = _run(self_distillation_loss, student, teacher, ids, mask, teacher_as="logits", chunk_size=5)
+    assert got.total.item() == pytest.approx(ref.total.item(), rel=1e-5)
+    for n in ref_grads:
+        scale = ref_grads[n].abs().max()
+        assert ((grads[n] - ref_grads[n]).abs().max() / scale).item() < 1e-5
+
+
+@pytest.mark.parametrize("direction", ["forward", "reverse"])
+def test_kl_nonnegative_and_zero_for_identical_teacher(direction):
+    student, _, ids, mask = _setup("tiny-llama")
+    different, _ = _run(self_distillation_loss, student, _setup("tiny-llama")[1], ids, mask, kl_direction=direction)
+    assert (different.kl_per_layer >= 0).all() and different.zeta1 > 0
+    same, _ = _run(self_distillation_loss, student, student, ids, mask, kl_direction=direction)
+    assert same.kl_per_layer[-1].item() == pytest.approx(0.0, abs=1e-12)  # last layer IS the teacher's output
+    assert (same.kl_per_layer >= -1e-12).all()
+
+
+def test_zeta2_sums_layers_1_to_L_only():
+    torch.manual_seed(0)
+    d = 6
+    states = [torch.randn(1, 4, d, dtype=torch.float64) for _ in range(5)]  # h_-1, h_0..h_3 (L = 3)
+    norm = torch.nn.Identity()
+    head = torch.nn.Linear(d, 10, bias=False).double()
+    teacher = torch.randn(1, 4, 10, dtype=torch.float64)
+    parts = self_distillation_loss(states, norm, head, teacher, alpha=1.0, k=0.5, last_state="pre_norm")
+    w = layer_weights(4, 0.5).double()
+    terms = [relative_step(states[l], states[l + 1]).mean() for l in range(1, 4)]  # l = 1..3
+    assert parts.movement_per_layer.shape == (3,)
+    assert parts.zeta2.item() == pytest.approx(sum(w[l] * terms[l - 1] for l in range(1, 4)).item(), rel=1e-10)
+    # changing the embedding h_-1 changes nothing in zeta2
+    states2 = [torch.randn_like(states[0])] + states[1:]
+    parts2 = self_distillation_loss(states2, norm, head, teacher, alpha=1.0, k=0.5, last_state="pre_norm")
+    assert parts2.zeta2.item() == pytest.approx(parts.zeta2.item(), rel=1e-12)
+
+
+def test_normed_convention_uses_final_norm_in_zeta2():
+    student, teacher, ids, mask = _setup("tiny-llama")
+    acc = models.layer_access(student)
+    with torch.no_grad():
+        acc.norm.weight.mul_(3.0)  # makes normed and raw h_L differ in scale
+    a, _ = _run(self_distillation_loss, student, teacher, ids, mask, last_state="normed")
+    b, _ = _run(self_distillation_loss, student, teacher, ids, mask, last_state="pre_norm")
+    assert torch.allclose(a.movement_per_layer[:-1], b.movement_per_layer[:-1])
+    assert not torch.isclose(a.movement_per_layer[-1], b.movement_per_layer[-1])
+
+
+def test_bad_options():
+    student, teacher, ids, mask = _setup("tiny-llama")
+    for kw in ({"kl_direction": "sideways"}, {"last_state": "middle"}, {"alpha": -1.0}, {"chunk_size": 0}):
+        with pytest.raises(SdlibError):
+            _run(self_distillation_loss, student, teacher, ids, mask, **kw)

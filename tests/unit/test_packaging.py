@@ -1,0 +1,29 @@
+import re
+
+import yaml
+
+from tests.conftest import ROOT
+
+
+def _norm(req: str) -> str:
+    return re.sub(r"\s+", "", req).lower()
+
+
+def test_environment_yml_mirrors_pyproject():
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    wanted = {_norm(r) for r in project["dependencies"] + project["optional-dependencies"]["test"]}
+    env = yaml.safe_load((ROOT / "environment.yml").read_text())
+    pip = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
+    listed = {_norm(r) for r in pip if not r.startswith("-e")}
+    assert listed == wanted
+
+
+def test_torch_is_a_range_and_setup_pins_it():
+    import tomllib
+
+    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    torch_req = next(d for d in deps if d.startswith("torch"))
+    assert "<" in torch_req and ">=" in torch_req
+    assert "torch==2.13.0" in (ROOT / "scripts" / "setup.sh").read_text()
