@@ -6,7 +6,7 @@ import argparse
 import json
 import re
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 from sdlib.errors import SdlibError
 

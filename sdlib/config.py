@@ -9,9 +9,11 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import yaml
 
@@ -67,32 +69,34 @@ class TrainConfig:
     eval_windows: int = _f(8, "windows of held-out text per measurement")
     eval_window_len: int = _f(256, "tokens per held-out window")
 
-    def validate(self) -> "TrainConfig":
-        checks = [
-            (self.lr > 0 and math.isfinite(self.lr), f"lr must be a finite number > 0, got {self.lr}"),
-            (self.alpha >= 0 and math.isfinite(self.alpha), f"alpha must be a finite number >= 0, got {self.alpha}"),
-            (math.isfinite(self.k), f"k must be finite, got {self.k}"),
-            (self.seq_len >= 2, f"seq_len must be >= 2, got {self.seq_len}"),
-            (self.micro_batch >= 1, f"micro_batch must be >= 1, got {self.micro_batch}"),
-            (self.batch_size >= self.micro_batch and self.batch_size % self.micro_batch == 0,
+    def validate(self) -> TrainConfig:
+        checks = [  # (condition, message), each condition evaluated only after the ones above it hold
+            (lambda: self.lr > 0 and math.isfinite(self.lr), f"lr must be a finite number > 0, got {self.lr}"),
+            (lambda: self.alpha >= 0 and math.isfinite(self.alpha), f"alpha must be a finite number >= 0, got {self.alpha}"),
+            (lambda: math.isfinite(self.k), f"k must be finite, got {self.k}"),
+            (lambda: self.seq_len >= 2, f"seq_len must be >= 2, got {self.seq_len}"),
+            (lambda: self.micro_batch >= 1, f"micro_batch must be >= 1, got {self.micro_batch}"),
+            (lambda: self.batch_size >= self.micro_batch and self.batch_size % self.micro_batch == 0,
              f"batch_size ({self.batch_size}) must be a multiple of micro_batch ({self.micro_batch})"),
-            (self.max_tokens >= self.batch_size * self.seq_len,
+            (lambda: self.max_tokens >= self.batch_size * self.seq_len,
              f"max_tokens ({self.max_tokens}) is below one step (batch_size x seq_len = {self.batch_size * self.seq_len})"),
-            (self.chunk_size >= 1, f"chunk_size must be >= 1, got {self.chunk_size}"),
-            (self.grad_clip >= 0, f"grad_clip must be >= 0, got {self.grad_clip}"),
-            (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1, "beta1 and beta2 must be in [0, 1)"),
-            (self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}"),
-            (min(self.warmup_steps, self.save_every, self.eval_every, self.log_every) >= 0,
+            (lambda: self.chunk_size >= 1, f"chunk_size must be >= 1, got {self.chunk_size}"),
+            (lambda: self.grad_clip >= 0 and math.isfinite(self.grad_clip), f"grad_clip must be >= 0, got {self.grad_clip}"),
+            (lambda: 0 <= self.beta1 < 1 and 0 <= self.beta2 < 1, "beta1 and beta2 must be in [0, 1)"),
+            (lambda: self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}"),
+            (lambda: min(self.warmup_steps, self.save_every, self.eval_every, self.log_every) >= 0,
              "warmup_steps, save_every, eval_every and log_every must be >= 0"),
-            (self.eval_windows >= 1 and self.eval_window_len >= 2, "eval_windows must be >= 1 and eval_window_len >= 2"),
-            (self.device in ("auto", "cpu", "cuda"), f"device must be auto, cpu or cuda, got {self.device!r}"),
+            (lambda: self.eval_windows >= 1 and self.eval_window_len >= 2,
+             "eval_windows must be >= 1 and eval_window_len >= 2"),
+            (lambda: self.device in ("auto", "cpu", "cuda"), f"device must be auto, cpu or cuda, got {self.device!r}"),
         ]
         for f_ in fields(self):
             choices = f_.metadata.get("choices")
-            if choices and getattr(self, f_.name) not in choices:
-                checks.append((False, f"{f_.name} must be one of {', '.join(choices)}, got {getattr(self, f_.name)!r}"))
+            value = getattr(self, f_.name)
+            checks.append((lambda c=choices, v=value: not c or v in c,
+                           f"{f_.name} must be one of {', '.join(choices or ())}, got {value!r}"))
         for ok, message in checks:
-            if not ok:
+            if not ok():
                 raise SdlibError(f"config: {message}")
         return self
 
@@ -170,6 +174,9 @@ def config_from_dict(values: dict[str, Any], source: str = "config", cls: type =
     return cls(**kwargs).validate()
 
 
+_NUMBER = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$")
+
+
 def parse_overrides(args: Sequence[str]) -> dict[str, Any]:
     """``["--lr", "3e-4", "--name=x"]`` -> ``{"lr": 3e-4, "name": "x"}`` (values parsed as YAML scalars)."""
     out: dict[str, Any] = {}
@@ -183,7 +190,10 @@ def parse_overrides(args: Sequence[str]) -> dict[str, Any]:
                 value = next(it)
             except StopIteration:
                 raise SdlibError(f"--{key} needs a value") from None
-        out[key.replace("-", "_")] = yaml.safe_load(value) if value != "" else ""
+        parsed = yaml.safe_load(value) if value != "" else ""
+        if isinstance(parsed, str) and _NUMBER.match(parsed):  # YAML 1.1 leaves "3e-4" a string
+            parsed = float(parsed)
+        out[key.replace("-", "_")] = parsed
     return out
 
 

@@ -7,8 +7,8 @@ at a folder laid out like ``../shared/data``. Nothing is downloaded at import ti
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Iterable, Iterator
 
 import torch
 

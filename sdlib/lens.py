@@ -7,7 +7,7 @@ applied as for every other layer. Either way the lens at L equals the model's lo
 
 from __future__ import annotations
 
-from typing import Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 import torch
 from torch import nn

@@ -18,8 +18,9 @@ keeps only the gradients, so the extra memory is O(chunk x vocab) plus one lm_he
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Literal, Sequence
+from typing import Literal
 
 import torch
 import torch.nn.functional as F

@@ -7,7 +7,7 @@ the two conventions of h_L).
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F

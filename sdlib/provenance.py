@@ -12,19 +12,20 @@ import os
 import platform
 import subprocess
 import tempfile
+from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import datetime, timezone
-from functools import lru_cache
+from datetime import UTC, datetime
+from functools import cache, lru_cache
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from sdlib.paths import project_root
 
 _PACKAGES = ("sdlib", "torch", "transformers", "accelerate", "datasets", "lm_eval", "numpy")
 
 
-@lru_cache(maxsize=None)
+@cache
 def git_commit() -> str:
     """The checkout's commit, with ``+dirty`` when tracked files differ from it; ``unknown`` outside git."""
     root = project_root()
@@ -82,7 +83,7 @@ def provenance(*, seed: int | None = None, device: Any = None, data: dict[str, s
         "seed": seed,
         "data": data or {},
         "limits": limits or {},
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
     }
     record.update(extra)
     return record

@@ -10,8 +10,9 @@ The paper does not say which h_L it used, so both are available everywhere:
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator, Literal
+from typing import Literal
 
 import torch
 from torch import nn

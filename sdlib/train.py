@@ -198,7 +198,7 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> P
         step += 1
         stats = accelerator.reduce(torch.cat([totals, kl_layers]).to(accelerator.device), "mean").cpu() / accum
         elapsed = time.perf_counter() - t0
-        epochs = stream.epochs((step * config.batch_size))
+        epochs = stream.epochs(step * config.batch_size)
         record = {"step": step, "tokens": step * tokens_per_step, "epochs": epochs,
                   "loss": float(stats[0]), "zeta1": float(stats[1]), "zeta2": float(stats[2]),
                   "kl_per_layer": stats[3:].tolist(), "lr": lr,

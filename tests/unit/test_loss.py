@@ -3,8 +3,13 @@ import torch
 
 from sdlib import models
 from sdlib.errors import SdlibError
-from sdlib.loss import (TeacherHead, layer_weights, reference_self_distillation_loss, relative_step,
-                        self_distillation_loss)
+from sdlib.loss import (
+    TeacherHead,
+    layer_weights,
+    reference_self_distillation_loss,
+    relative_step,
+    self_distillation_loss,
+)
 from sdlib.states import forward_states
 
 

@@ -32,7 +32,7 @@ def test_lens_at_last_layer_equals_logits(tiny, convention):
     with torch.no_grad():
         logits = model(ids).logits
         states = hidden_states(model, ids, convention=convention)
-        assert len(states) == models.layer_access(model).num_layers + 2  # h_-1 .. h_L
+        assert len(states) == models.layer_access(model).num_layers + 1  # h_-1 .. h_L: L + 2 = (L + 1) + 1
         assert torch.allclose(lens_logits(model, states, 2, convention), logits, atol=1e-5)
         mid = lens_logits(model, states, 0, convention)
         assert mid.shape == logits.shape and not torch.allclose(mid, logits)

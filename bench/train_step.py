@@ -1,0 +1,114 @@
+"""Time one training step and its peak memory: the plain reference loss vs sdlib's chunked loss.
+
+    python bench/train_step.py --model tiny-llama --micro-batch 4 --seq-len 256
+    python bench/train_step.py --shape llama-3.2-1b --micro-batch 2 --seq-len 1024 --device cuda
+
+``--shape`` builds a random-init model with a paper model's configuration (no download), so its speed
+and memory can be measured without its weights. Prints one JSON line per loss.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import torch
+
+from sdlib import models
+from sdlib.config import TrainConfig
+from sdlib.loss import TeacherHead, reference_self_distillation_loss, self_distillation_loss
+from sdlib.provenance import device_name
+from sdlib.states import forward_states
+
+SHAPES = {  # the paper models' configurations (from their config.json), for random-init timing
+    "llama-3.2-1b": dict(model_type="llama", hidden_size=2048, intermediate_size=8192, num_hidden_layers=16,
+                         num_attention_heads=32, num_key_value_heads=8, vocab_size=128256, tie_word_embeddings=True,
+                         max_position_embeddings=131072, rope_theta=500000.0),
+    "qwen2-0.5b": dict(model_type="qwen2", hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
+                       num_attention_heads=14, num_key_value_heads=2, vocab_size=151936, tie_word_embeddings=True,
+                       max_position_embeddings=32768),
+}
+
+
+def build(args):
+    if args.shape:
+        from transformers import AutoConfig, AutoModelForCausalLM
+
+        spec = dict(SHAPES[args.shape])
+        config = AutoConfig.for_model(spec.pop("model_type"), **spec)
+        torch.manual_seed(0)
+        student = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+        teacher = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+        return student, teacher
+    opts = {"vocab_size": args.vocab_size} if args.vocab_size else {}
+    return models.load(args.model, **opts)[0], models.load(args.model, **opts)[0]
+
+
+def step_fn(student, teacher, ids, loss_fn, autocast, chunk):
+    acc, tacc = models.layer_access(student), models.layer_access(teacher)
+    with torch.autocast(ids.device.type, dtype=torch.bfloat16, enabled=autocast):
+        with torch.no_grad():
+            t_hidden = tacc.backbone(input_ids=ids, use_cache=False).last_hidden_state
+        states = forward_states(student, ids)["pre_norm"]
+        kw = {"chunk_size": chunk} if loss_fn is self_distillation_loss else {}
+        parts = loss_fn(states, acc.norm, acc.lm_head, TeacherHead(t_hidden, tacc.lm_head.weight), **kw)
+        parts.total.backward()
+    return float(parts.total.detach())
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--model", default="tiny-llama")
+    p.add_argument("--shape", choices=sorted(SHAPES), default=None)
+    p.add_argument("--vocab-size", type=int, default=None, help="tiny models only (e.g. 32768)")
+    p.add_argument("--micro-batch", type=int, default=4)
+    p.add_argument("--seq-len", type=int, default=256)
+    p.add_argument("--chunk", type=int, default=TrainConfig.chunk_size)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--steps", type=int, default=3)
+    p.add_argument("--losses", default="reference,chunked")
+    args = p.parse_args()
+    dev = torch.device(args.device)
+    student, teacher = build(args)
+    student.to(dev).train()
+    teacher.to(dev).requires_grad_(False)
+    autocast = dev.type == "cuda"
+    if autocast:
+        teacher.to(torch.bfloat16)
+    vocab = models.layer_access(student).lm_head.weight.shape[0]
+    ids = torch.randint(0, vocab, (args.micro_batch, args.seq_len), device=dev)
+    tokens = args.micro_batch * args.seq_len
+    results = {}
+    for name in args.losses.split(","):
+        fn = {"reference": reference_self_distillation_loss, "chunked": self_distillation_loss}[name]
+        try:
+            step_fn(student, teacher, ids, fn, autocast, args.chunk)  # warm-up
+            student.zero_grad(set_to_none=True)
+            if dev.type == "cuda":
+                torch.cuda.synchronize()
+                torch.cuda.reset_peak_memory_stats()
+            t0 = time.perf_counter()
+            for _ in range(args.steps):
+                loss = step_fn(student, teacher, ids, fn, autocast, args.chunk)
+                student.zero_grad(set_to_none=True)
+            if dev.type == "cuda":
+                torch.cuda.synchronize()
+            seconds = (time.perf_counter() - t0) / args.steps
+            peak = torch.cuda.max_memory_allocated() / 2**30 if dev.type == "cuda" else None
+            results[name] = {"tokens_per_s": tokens / seconds, "peak_gb": peak, "loss": loss}
+        except torch.OutOfMemoryError:
+            results[name] = {"tokens_per_s": None, "peak_gb": "OOM"}
+            torch.cuda.empty_cache()
+        print(json.dumps({"loss_fn": name, "model": args.shape or args.model, "device": device_name(dev),
+                          "micro_batch": args.micro_batch, "seq_len": args.seq_len, **results[name]}), flush=True)
+    if len(results) == 2 and all(r.get("tokens_per_s") for r in results.values()):
+        r, c = results["reference"], results["chunked"]
+        ratio = {"speedup": c["tokens_per_s"] / r["tokens_per_s"]}
+        if r["peak_gb"] and c["peak_gb"]:
+            ratio["memory_ratio"] = c["peak_gb"] / r["peak_gb"]
+        print(json.dumps(ratio))
+
+
+if __name__ == "__main__":
+    main()
