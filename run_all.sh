@@ -50,8 +50,8 @@ done
 [ "$PROFILE" = smol ] && echo "  estimate: about 45 minutes of training and 3 minutes of measuring on 2 CPU cores"
 
 for cfg in "${CONFIGS[@]}"; do
-    run_dir=$("$PY" -c "import sys; from sdlib.config import load_config; print(load_config(sys.argv[1]).run_dir())" "$cfg")
-    model=$("$PY" -c "import sys; from sdlib.config import load_config; print(load_config(sys.argv[1]).model)" "$cfg")
+    IFS=$'\t' read -r run_dir model < <("$PY" -c "import sys; from sdlib.config import load_config
+c = load_config(sys.argv[1]); print(c.run_dir(), c.model, sep='\t')" "$cfg")
     echo "== train $cfg"
     $LAUNCH sdlib train "$cfg" --resume || { echo "run_all: training $cfg failed (finished checkpoints are kept; rerun to resume)" >&2; exit 1; }
     for target in baseline trained; do

@@ -10,6 +10,7 @@ and memory can be measured without its weights. Prints one JSON line per loss.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import time
 
@@ -17,9 +18,9 @@ import torch
 
 from sdlib import models
 from sdlib.config import TrainConfig
-from sdlib.loss import TeacherHead, reference_self_distillation_loss, self_distillation_loss
+from sdlib.loss import reference_self_distillation_loss, self_distillation_loss
 from sdlib.provenance import device_name
-from sdlib.states import forward_states
+from sdlib.train import distillation_loss
 
 SHAPES = {  # the paper models' configurations (from their config.json), for random-init timing
     "llama-3.2-1b": dict(model_type="llama", hidden_size=2048, intermediate_size=8192, num_hidden_layers=16,
@@ -32,6 +33,7 @@ SHAPES = {  # the paper models' configurations (from their config.json), for ran
 
 
 def build(args):
+    """(student, teacher): the teacher is a copy of the student's starting weights, as in training."""
     if args.shape:
         from transformers import AutoConfig, AutoModelForCausalLM
 
@@ -39,20 +41,14 @@ def build(args):
         config = AutoConfig.for_model(spec.pop("model_type"), **spec)
         torch.manual_seed(0)
         student = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-        teacher = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-        return student, teacher
-    opts = {"vocab_size": args.vocab_size} if args.vocab_size else {}
-    return models.load(args.model, **opts)[0], models.load(args.model, **opts)[0]
+    else:
+        student = models.load(args.model, **({"vocab_size": args.vocab_size} if args.vocab_size else {}))[0]
+    return student, copy.deepcopy(student)
 
 
-def step_fn(student, teacher, ids, loss_fn, autocast, chunk):
-    acc, tacc = models.layer_access(student), models.layer_access(teacher)
+def step_fn(student, teacher, ids, loss_fn, autocast, config):
     with torch.autocast(ids.device.type, dtype=torch.bfloat16, enabled=autocast):
-        with torch.no_grad():
-            t_hidden = tacc.backbone(input_ids=ids, use_cache=False).last_hidden_state
-        states = forward_states(student, ids)["pre_norm"]
-        kw = {"chunk_size": chunk} if loss_fn is self_distillation_loss else {}
-        parts = loss_fn(states, acc.norm, acc.lm_head, TeacherHead(t_hidden, tacc.lm_head.weight), **kw)
+        parts = distillation_loss(student, teacher, ids, None, config, loss_fn=loss_fn)
         parts.total.backward()
     return float(parts.total.detach())
 
@@ -79,18 +75,19 @@ def main() -> None:
     vocab = models.layer_access(student).lm_head.weight.shape[0]
     ids = torch.randint(0, vocab, (args.micro_batch, args.seq_len), device=dev)
     tokens = args.micro_batch * args.seq_len
+    config = TrainConfig(chunk_size=args.chunk)
     results = {}
     for name in args.losses.split(","):
         fn = {"reference": reference_self_distillation_loss, "chunked": self_distillation_loss}[name]
         try:
-            step_fn(student, teacher, ids, fn, autocast, args.chunk)  # warm-up
+            step_fn(student, teacher, ids, fn, autocast, config)  # warm-up
             student.zero_grad(set_to_none=True)
             if dev.type == "cuda":
                 torch.cuda.synchronize()
                 torch.cuda.reset_peak_memory_stats()
             t0 = time.perf_counter()
             for _ in range(args.steps):
-                loss = step_fn(student, teacher, ids, fn, autocast, args.chunk)
+                loss = step_fn(student, teacher, ids, fn, autocast, config)
                 student.zero_grad(set_to_none=True)
             if dev.type == "cuda":
                 torch.cuda.synchronize()

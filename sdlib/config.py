@@ -70,34 +70,31 @@ class TrainConfig:
     eval_window_len: int = _f(256, "tokens per held-out window")
 
     def validate(self) -> TrainConfig:
-        checks = [  # (condition, message), each condition evaluated only after the ones above it hold
-            (lambda: self.lr > 0 and math.isfinite(self.lr), f"lr must be a finite number > 0, got {self.lr}"),
-            (lambda: self.alpha >= 0 and math.isfinite(self.alpha), f"alpha must be a finite number >= 0, got {self.alpha}"),
-            (lambda: math.isfinite(self.k), f"k must be finite, got {self.k}"),
-            (lambda: self.seq_len >= 2, f"seq_len must be >= 2, got {self.seq_len}"),
-            (lambda: self.micro_batch >= 1, f"micro_batch must be >= 1, got {self.micro_batch}"),
-            (lambda: self.batch_size >= self.micro_batch and self.batch_size % self.micro_batch == 0,
-             f"batch_size ({self.batch_size}) must be a multiple of micro_batch ({self.micro_batch})"),
-            (lambda: self.max_tokens >= self.batch_size * self.seq_len,
-             f"max_tokens ({self.max_tokens}) is below one step (batch_size x seq_len = {self.batch_size * self.seq_len})"),
-            (lambda: self.chunk_size >= 1, f"chunk_size must be >= 1, got {self.chunk_size}"),
-            (lambda: self.grad_clip >= 0 and math.isfinite(self.grad_clip), f"grad_clip must be >= 0, got {self.grad_clip}"),
-            (lambda: 0 <= self.beta1 < 1 and 0 <= self.beta2 < 1, "beta1 and beta2 must be in [0, 1)"),
-            (lambda: self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}"),
-            (lambda: min(self.warmup_steps, self.save_every, self.eval_every, self.log_every) >= 0,
-             "warmup_steps, save_every, eval_every and log_every must be >= 0"),
-            (lambda: self.eval_windows >= 1 and self.eval_window_len >= 2,
-             "eval_windows must be >= 1 and eval_window_len >= 2"),
-            (lambda: self.device in ("auto", "cpu", "cuda"), f"device must be auto, cpu or cuda, got {self.device!r}"),
-        ]
-        for f_ in fields(self):
-            choices = f_.metadata.get("choices")
-            value = getattr(self, f_.name)
-            checks.append((lambda c=choices, v=value: not c or v in c,
-                           f"{f_.name} must be one of {', '.join(choices or ())}, got {value!r}"))
-        for ok, message in checks:
-            if not ok():
+        def require(ok: bool, message: str) -> None:
+            if not ok:
                 raise SdlibError(f"config: {message}")
+
+        require(self.lr > 0 and math.isfinite(self.lr), f"lr must be a finite number > 0, got {self.lr}")
+        require(self.alpha >= 0 and math.isfinite(self.alpha), f"alpha must be a finite number >= 0, got {self.alpha}")
+        require(math.isfinite(self.k), f"k must be finite, got {self.k}")
+        require(self.seq_len >= 2, f"seq_len must be >= 2, got {self.seq_len}")
+        require(self.micro_batch >= 1, f"micro_batch must be >= 1, got {self.micro_batch}")
+        require(self.batch_size >= self.micro_batch and self.batch_size % self.micro_batch == 0,
+                f"batch_size ({self.batch_size}) must be a multiple of micro_batch ({self.micro_batch})")
+        require(self.max_tokens >= self.batch_size * self.seq_len, f"max_tokens ({self.max_tokens}) is below one "
+                f"step (batch_size x seq_len = {self.batch_size * self.seq_len})")
+        require(self.chunk_size >= 1, f"chunk_size must be >= 1, got {self.chunk_size}")
+        require(self.grad_clip >= 0 and math.isfinite(self.grad_clip), f"grad_clip must be >= 0, got {self.grad_clip}")
+        require(0 <= self.beta1 < 1 and 0 <= self.beta2 < 1, "beta1 and beta2 must be in [0, 1)")
+        require(self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}")
+        require(min(self.warmup_steps, self.save_every, self.eval_every, self.log_every) >= 0,
+                "warmup_steps, save_every, eval_every and log_every must be >= 0")
+        require(self.eval_windows >= 1 and self.eval_window_len >= 2,
+                "eval_windows must be >= 1 and eval_window_len >= 2")
+        require(self.device in ("auto", "cpu", "cuda"), f"device must be auto, cpu or cuda, got {self.device!r}")
+        for f_ in fields(self):
+            choices, value = f_.metadata.get("choices"), getattr(self, f_.name)
+            require(not choices or value in choices, f"{f_.name} must be one of {', '.join(choices or ())}, got {value!r}")
         return self
 
     @property
@@ -121,45 +118,29 @@ def config_help(cls: type = TrainConfig) -> str:
     return "\n".join(lines)
 
 
-def _coerce(name: str, value: Any, kind: type, source: str) -> Any:
-    def bad() -> SdlibError:
-        return SdlibError(f"config key {name!r} in {source} must be {kind.__name__}, got {value!r}")
+class _YamlLoader(yaml.SafeLoader):
+    """YAML 1.1 reads ``1e-4`` and ``1e6`` (an exponent without a dot) as strings; read them as floats."""
 
-    if kind is bool:
-        if isinstance(value, bool):
-            return value
-        raise bad()
-    if kind is int:
-        if isinstance(value, bool):
-            raise bad()
-        if isinstance(value, str):  # YAML 1.1 reads "1e6" as a string
-            try:
-                value = float(value)
-            except ValueError:
-                raise bad() from None
-        if isinstance(value, int):
-            return value
-        if isinstance(value, float) and value.is_integer():  # 1e6 in YAML is a float
-            return int(value)
-        raise bad()
-    if kind is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):  # YAML 1.1 reads "1e-4" as a string
-            try:
-                return float(value)
-            except ValueError:
-                raise bad() from None
-        raise bad()
-    if kind is str:
-        if isinstance(value, str):
-            return value
-        raise bad()
-    if kind is dict:
-        if isinstance(value, dict):
-            return dict(value)
-        raise bad()
-    raise bad()
+
+_YamlLoader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$"),
+                                  list("-+.0123456789"))
+
+
+def _yaml(text: str) -> Any:
+    return yaml.load(text, Loader=_YamlLoader)  # noqa: S506 (a SafeLoader subclass)
+
+
+def _coerce(name: str, value: Any, kind: type, source: str) -> Any:
+    """``value`` as ``kind``: ints widen to float, integral floats (``1e6``) narrow to int, bools stay bools."""
+    if isinstance(value, bool) != (kind is bool):
+        pass  # True is an int in Python, never a number here
+    elif kind is int and isinstance(value, float) and value.is_integer():
+        return int(value)
+    elif kind is float and isinstance(value, (int, float)):
+        return float(value)
+    elif isinstance(value, kind):
+        return dict(value) if kind is dict else value
+    raise SdlibError(f"config key {name!r} in {source} must be {kind.__name__}, got {value!r}")
 
 
 _TYPES = {"int": int, "float": float, "str": str, "bool": bool, "dict": dict}
@@ -172,9 +153,6 @@ def config_from_dict(values: dict[str, Any], source: str = "config", cls: type =
         raise SdlibError(f"unknown config key {unknown[0]!r} in {source}; valid keys: {', '.join(known)}")
     kwargs = {name: _coerce(name, value, _TYPES[str(known[name].type)], source) for name, value in values.items()}
     return cls(**kwargs).validate()
-
-
-_NUMBER = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$")
 
 
 def parse_overrides(args: Sequence[str]) -> dict[str, Any]:
@@ -190,10 +168,7 @@ def parse_overrides(args: Sequence[str]) -> dict[str, Any]:
                 value = next(it)
             except StopIteration:
                 raise SdlibError(f"--{key} needs a value") from None
-        parsed = yaml.safe_load(value) if value != "" else ""
-        if isinstance(parsed, str) and _NUMBER.match(parsed):  # YAML 1.1 leaves "3e-4" a string
-            parsed = float(parsed)
-        out[key.replace("-", "_")] = parsed
+        out[key.replace("-", "_")] = _yaml(value) if value != "" else ""
     return out
 
 
@@ -206,7 +181,7 @@ def load_config(path: str | os.PathLike | None = None, overrides: Sequence[str] 
         if not path.exists():
             raise SdlibError(f"config file {path} does not exist (see configs/ for examples)")
         try:
-            loaded = yaml.safe_load(path.read_text())
+            loaded = _yaml(path.read_text())
         except yaml.YAMLError as err:
             raise SdlibError(f"config file {path} is not valid YAML: {str(err).splitlines()[0]}") from None
         if loaded is not None and not isinstance(loaded, dict):

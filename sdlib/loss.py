@@ -116,10 +116,10 @@ def _teacher_logprobs_fn(teacher: TeacherHead | torch.Tensor, valid: torch.Tenso
 def _kl_and_grad(logq: torch.Tensor, logp: torch.Tensor, p: torch.Tensor, direction: str, need_grad: bool
                  ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Per-token KL [n] and its gradient with respect to the student logits [n, V] (or None)."""
-    q = logq.exp()
     if direction == "forward":  # KL(p || q) = sum p (log p - log q); d/dz = q - p
         kl = (p * (logp - logq)).sum(-1)
-        return kl, (q - p) if need_grad else None
+        return kl, (logq.exp() - p) if need_grad else None
+    q = logq.exp()
     diff = logq - logp  # KL(q || p) = sum q (log q - log p); d/dz_j = q_j (diff_j - KL)
     kl = (q * diff).sum(-1)
     return kl, q * (diff - kl[:, None]) if need_grad else None
@@ -214,7 +214,13 @@ def self_distillation_loss(pre_norm_states: Sequence[torch.Tensor], final_norm: 
     teacher_fn = _teacher_logprobs_fn(teacher, valid, compute_dtype)
     zeta1, kl_per_layer = LensKL.apply(weights, lm_head.weight, lm_head.bias, teacher_fn, kl_direction,
                                        chunk_size, compute_dtype, *normed)
-    zeta2, per_layer = _zeta2(flat, normed[-1], weights, last_state)
+    return _loss_parts(zeta1, kl_per_layer, flat, normed[-1], weights, alpha, last_state)
+
+
+def _loss_parts(zeta1: torch.Tensor, kl_per_layer: torch.Tensor, flat: Sequence[torch.Tensor],
+                normed_last: torch.Tensor, weights: torch.Tensor, alpha: float, last_state: str) -> LossParts:
+    """Add alpha * zeta2 to zeta1 and package the parts (shared by the chunked and the reference loss)."""
+    zeta2, per_layer = _zeta2(flat, normed_last, weights, last_state)
     return LossParts(total=zeta1 + alpha * zeta2, zeta1=zeta1.detach(), zeta2=zeta2.detach(),
                      kl_per_layer=kl_per_layer.detach(), movement_per_layer=per_layer.detach())
 
@@ -243,9 +249,11 @@ def reference_self_distillation_loss(pre_norm_states: Sequence[torch.Tensor], fi
                                      lm_head: nn.Linear, teacher: TeacherHead | torch.Tensor, *, alpha: float = 1.0,
                                      k: float = 0.25, attention_mask: torch.Tensor | None = None,
                                      last_state: Convention = "normed", kl_direction: KLDirection = "forward",
+                                     chunk_size: int | None = None, compute_dtype: torch.dtype | None = None,
                                      ) -> LossParts:
     """The plain version of ``self_distillation_loss``: every layer's logits materialized, fp32 log-softmax,
-    autograd keeps everything. For tests and benchmarks only; same arguments and result."""
+    autograd keeps everything. For tests and benchmarks only; same arguments (``chunk_size`` and
+    ``compute_dtype`` are accepted and ignored, so the two are interchangeable) and result."""
     _check_options(alpha, kl_direction, last_state)
     num_layers = len(pre_norm_states) - 1
     valid = _valid_tokens(attention_mask)
@@ -263,7 +271,4 @@ def reference_self_distillation_loss(pre_norm_states: Sequence[torch.Tensor], fi
     else:
         kl = (all_logq.exp() * (all_logq - logp)).sum(-1).mean(-1)
     weights = layer_weights(num_layers, k).to(kl)
-    zeta1 = (weights * kl).sum()
-    zeta2, per_layer = _zeta2(flat, normed[-1], weights, last_state)
-    return LossParts(total=zeta1 + alpha * zeta2, zeta1=zeta1.detach(), zeta2=zeta2.detach(),
-                     kl_per_layer=kl.detach(), movement_per_layer=per_layer.detach())
+    return _loss_parts((weights * kl).sum(), kl, flat, normed[-1], weights, alpha, last_state)

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from sdlib.metrics import last_layer_ratio, monotonicity, movement_sums
+from sdlib.metrics import last_layer_ratio, monotonicity, movement, token_movement
 from sdlib.states import CONVENTIONS, forward_states
 
 
@@ -39,25 +39,29 @@ def measure_windows(model: nn.Module, windows: torch.Tensor, batch_size: int = 8
                     ) -> Measurement:
     """Run ``windows`` ([n, T] token ids) through ``model`` and average D over every token."""
     device = next(model.parameters()).device
-    sums = {c: 0.0 for c in CONVENTIONS}
+    sums = dict.fromkeys(CONVENTIONS, 0.0)
     per_window: dict[str, list[list[float]]] = {c: [] for c in CONVENTIONS}
     count = 0
     batches = range(0, len(windows), batch_size)
     for start in tqdm(batches, desc="measure", unit="batch", disable=not progress):
         ids = windows[start: start + batch_size].to(device)
-        states = forward_states(model, ids)
-        for convention in CONVENTIONS:
-            s, n = movement_sums(states[convention])
-            sums[convention] = sums[convention] + s
-            for row in range(ids.shape[0]):
-                ws, wn = movement_sums([h[row: row + 1] for h in states[convention]])
-                per_window[convention].append((ws / wn).tolist())
-        count += n
+        for convention, per_token in _token_movement_both(forward_states(model, ids)).items():
+            sums[convention] = sums[convention] + per_token.sum(dim=(1, 2))
+            per_window[convention].extend(per_token.mean(dim=2).T.tolist())
+        count += ids.numel()
     D = {c: (sums[c] / count).tolist() for c in CONVENTIONS}
     return Measurement(D=D, S={c: monotonicity(D[c]) for c in CONVENTIONS},
                        last_layer_ratio={c: last_layer_ratio(D[c]) for c in CONVENTIONS},
                        per_window_D=per_window, n_tokens=count, n_windows=len(windows),
                        window_len=int(windows.shape[1]))
+
+
+def _token_movement_both(states: dict[str, tuple[torch.Tensor, ...]]) -> dict[str, torch.Tensor]:
+    """Per-token D [L+1, B, T] (float64) in both conventions; they differ only in the last step, so the
+    shared steps are computed once."""
+    normed = token_movement(states["normed"]).double()
+    pre = states["pre_norm"]
+    return {"normed": normed, "pre_norm": torch.cat([normed[:-1], movement(pre[-2], pre[-1]).double()[None]])}
 
 
 def measure_text(model: nn.Module, tokenizer, text: str = "wikitext-test", n_windows: int = 64,

@@ -19,6 +19,7 @@ import importlib.util
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -86,9 +87,9 @@ def load(name: str | os.PathLike, *, dtype: torch.dtype | str = torch.float32, d
     elif options:
         raise SdlibError(f"options {sorted(options)} only apply to {', '.join(TINY_MODELS)}, not {name_str!r}")
     elif name_str == SMOLLM2:
-        model, tokenizer = _from_pretrained(smollm2_dir(), name_str)
+        model, tokenizer = _from_folder(smollm2_dir(), name_str)
     elif Path(name_str).expanduser().exists():
-        model, tokenizer = _from_pretrained(resolve_checkpoint(name_str), name_str)
+        model, tokenizer = _from_folder(resolve_checkpoint(name_str), name_str)
     elif name_str.startswith((".", "/", "~")) or name_str.count("/") > 1:
         raise SdlibError(f"model folder {name_str!r} does not exist: check the path")
     else:
@@ -129,29 +130,27 @@ def resolve_checkpoint(path: str | os.PathLike) -> Path:
     return latest
 
 
-def _from_pretrained(path: Path, label: str):
+def _from_pretrained(source: Path | str, error: Callable[[str], str]):
+    """Tokenizer and fp32 model from a folder or hub id; a load failure becomes ``SdlibError(error(reason))``."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path)
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+        tokenizer = AutoTokenizer.from_pretrained(source)
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32)
     except (OSError, ValueError) as err:
-        raise SdlibError(f"could not load {label!r} from {path}: {_first_line(err)}") from err
+        raise SdlibError(error(_first_line(err))) from err
     return model, tokenizer
+
+
+def _from_folder(path: Path, label: str):
+    return _from_pretrained(path, lambda reason: f"could not load {label!r} from {path}: {reason}")
 
 
 def _from_hub(model_id: str):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(model_id)
-        model = AutoModelForCausalLM.from_pretrained(model_id, dtype=torch.float32)
-    except (OSError, ValueError) as err:
-        raise SdlibError(
-            f"could not load model {model_id!r} from the Hugging Face hub (hub unreachable, no access, or no "
-            f"such model: {_first_line(err)[:160]}); download it elsewhere and pass its local folder instead, "
-            "e.g. `python -m sdlib measure /path/to/model`") from err
-    return model, tokenizer
+    return _from_pretrained(model_id, lambda reason: (
+        f"could not load model {model_id!r} from the Hugging Face hub (hub unreachable, no access, or no "
+        f"such model: {reason[:160]}); download it elsewhere and pass its local folder instead, "
+        "e.g. `python -m sdlib measure /path/to/model`"))
 
 
 def _first_line(err: BaseException) -> str:

@@ -105,7 +105,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> Path:
-    """Write JSON atomically (indent 2, NaN written as null-safe strings are the caller's business)."""
+    """Write ``obj`` as indented JSON, atomically (tensors and arrays via ``tolist``, paths as strings)."""
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(obj, indent=2, default=_json_default) + "\n")
     return Path(path)

@@ -4,11 +4,12 @@ AdamW, cosine schedule with optional warm-up, gradient accumulation to the globa
 autocast on CUDA and fp32 on CPU, one seed. Multi-process through ``accelerate launch``: each process
 takes its own micro-batches of every global batch and gradients are averaged, so N processes give the
 same update as one process with the same global batch. The teacher is a frozen copy of the starting
-weights (reloaded from ``config.model`` on resume).
+weights (``config.model``, also on resume).
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import time
@@ -31,15 +32,16 @@ LOG_FILE = "log.jsonl"
 
 
 def distillation_loss(student, teacher, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
-                      config: TrainConfig) -> LossParts:
-    """zeta for one micro-batch: teacher forward without autograd, student forward, chunked loss."""
+                      config: TrainConfig, loss_fn=self_distillation_loss) -> LossParts:
+    """zeta for one micro-batch: teacher forward without autograd, student forward, chunked loss
+    (``loss_fn=reference_self_distillation_loss`` for the plain one)."""
     teacher_access = layer_access(teacher)
     with torch.no_grad():
         teacher_hidden = teacher_access.backbone(input_ids=input_ids, attention_mask=attention_mask,
                                                  use_cache=False).last_hidden_state
     states = forward_states(student, input_ids, attention_mask)["pre_norm"]
     access = layer_access(student)
-    return self_distillation_loss(
+    return loss_fn(
         states, access.norm, access.lm_head,
         TeacherHead(teacher_hidden, teacher_access.lm_head.weight, teacher_access.lm_head.bias),
         alpha=config.alpha, k=config.k, attention_mask=attention_mask, last_state=config.last_state,
@@ -95,11 +97,10 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> P
     if config.seq_len > max_sequence_length(student):
         raise SdlibError(f"seq_len {config.seq_len} is above {config.model}'s maximum of "
                          f"{max_sequence_length(student)} positions")
-    teacher, _ = load(config.model, **config.model_options)
-    teacher.requires_grad_(False)
+    teacher = copy.deepcopy(student).requires_grad_(False)  # the frozen starting weights
 
-    checkpoint = latest_checkpoint(run_dir) if resume else None
-    if not resume and latest_checkpoint(run_dir) is not None:
+    checkpoint = latest_checkpoint(run_dir)
+    if checkpoint is not None and not resume:
         raise SdlibError(f"run folder {run_dir} already has checkpoints: pass --resume to continue it, "
                          "or choose another --name / --output_dir")
     state: dict[str, Any] = {"step": 0}
@@ -174,8 +175,7 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> P
                disable=not (progress and main), dynamic_ncols=True)
     while step < total_steps:
         t0 = time.perf_counter()
-        totals = torch.zeros(3, dtype=torch.float64)
-        kl_layers = None
+        sums = None  # loss, zeta1, zeta2, per-layer KL, summed over micro-batches on the device (no host sync)
         for micro in range(accum):
             first = step * config.batch_size + (rank * accum + micro) * config.micro_batch
             input_ids = stream.batch(first, config.micro_batch).to(accelerator.device)
@@ -185,10 +185,9 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> P
                 if not torch.isfinite(parts.total):
                     _nonfinite(step + 1, parts)
                 accelerator.backward(parts.total / accum)
-            totals += torch.tensor([float(parts.total.detach()), float(parts.zeta1), float(parts.zeta2)],
-                                   dtype=torch.float64)
-            kl = parts.kl_per_layer.double().cpu()
-            kl_layers = kl if kl_layers is None else kl_layers + kl
+            micro_stats = torch.cat([torch.stack([parts.total.detach(), parts.zeta1, parts.zeta2]),
+                                     parts.kl_per_layer]).double()
+            sums = micro_stats if sums is None else sums + micro_stats
         grad_norm = (accelerator.clip_grad_norm_(model.parameters(), config.grad_clip) if config.grad_clip > 0
                      else None)
         lr = scheduler.get_last_lr()[0]
@@ -196,7 +195,7 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> P
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         step += 1
-        stats = accelerator.reduce(torch.cat([totals, kl_layers]).to(accelerator.device), "mean").cpu() / accum
+        stats = accelerator.reduce(sums, "mean").cpu() / accum
         elapsed = time.perf_counter() - t0
         epochs = stream.epochs(step * config.batch_size)
         record = {"step": step, "tokens": step * tokens_per_step, "epochs": epochs,
