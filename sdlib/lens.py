@@ -26,16 +26,19 @@ def lens_logits(model: nn.Module, hidden_states: Sequence[torch.Tensor], layer: 
     -> Tensor [batch, len(positions), vocab] in the model's dtype.
     """
     check_convention(convention)
-    access = layer_access(model)
     last = len(hidden_states) - 2  # L
     if not -1 <= layer <= last:
         raise SdlibError(f"layer {layer} is out of range: this model has layers -1 (embedding) .. {last}")
     h = hidden_states[layer + 1]
     if positions is not None:
         h = h[:, positions]
-    if not (layer == last and convention == "normed"):
-        h = access.norm(h)
-    return access.lm_head(h)
+    return lens_head(model, h, already_normed=(layer == last and convention == "normed"))
+
+
+def lens_head(model: nn.Module, h: torch.Tensor, already_normed: bool = False) -> torch.Tensor:
+    """lm_head(final_norm(h)) (lm_head(h) when h is already normed): h [..., d] -> logits [..., vocab]."""
+    access = layer_access(model)
+    return access.lm_head(h if already_normed else access.norm(h))
 
 
 def iter_lens_logits(model: nn.Module, hidden_states: Sequence[torch.Tensor], convention: Convention = "normed",

@@ -1,0 +1,244 @@
+"""Per-layer LAMBADA and WikiText scores for every decoder layer from one forward pass, as lm-eval scores them.
+
+``evaluate_layers`` builds lm-eval's requests with lm-eval's own task and model code, scores all L + 1
+layers with ``AllLayersLM``, and aggregates each layer with the task's own ``process_results`` and
+aggregation functions. ``evaluate_cached`` adds a cache keyed by the model's weights and the settings, and
+the tidy table (``model, checkpoint, task, layer, metric, value, n`` + settings) saved as CSV and JSON.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from sdlib.errors import SdlibError
+from sdlib.evaluation.tasks import check_tasks, data_provenance, load_tasks
+
+# The CPU-sized subset and the full tasks live in configs/eval/*.yaml; ``--subset auto`` picks by device.
+SUBSETS = ("cpu-subset", "full")
+
+
+@dataclass
+class EvalSettings:
+    """What changes the numbers: recorded with every result and part of the cache key."""
+
+    subset: str = "full"
+    """name of the subset (configs/eval/<name>.yaml) or 'custom'"""
+    limit: dict[str, int] = field(default_factory=dict)
+    """first N documents per task, as lm-eval's --limit (absent = all)"""
+    max_length: int | None = None
+    """window length for WikiText's rolling log-likelihood and LAMBADA's truncation (None = the model's)"""
+    dtype: str = "float32"
+    convention: str = "normed"
+    """the lens reads final_norm(h_l) for l < L and the model's own logits at L, in either convention"""
+
+    def limit_for(self, task: str) -> int | None:
+        return self.limit.get(task)
+
+
+def load_subset(name_or_path: str, device: str) -> EvalSettings:
+    """``auto`` (cpu-subset on a CPU, full elsewhere), a subset name under configs/eval, or a YAML path."""
+    import yaml
+
+    from sdlib.paths import configs_dir
+
+    if name_or_path == "auto":
+        name_or_path = "cpu-subset" if str(device).startswith("cpu") else "full"
+    path = Path(name_or_path)
+    if not path.suffix:
+        path = configs_dir() / "eval" / f"{name_or_path}.yaml"
+    if not path.is_file():
+        raise SdlibError(f"evaluation subset {name_or_path!r} not found: use auto, {', '.join(SUBSETS)} or a YAML file")
+    raw = yaml.safe_load(path.read_text()) or {}
+    unknown = set(raw) - {"name", "limit", "max_length"}
+    if unknown:
+        raise SdlibError(f"{path}: unknown key(s) {', '.join(sorted(unknown))}; use name, limit, max_length")
+    limit = {check_tasks([t])[0]: _positive(n, f"{path}: limit for {t}") for t, n in (raw.get("limit") or {}).items()}
+    max_length = raw.get("max_length")
+    return EvalSettings(subset=raw.get("name", path.stem), limit=limit,
+                        max_length=None if max_length is None else _positive(max_length, f"{path}: max_length"))
+
+
+def _positive(value: Any, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise SdlibError(f"{what} must be a positive integer, got {value!r}")
+    return value
+
+
+@dataclass
+class TaskResult:
+    """One task at every layer: per-document arrays and the aggregated metrics.
+
+    loglikelihood: float64 [n_docs, L + 1]; greedy: bool [n_docs, L + 1] (loglikelihood tasks only);
+    metrics: {metric: float64 [L + 1]}.
+    """
+
+    task: str
+    doc_ids: list[int]
+    loglikelihood: np.ndarray
+    greedy: np.ndarray | None
+    metrics: dict[str, np.ndarray]
+    max_length: int
+
+
+def evaluate_layers(model: nn.Module, tokenizer, tasks=("lambada_openai", "wikitext"),
+                    settings: EvalSettings | None = None, batch_size: int = 8, chunk_tokens: int = 1024,
+                    progress: bool = True) -> dict[str, TaskResult]:
+    """Score every decoder layer 0..L of ``model`` on lm-eval's tasks in one forward pass per batch."""
+    from tqdm.auto import tqdm
+
+    from sdlib.evaluation.harness import AllLayersLM
+
+    settings = settings or EvalSettings()
+    names = check_tasks(list(tasks))
+    task_objs = load_tasks(names)
+    bar = tqdm(disable=not progress, unit="req", desc="evaluate")
+    lm = AllLayersLM(model, tokenizer=tokenizer, batch_size=batch_size, max_length=settings.max_length,
+                     chunk_tokens=chunk_tokens, on_batch=bar.update)
+    out = {}
+    for name in names:
+        task = task_objs[name]
+        task.build_all_requests(limit=settings.limit_for(name), rank=0, world_size=1)
+        instances = sorted(task.instances, key=lambda inst: inst.doc_id)
+        if not instances:
+            raise SdlibError(f"{name}: no documents to evaluate (limit {settings.limit_for(name)})")
+        bar.set_description(f"evaluate {name}")
+        bar.reset(total=len(instances) if task.OUTPUT_TYPE == "loglikelihood" else None)
+        if task.OUTPUT_TYPE == "loglikelihood":
+            raw = lm.loglikelihood(instances, disable_tqdm=True)
+            loglik = np.stack([r[0] for r in raw])
+            greedy = np.stack([r[1] for r in raw])
+            per_layer = [[(ll, g) for ll, g in zip(loglik[:, layer], greedy[:, layer])]
+                         for layer in range(loglik.shape[1])]
+        elif task.OUTPUT_TYPE == "loglikelihood_rolling":
+            loglik = np.stack(lm.loglikelihood_rolling(instances, disable_tqdm=True))
+            greedy = None
+            per_layer = [[(ll,) for ll in loglik[:, layer]] for layer in range(loglik.shape[1])]
+        else:
+            raise SdlibError(f"{name}: output type {task.OUTPUT_TYPE} is not supported")
+        out[name] = TaskResult(name, [inst.doc_id for inst in instances], loglik, greedy,
+                               _aggregate(task, instances, per_layer), lm.max_length)
+    bar.close()
+    return out
+
+
+def _aggregate(task, instances, per_layer) -> dict[str, np.ndarray]:
+    """The task's own process_results + aggregation, once per layer."""
+    aggregations = task.aggregation()
+    metrics: dict[str, list[float]] = {}
+    for results in per_layer:
+        items: dict[str, list] = {}
+        for inst, result in zip(instances, results):
+            for metric, item in task.process_results(inst.doc, [float(result[0])] if len(result) == 1
+                                                     else [(float(result[0]), bool(result[1]))]).items():
+                items.setdefault(metric, []).append(item)
+        for metric, values in items.items():
+            metrics.setdefault(metric, []).append(float(aggregations[metric](values)))
+    return {m: np.asarray(v, dtype=np.float64) for m, v in metrics.items()}
+
+
+# --- cache, tidy table, files -----------------------------------------------------------------------------
+
+def model_fingerprint(model: nn.Module, tokenizer) -> str:
+    """sha256 of every parameter's bytes (in state-dict order) and the tokenizer: the cache's model key."""
+    h = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        h.update(name.encode())
+        h.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    h.update((backend.to_str() if backend is not None else repr(tokenizer.get_vocab())).encode())
+    return h.hexdigest()
+
+
+def slug(source: str) -> str:
+    """A folder name for a model name, hub id or path."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", str(source).strip("/"))[-80:] or "model"
+
+
+def _lm_eval_version() -> str:
+    from importlib.metadata import version
+
+    return version("lm_eval")
+
+
+def tidy_rows(result: TaskResult, model: str, checkpoint: str | None, settings: EvalSettings) -> list[dict]:
+    """Long-format rows: model, checkpoint, task, layer, metric, value, n + the settings that change numbers."""
+    rows = []
+    for metric, values in result.metrics.items():
+        for layer, value in enumerate(values):
+            rows.append({"model": model, "checkpoint": checkpoint or "", "task": result.task, "layer": layer,
+                         "metric": metric, "value": float(value), "n": len(result.doc_ids),
+                         "max_length": result.max_length, "limit": settings.limit_for(result.task),
+                         "subset": settings.subset, "convention": settings.convention, "dtype": settings.dtype,
+                         "lm_eval_version": _lm_eval_version()})
+    return rows
+
+
+def evaluate_cached(source: str, tasks, settings: EvalSettings, *, device: str | None = None, batch_size: int = 8,
+                    out_dir: str | Path | None = None, use_cache: bool = True, progress: bool = True,
+                    loaded: tuple[nn.Module, Any] | None = None):
+    """Evaluate ``source`` (a name, hub id, folder or run) and write ``results.csv``/``results.json``.
+
+    Each task's result is cached under ``<out_dir>/cache`` keyed by the model's weights, the tokenizer and
+    the settings, so a retrained checkpoint never reuses a stale result; files are written atomically.
+    -> (pandas DataFrame of tidy rows, path of results.csv).
+    """
+    import pandas as pd
+
+    from sdlib.models import load, resolve_checkpoint
+    from sdlib.paths import results_dir
+    from sdlib.provenance import atomic_path, provenance, write_json
+
+    names = check_tasks(list(tasks) if not isinstance(tasks, str) else tasks)
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    model, tokenizer = loaded or load(source, dtype=settings.dtype, device=device)
+    checkpoint = None
+    if Path(str(source)).expanduser().exists():
+        checkpoint = str(resolve_checkpoint(source))
+    out_dir = Path(out_dir) if out_dir else results_dir() / slug(source) / "eval"
+    fingerprint = model_fingerprint(model, tokenizer)
+    record_base = {"settings": settings.__dict__, "fingerprint": fingerprint, "data": data_provenance()}
+    rows, records = [], {}
+    for name in names:
+        key = hashlib.sha256(json.dumps({"task": name, "fingerprint": fingerprint, "settings": settings.__dict__,
+                                         "lm_eval": _lm_eval_version(), "data": record_base["data"]},
+                                        sort_keys=True, default=str).encode()).hexdigest()[:20]
+        cache = out_dir / "cache" / f"{name}-{key}.json"
+        if use_cache and cache.is_file():
+            record = json.loads(cache.read_text())
+        else:
+            result = evaluate_layers(model, tokenizer, [name], settings, batch_size=batch_size,
+                                     progress=progress)[name]
+            record = {"task": name, "rows": tidy_rows(result, str(source), checkpoint, settings),
+                      "doc_ids": result.doc_ids, "loglikelihood": result.loglikelihood,
+                      "greedy": result.greedy, **record_base,
+                      "provenance": provenance(device=device, data=record_base["data"],
+                                               limits={"limit": settings.limit_for(name),
+                                                       "max_length": result.max_length})}
+            write_json(cache, record)
+        rows += record["rows"]
+        records[name] = {k: record[k] for k in ("rows", "provenance", "settings", "fingerprint")}
+    table = pd.DataFrame(rows)
+    if not all(math.isfinite(v) for v in table["value"]):
+        bad = table[~table["value"].map(math.isfinite)].iloc[0]
+        print(f"warning: non-finite {bad['metric']} at layer {bad['layer']} of {bad['task']}")
+    csv_path = out_dir / "results.csv"
+    with atomic_path(csv_path) as tmp:
+        table.to_csv(tmp, index=False)
+    write_json(out_dir / "results.json", {"model": str(source), "checkpoint": checkpoint, "tasks": records})
+    return table, csv_path
+
+
+def format_table(table) -> str:
+    """The per-layer table, one row per layer and one column per task/metric."""
+    wide = table.pivot_table(index="layer", columns=["task", "metric"], values="value")
+    return wide.to_string(float_format=lambda v: f"{v:.4g}")

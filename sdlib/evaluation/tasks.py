@@ -1,0 +1,172 @@
+"""lm-eval tasks, from the real sources or from the offline copies under ``SDLIB_DATA_DIR``.
+
+The tasks are lm-eval's own (``lambada_openai``, ``wikitext``): their prompts, scoring and aggregation come
+from lm-eval's task files, never re-derived here. Offline, a generated task folder holds one YAML per task
+that ``include``s lm-eval's file and only swaps the dataset for local JSON lines (``dataset_path: json``).
+WikiText's document-level pages are rebuilt from the raw file with the rule of ``shared/data/README.md``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from sdlib.errors import SdlibError
+
+TASKS = ("lambada_openai", "wikitext")
+
+
+@dataclass(frozen=True)
+class OfflineSource:
+    """Where a task's data lives under SDLIB_DATA_DIR, and the lm-eval task file it stands in for."""
+
+    task: str
+    hf_dataset: str
+    files: dict[str, str]  # split -> file relative to SDLIB_DATA_DIR
+    lm_eval_yaml: str  # relative to lm_eval/tasks
+
+
+OFFLINE = {
+    "lambada_openai": OfflineSource("lambada_openai", "EleutherAI/lambada_openai (default, test)",
+                                    {"test": "lambada_openai/test.jsonl"}, "lambada/lambada_openai.yaml"),
+    "wikitext": OfflineSource("wikitext", "EleutherAI/wikitext_document_level (wikitext-2-raw-v1)",
+                              {"test": "wikitext-2-raw-v1/wiki.test.raw",
+                               "validation": "wikitext-2-raw-v1/wiki.valid.raw"}, "wikitext/wikitext.yaml"),
+}
+
+
+def check_tasks(tasks: str | list[str] | tuple[str, ...]) -> list[str]:
+    """Parse ``"a,b"`` or a list into task names, refusing unknown ones with one clear line."""
+    names = [t.strip() for t in (tasks.split(",") if isinstance(tasks, str) else tasks) if t.strip()]
+    unknown = [t for t in names if t not in TASKS]
+    if unknown or not names:
+        raise SdlibError(f"unknown task(s) {', '.join(unknown) or '(none given)'}: use {', '.join(TASKS)}")
+    return names
+
+
+def wikitext_pages(raw: str) -> list[str]:
+    """Split a raw WikiText file into EleutherAI/wikitext_document_level ``page`` strings.
+
+    The rule (shared/data/README.md): split on "\\n"; a line whose normalised copy (``= = =`` -> ``===``,
+    ``= =`` -> ``==``, stripped) starts with ``"= "`` and ends with ``" ="`` starts a new page, after the
+    lines so far are emitted as a page when not blank; every line is appended to the current page; the
+    last page is emitted unconditionally.
+    """
+    pages: list[str] = []
+    current: list[str] = []
+    for line in raw.split("\n"):
+        norm = line.replace("= = =", "===").replace("= =", "==").strip()
+        if norm.startswith("= ") and norm.endswith(" ="):
+            page = "\n".join(current)
+            if page.strip():
+                pages.append(page)
+            current = []
+        current.append(line)
+    pages.append("\n".join(current))
+    return pages
+
+
+def _lm_eval_tasks_dir() -> Path:
+    import lm_eval.tasks
+
+    return Path(lm_eval.tasks.__file__).resolve().parent
+
+
+def _check_jsonl(path: Path, field: str) -> None:
+    with open(path, encoding="utf-8") as f:
+        for number, line in enumerate(f, 1):
+            try:
+                row = json.loads(line)
+                if not isinstance(row.get(field), str):
+                    raise KeyError(field)
+            except (json.JSONDecodeError, KeyError, AttributeError):
+                raise SdlibError(f"{path}, line {number}: not a JSON object with a string {field!r} field; "
+                                 "restore the file (see shared/data/README.md)") from None
+
+
+def offline_task_dir() -> Path | None:
+    """Generate (once per data content) the offline task folder; None when SDLIB_DATA_DIR is unset.
+
+    Every data file is checked first (present, non-empty, the expected sha256, valid JSON lines), so a
+    damaged copy fails here with one line naming the file, not deep inside lm-eval.
+    """
+    from sdlib.data import offline_file
+    from sdlib.paths import cache_dir
+    from sdlib.provenance import file_sha256
+
+    files = {name: {split: offline_file(rel, f"{name} ({src.hf_dataset})") for split, rel in src.files.items()}
+             for name, src in OFFLINE.items()}
+    if all(p is None for split in files.values() for p in split.values()):
+        return None
+    _check_jsonl(files["lambada_openai"]["test"], "text")
+    key = hashlib.sha256(json.dumps({n: {s: file_sha256(p) for s, p in f.items()} for n, f in files.items()},
+                                    sort_keys=True).encode()).hexdigest()[:16]
+    folder = cache_dir() / "lm_eval_tasks" / key
+    if (folder / "done").exists():
+        return folder
+    from sdlib.provenance import atomic_path
+
+    folder.mkdir(parents=True, exist_ok=True)
+    data_files = {"lambada_openai": {"test": str(files["lambada_openai"]["test"])}, "wikitext": {}}
+    for split, raw_path in files["wikitext"].items():
+        pages_path = folder / f"wikitext-{split}.jsonl"
+        with atomic_path(pages_path) as tmp:
+            pages = wikitext_pages(raw_path.read_text(encoding="utf-8"))
+            tmp.write_text("".join(json.dumps({"page": p}) + "\n" for p in pages), encoding="utf-8")
+        data_files["wikitext"][split] = str(pages_path)
+    lm_tasks = _lm_eval_tasks_dir()
+    for name, src in OFFLINE.items():
+        cfg = {"include": str(lm_tasks / src.lm_eval_yaml), "dataset_path": "json", "dataset_name": None,
+               "dataset_kwargs": {"data_files": data_files[name]},
+               "training_split": None,  # zero-shot only: the offline copies hold no training split
+               "metadata": {"sdlib_offline_copy_of": src.hf_dataset}}
+        with atomic_path(folder / f"{name}.yaml") as tmp:
+            tmp.write_text(f"# generated by sdlib from SDLIB_DATA_DIR: {src.hf_dataset}\n" + json.dumps(cfg, indent=2))
+    (folder / "done").write_text(key)
+    return folder
+
+
+def data_provenance() -> dict[str, str]:
+    """name -> source id (``hf:...`` online, ``sha256:...`` of the offline file) for the result records."""
+    from sdlib.paths import data_dir
+    from sdlib.provenance import file_sha256
+
+    root = data_dir()
+    out = {}
+    for name, src in OFFLINE.items():
+        for split, rel in src.files.items():
+            out[f"{name}/{split}"] = (f"sha256:{file_sha256(root / rel)}" if root is not None
+                                      else f"hf:{src.hf_dataset}")
+    return out
+
+
+def load_tasks(names: list[str]) -> dict:
+    """lm-eval Task objects by name: offline copies when SDLIB_DATA_DIR is set, the real datasets otherwise."""
+    import logging
+
+    from lm_eval.tasks import TaskManager
+
+    include = offline_task_dir()
+    logging.getLogger("lm_eval").setLevel(logging.ERROR)  # "task X overrides existing task" is intended
+    manager = TaskManager(include_path=str(include) if include else None)
+    try:
+        loaded = manager.load(names)["tasks"]
+    except Exception as err:  # datasets raises many types for "no network"
+        if include is not None:
+            raise
+        raise SdlibError(
+            f"could not load {', '.join(OFFLINE[n].hf_dataset for n in names)} from the Hugging Face hub "
+            f"({type(err).__name__}); offline, set SDLIB_DATA_DIR to a folder holding "
+            f"{', '.join(r for n in names for r in OFFLINE[n].files.values())} (laid out like shared/data)"
+        ) from err
+    return {name: loaded[name] for name in names}
+
+
+def task_manager():
+    """A TaskManager that sees the offline tasks when SDLIB_DATA_DIR is set (for ``simple_evaluate``)."""
+    from lm_eval.tasks import TaskManager
+
+    include = offline_task_dir()
+    return TaskManager(include_path=str(include) if include else None)
