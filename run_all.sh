@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Regenerate everything for a profile: train (reused when finished, resumed when interrupted), then
-# measure the baseline and the self-distilled model in both last-state conventions.
-#   ./run_all.sh                  default profile: smol (SmolLM2-135M on the CPU, about 50 minutes)
+# Regenerate everything for a profile (configs/profiles.yaml): train (reused when finished, resumed when
+# interrupted), measure and evaluate the pretrained and self-distilled models (cached by weights + settings),
+# then execute every notebook (papermill) into figures.
+#   ./run_all.sh                  default profile: smol (SmolLM2-135M on the CPU, about 80 minutes; writes figures/)
 #   ./run_all.sh --profile tiny   the CI profile (seconds)
 #   ./run_all.sh --profile paper  the paper's five models (GPUs; multi-GPU: set LAUNCH="accelerate launch")
 set -euo pipefail
@@ -16,8 +17,7 @@ while [ $# -gt 0 ]; do
     esac
 done
 case "$PROFILE" in
-    tiny|smol) CONFIGS=("configs/$PROFILE.yaml") ;;
-    paper) CONFIGS=(configs/paper/*.yaml) ;;
+    tiny|smol|paper) ;;
     *) echo "run_all: unknown profile '$PROFILE' (use tiny, smol or paper)" >&2; exit 2 ;;
 esac
 ./scripts/setup.sh
@@ -31,38 +31,34 @@ if [ "$PROFILE" != smol ]; then
     export SDLIB_BUILD_DIR="${SDLIB_BUILD_DIR:-$PWD/build/profile-$PROFILE}"
 fi
 LAUNCH=${LAUNCH:-"$PY -m"}
-MEASURE_ARGS=()
-if [ "$PROFILE" = tiny ]; then MEASURE_ARGS=(--windows 4 --window-len 128); fi
+mapfile -t CONFIGS < <("$PY" -c "from sdlib.profiles import load_profile
+for p in load_profile('$PROFILE').pairs: print(p.config_path)")
 
 echo "== plan ($PROFILE profile)"
-for cfg in "${CONFIGS[@]}"; do
-    "$PY" - "$cfg" <<'PYEOF'
+"$PY" - "$PROFILE" <<'PYEOF'
 import sys
-from sdlib.config import load_config
 from sdlib.checkpoint import list_checkpoints
-c = load_config(sys.argv[1])
-done = [s for s, _ in list_checkpoints(c.run_dir())]
-state = "finished, reused" if done and done[-1] >= c.total_steps else (f"resume from step {done[-1]}" if done else "train")
-print(f"  {sys.argv[1]}: {c.model}, {c.total_steps} steps x {c.batch_size * c.seq_len} tokens -> {c.run_dir()} ({state})")
-print(f"    then measure {c.model} and the trained model (D curve, S in both conventions)")
+from sdlib.figures.run import NOTEBOOKS
+from sdlib.profiles import load_profile
+p = load_profile(sys.argv[1])
+for pair in p.pairs:
+    c = pair.config
+    done = [s for s, _ in list_checkpoints(c.run_dir())]
+    state = "finished, reused" if done and done[-1] >= c.total_steps else (f"resume from step {done[-1]}" if done else "train")
+    print(f"  train {pair.config_path}: {c.model}, {c.total_steps} steps x {c.batch_size * c.seq_len} tokens -> {c.run_dir()} ({state})")
+print(f"  measure + evaluate (subset {p.eval_subset}) the pretrained and self-distilled models; cached by weights + settings")
+print(f"  draw {', '.join(NOTEBOOKS)} -> {p.figures_dir()}")
 PYEOF
-done
-[ "$PROFILE" = smol ] && echo "  estimate: about 45 minutes of training and 3 minutes of measuring on 2 CPU cores"
+case "$PROFILE" in
+    tiny) echo "  estimate: about 2 minutes on 2 CPU cores" ;;
+    smol) echo "  estimate on 2 CPU cores: about 45-60 minutes of training, 25 minutes of evaluation, 5 minutes of notebooks" ;;
+    paper) echo "  estimate: hours on GPUs (5 models x 10M tokens), then the full lm-eval tasks" ;;
+esac
 
 for cfg in "${CONFIGS[@]}"; do
-    IFS=$'\t' read -r run_dir model < <("$PY" -c "import sys; from sdlib.config import load_config
-c = load_config(sys.argv[1]); print(c.run_dir(), c.model, sep='\t')" "$cfg")
     echo "== train $cfg"
     $LAUNCH sdlib train "$cfg" --resume || { echo "run_all: training $cfg failed (finished checkpoints are kept; rerun to resume)" >&2; exit 1; }
-    for target in baseline trained; do
-        src=$([ "$target" = baseline ] && echo "$model" || echo "$run_dir")
-        out="$run_dir/measure-$target.json"
-        if [ -f "$out" ] && [ "$target" = baseline -o "$out" -nt "$run_dir/checkpoints" ]; then
-            echo "== measure $target: cached ($out)"
-            continue
-        fi
-        echo "== measure $target ($src)"
-        "$PY" -m sdlib measure "$src" --out "$out" "${MEASURE_ARGS[@]}" || { echo "run_all: measuring $src failed" >&2; exit 1; }
-    done
 done
-echo "== done: runs and measurements under ${SDLIB_BUILD_DIR:-build}"
+echo "== measure, evaluate and draw"
+"$PY" -m sdlib figures --profile "$PROFILE" || { echo "run_all: the figures step failed (finished results are cached; rerun to continue)" >&2; exit 1; }
+echo "== done: figures in $("$PY" -c "from sdlib.profiles import load_profile; print(load_profile('$PROFILE').figures_dir())")"

@@ -1,4 +1,4 @@
-"""``python -m sdlib train|measure|eval|lm-eval ...``: parse, call, print. Errors a user can fix print one line, exit 2."""
+"""``python -m sdlib train|measure|eval|figures|lm-eval ...``: parse, call, print. Fixable errors: one line, exit 2."""
 
 from __future__ import annotations
 
@@ -80,6 +80,16 @@ def _eval(args: argparse.Namespace, extra: Sequence[str]) -> int:
     return 0
 
 
+def _figures(args: argparse.Namespace, extra: Sequence[str]) -> int:
+    from sdlib.figures.run import prepare, run_notebooks
+
+    timings = {} if args.no_prepare else prepare(args.profile, device=args.device)
+    only = [n.strip() for n in args.only.split(",")] if args.only else None
+    timings |= run_notebooks(args.profile, only)
+    print("wall time per stage (s): " + ", ".join(f"{k} {v:.0f}" for k, v in timings.items()))
+    return 0
+
+
 def lm_eval_main(argv: Sequence[str]) -> int:
     """lm-eval's own command line with sdlib's ``sdlib-layer`` model registered and the offline tasks on
     its include path (the plain ``lm_eval`` command imports no plugins)."""
@@ -134,6 +144,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="output folder (default: <build>/results/<model>/eval)")
     p.add_argument("--no-cache", action="store_true", help="recompute even when a cached result matches")
     p.set_defaults(func=_eval)
+    p = sub.add_parser("figures", help="measure + evaluate a profile's models (cached), then run every notebook")
+    p.add_argument("--profile", default="smol", help="tiny, smol (default; writes figures/) or paper")
+    p.add_argument("--only", default=None, help="comma-separated notebook names (default: all)")
+    p.add_argument("--no-prepare", action="store_true", help="skip the measure/evaluate step")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    p.set_defaults(func=_figures)
     sub.add_parser("lm-eval", help="lm-eval's CLI with the sdlib-layer model (--model_args pretrained=...,layer=N)",
                    add_help=False)
     return parser

@@ -8,8 +8,6 @@ the tidy table (``model, checkpoint, task, layer, metric, value, n`` + settings)
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 import re
 from dataclasses import dataclass, field
@@ -20,6 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from sdlib.cache import cached_record, model_fingerprint
 from sdlib.errors import SdlibError
 from sdlib.evaluation.tasks import check_tasks, data_provenance, load_tasks
 
@@ -148,17 +147,6 @@ def _aggregate(task, instances, per_layer) -> dict[str, np.ndarray]:
 
 # --- cache, tidy table, files -----------------------------------------------------------------------------
 
-def model_fingerprint(model: nn.Module, tokenizer) -> str:
-    """sha256 of every parameter's bytes (in state-dict order) and the tokenizer: the cache's model key."""
-    h = hashlib.sha256()
-    for name, tensor in model.state_dict().items():
-        h.update(name.encode())
-        h.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
-    backend = getattr(tokenizer, "backend_tokenizer", None)
-    h.update((backend.to_str() if backend is not None else repr(tokenizer.get_vocab())).encode())
-    return h.hexdigest()
-
-
 def slug(source: str) -> str:
     """A folder name for a model name, hub id or path."""
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", str(source).strip("/"))[-80:] or "model"
@@ -206,25 +194,20 @@ def evaluate_cached(source: str, tasks, settings: EvalSettings, *, device: str |
         checkpoint = str(resolve_checkpoint(source))
     out_dir = Path(out_dir) if out_dir else results_dir() / slug(source) / "eval"
     fingerprint = model_fingerprint(model, tokenizer)
-    record_base = {"settings": settings.__dict__, "fingerprint": fingerprint, "data": data_provenance()}
+    data = data_provenance()
     rows, records = [], {}
     for name in names:
-        key = hashlib.sha256(json.dumps({"task": name, "fingerprint": fingerprint, "settings": settings.__dict__,
-                                         "lm_eval": _lm_eval_version(), "data": record_base["data"]},
-                                        sort_keys=True, default=str).encode()).hexdigest()[:20]
-        cache = out_dir / "cache" / f"{name}-{key}.json"
-        if use_cache and cache.is_file():
-            record = json.loads(cache.read_text())
-        else:
-            result = evaluate_layers(model, tokenizer, [name], settings, batch_size=batch_size,
-                                     progress=progress)[name]
-            record = {"task": name, "rows": tidy_rows(result, str(source), checkpoint, settings),
-                      "doc_ids": result.doc_ids, "loglikelihood": result.loglikelihood,
-                      "greedy": result.greedy, **record_base,
-                      "provenance": provenance(device=device, data=record_base["data"],
-                                               limits={"limit": settings.limit_for(name),
-                                                       "max_length": result.max_length})}
-            write_json(cache, record)
+        def compute(name=name):
+            result = evaluate_layers(model, tokenizer, [name], settings, batch_size=batch_size, progress=progress)[name]
+            return {"task": name, "rows": tidy_rows(result, str(source), checkpoint, settings),
+                    "doc_ids": result.doc_ids, "loglikelihood": result.loglikelihood, "greedy": result.greedy,
+                    "settings": settings.__dict__, "fingerprint": fingerprint,
+                    "provenance": provenance(device=device, data=data, limits={"limit": settings.limit_for(name),
+                                                                               "max_length": result.max_length})}
+
+        key = {"task": name, "fingerprint": fingerprint, "settings": settings.__dict__,
+               "lm_eval": _lm_eval_version(), "data": data}
+        record = cached_record(out_dir, name, key, compute, use_cache)
         rows += record["rows"]
         records[name] = {k: record[k] for k in ("rows", "provenance", "settings", "fingerprint")}
     table = pd.DataFrame(rows)

@@ -1,0 +1,56 @@
+"""Results cached by content: the key holds the model's fingerprint (its weights and tokenizer) and every
+setting that changes the numbers, so a retrained checkpoint never reuses a stale result. Files are
+written atomically: an interrupted computation leaves no partial cache file."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+
+def model_fingerprint(model: nn.Module, tokenizer) -> str:
+    """sha256 of every parameter's bytes (in state-dict order) and of the tokenizer.
+
+    Remembered on the model until any tensor changes in place (torch's version counters), so repeated calls
+    on an unchanged model cost nothing.
+    """
+    versions = tuple(t._version for t in model.state_dict().values())
+    memo = model.__dict__.get("_sdlib_fingerprint")
+    if memo is not None and memo[0] == (versions, id(tokenizer)):
+        return memo[1]
+    h = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        h.update(name.encode())
+        h.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    h.update((backend.to_str() if backend is not None else repr(sorted(tokenizer.get_vocab().items()))).encode())
+    model.__dict__["_sdlib_fingerprint"] = ((versions, id(tokenizer)), h.hexdigest())
+    return h.hexdigest()
+
+
+def cache_path(folder: str | Path, name: str, key: dict[str, Any]) -> Path:
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:20]
+    return Path(folder) / "cache" / f"{name}-{digest}.json"
+
+
+def cached_record(folder: str | Path, name: str, key: dict[str, Any], compute: Callable[[], dict[str, Any]],
+                  use_cache: bool = True) -> dict[str, Any]:
+    """The JSON record for ``key`` under ``folder/cache``: read when present, else computed and written."""
+    from sdlib.provenance import write_json
+
+    path = cache_path(folder, name, key)
+    if use_cache and path.is_file():
+        return json.loads(path.read_text())
+    record = {**compute(), "cache_key": key}
+    write_json(path, record)
+    return json.loads(json.dumps(record, default=_plain))
+
+
+def _plain(obj: Any) -> Any:
+    return obj.tolist() if hasattr(obj, "tolist") else str(obj)

@@ -1,0 +1,167 @@
+"""The numbers behind each figure, computed from a profile's baseline/self-distilled pairs and cached by
+model content and settings (``sdlib.cache``). Plotting lives in ``sdlib.figures.plots``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from sdlib.profiles import WHICH, Pair, Profile, Which
+
+# Paper, Fig. 7's sentence.
+FIG7_SENTENCE = ("The curious cat climbed up the tall tree, carefully balancing on each thin branch, until it "
+                 "suddenly noticed a small bird sitting quietly at the top.")
+
+# The paper's reported numbers (Shibata et al.), for the summary table; None where it gives none.
+PAPER = {
+    "Llama-3.2-1B": {"S_before": 0.56, "S_after": 0.90, "last_D_before": 0.27, "last_D_after": 0.058,
+                     "ratio_before": 4.14, "ratio_after": 1.69, "lambada_drop_before": 0.38,
+                     "lambada_drop_after": 0.09},
+    "Llama-3.2-3B": {"S_before": 0.66, "S_after": 0.89},
+}
+
+
+def fingerprint(pair: Pair, which: Which, device: str | None = None) -> str:
+    from sdlib.cache import model_fingerprint
+
+    return model_fingerprint(*pair.load(which, device))
+
+
+def _folder(pair: Pair, which: Which, kind: str):
+    from sdlib.evaluation.layers import slug
+    from sdlib.paths import results_dir
+
+    return results_dir() / slug(pair.source(which) if which == "trained" else pair.name + "-baseline") / kind
+
+
+def movement(profile: Profile, pair: Pair, which: Which, device: str | None = None) -> dict[str, Any]:
+    """D_l per layer and S in both conventions (``sdlib.measure``), on the profile's measurement text."""
+    from sdlib.cache import cached_record
+    from sdlib.measure import measure_text
+    from sdlib.provenance import provenance
+
+    settings = {"text": "wikitext-test", "windows": 64, "window_len": 512, **profile.measure}
+
+    def compute():
+        model, tok = pair.load(which, device)
+        m = measure_text(model, tok, settings["text"], settings["windows"], settings["window_len"], progress=True)
+        return {"label": pair.label(which), "source": pair.source(which), **m.to_dict(),
+                "provenance": provenance(device=next(model.parameters()).device, data=m.info.get("data"),
+                                         limits=settings)}
+
+    key = {"fingerprint": fingerprint(pair, which, device), **settings}
+    return cached_record(_folder(pair, which, "measure"), "movement", key, compute)
+
+
+def layer_scores(profile: Profile, pair: Pair, which: Which, tasks=("lambada_openai", "wikitext"),
+                 device: str | None = None):
+    """The per-layer evaluation table (``sdlib.evaluation``) on the profile's subset, with a ``which`` column."""
+    from sdlib.evaluation.layers import evaluate_cached, load_subset
+
+    model, tok = pair.load(which, device)
+    settings = load_subset(profile.eval_subset, str(next(model.parameters()).device))
+    table, _ = evaluate_cached(pair.source(which), list(tasks), settings, loaded=(model, tok),
+                               out_dir=_folder(pair, which, "eval"), device=str(next(model.parameters()).device))
+    return table.assign(which=which, label=pair.label(which))
+
+
+def layer_scores_both(profile: Profile, pair: Pair, **kw):
+    import pandas as pd
+
+    return pd.concat([layer_scores(profile, pair, which, **kw) for which in WHICH], ignore_index=True)
+
+
+@torch.no_grad()
+def pca_trajectories(pair: Pair, text: str = FIG7_SENTENCE, convention: str = "normed", n_components: int = 3,
+                     device: str | None = None):
+    """Every token's states h_{-1}..h_L of ``text`` in both models, projected on one PCA fitted to all of them.
+
+    -> (DataFrame: which, label, token_index, token, layer, pc1..pcK; explained variance ratios [K]).
+    """
+    import pandas as pd
+    from sklearn.decomposition import PCA
+
+    from sdlib.states import hidden_states
+
+    per_model = {}
+    for which in WHICH:
+        model, tok = pair.load(which, device)
+        ids = tok(text, return_tensors="pt")["input_ids"].to(next(model.parameters()).device)
+        states = hidden_states(model, ids, convention=convention)
+        per_model[which] = (torch.stack([s[0] for s in states]).float().cpu().numpy(),  # [L + 2, T, d]
+                            [tok.decode([i]) for i in ids[0].tolist()])
+    stacked = np.concatenate([s.reshape(-1, s.shape[-1]) for s, _ in per_model.values()])
+    pca = PCA(n_components=n_components, random_state=0).fit(stacked)
+    rows = []
+    for which, (s, tokens) in per_model.items():
+        proj = pca.transform(s.reshape(-1, s.shape[-1])).reshape(s.shape[0], s.shape[1], n_components)
+        for layer in range(s.shape[0]):
+            for t, token in enumerate(tokens):
+                rows.append({"which": which, "label": pair.label(which), "token_index": t, "token": token,
+                             "layer": layer - 1, **{f"pc{i + 1}": float(proj[layer, t, i]) for i in range(n_components)}})
+    return pd.DataFrame(rows), pca.explained_variance_ratio_
+
+
+def lens_grid(pair: Pair, which: Which, text: str = FIG7_SENTENCE, n_positions: int = 8, n_last: int = 3,
+              device: str | None = None) -> dict[str, Any]:
+    """``lens_grid_of`` for one model of a pair."""
+    return lens_grid_of(*pair.load(which, device), text, pair.label(which), n_positions, n_last)
+
+
+@torch.no_grad()
+def lens_grid_of(model, tok, text: str = FIG7_SENTENCE, label: str = "", n_positions: int = 8, n_last: int = 3
+                 ) -> dict[str, Any]:
+    """Top-1 lens token and probability at every layer for the positions predicting the last ``n_positions``
+    tokens, and the movement D_l (both conventions) of the positions predicting the last ``n_last``."""
+    from sdlib.lens import lens_top1
+    from sdlib.metrics import token_movement
+    from sdlib.states import forward_states
+
+    ids = tok(text, return_tensors="pt")["input_ids"].to(next(model.parameters()).device)
+    T = ids.shape[1]
+    if T < 2:
+        from sdlib.errors import SdlibError
+
+        raise SdlibError(f"the text has {T} token(s): at least two are needed for the lens grid")
+    n_positions = min(n_positions, T - 1)
+    positions = torch.arange(T - 1 - n_positions, T - 1, device=ids.device)  # position p predicts token p + 1
+    states = forward_states(model, ids)
+    top_ids, top_p = lens_top1(model, states["normed"], positions)
+    tokens = [tok.decode([i]) for i in ids[0].tolist()]
+    movement = {c: token_movement(states[c])[:, 0, positions[-n_last:]].double().cpu().numpy().T.tolist()
+                for c in states}
+    return {"label": label, "inputs": [tokens[p] for p in positions.tolist()],
+            "targets": [tokens[p + 1] for p in positions.tolist()], "last": n_last,
+            "top_tokens": [[tok.decode([int(i)]) for i in row] for row in top_ids.cpu().tolist()],
+            "top_prob": top_p.cpu().numpy().tolist(), "movement_last": movement}
+
+
+def summary(profile: Profile, device: str | None = None):
+    """One row per model and state: S (both conventions), last-layer D and its ratio, LAMBADA final vs
+    penultimate accuracy and the relative drop, final-layer WikiText word perplexity; the paper's beside."""
+    import pandas as pd
+
+    rows = []
+    for pair in profile.pairs:
+        scores = layer_scores_both(profile, pair, device=device)
+        for which in WHICH:
+            m = movement(profile, pair, which, device)
+            s = scores[scores["which"] == which]
+            acc = s[(s.task == "lambada_openai") & (s.metric == "acc")].sort_values("layer")["value"].to_numpy()
+            ppl = s[(s.task == "wikitext") & (s.metric == "word_perplexity")].sort_values("layer")["value"].to_numpy()
+            rows.append({"model": pair.model, "state": "pretrained" if which == "baseline" else "self-distilled",
+                         "S_normed": m["S"]["normed"], "S_pre_norm": m["S"]["pre_norm"],
+                         "last_D_normed": m["D"]["normed"][-1], "last_D_pre_norm": m["D"]["pre_norm"][-1],
+                         "ratio_normed": m["last_layer_ratio"]["normed"],
+                         "ratio_pre_norm": m["last_layer_ratio"]["pre_norm"],
+                         "lambada_final": acc[-1], "lambada_penultimate": acc[-2],
+                         "lambada_drop": (acc[-2] - acc[-1]) / acc[-2] if acc[-2] > 0 else float("nan"),
+                         "wikitext_word_ppl_final": ppl[-1], "source": "sdlib (measured)"})
+    for model, p in PAPER.items():  # the paper does not say which last state; its numbers get their own columns
+        for state, suffix in (("pretrained", "before"), ("self-distilled", "after")):
+            rows.append({"model": model, "state": state, "S_paper": p.get(f"S_{suffix}"),
+                         "last_D_paper": p.get(f"last_D_{suffix}"), "ratio_paper": p.get(f"ratio_{suffix}"),
+                         "lambada_drop": p.get(f"lambada_drop_{suffix}"), "source": "paper (reported)"})
+    return pd.DataFrame(rows)

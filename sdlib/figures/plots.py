@@ -1,0 +1,129 @@
+"""Plotly figures from the records of ``sdlib.figures.compute``: drawing only, no computation."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+from sdlib.states import CONVENTIONS
+
+PALETTE = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#17becf"]
+STYLE = {"baseline": "dash", "trained": "solid"}
+
+
+def show_token(token: str) -> str:
+    """A decoded token made visible in a cell: spaces as ␣, newlines as ⏎."""
+    return token.replace(" ", "␣").replace("\n", "⏎") or "∅"
+
+
+def _style(label: str) -> str:
+    return STYLE["baseline"] if "pretrained" in label else STYLE["trained"]
+
+
+def movement_figure(records: Sequence[dict[str, Any]], title: str = "Hidden-state movement per layer") -> go.Figure:
+    """D_l against layer, one panel per last-state convention; S in each legend entry. Records: label, D, S."""
+    fig = make_subplots(rows=1, cols=len(CONVENTIONS), shared_yaxes=True,
+                        subplot_titles=[f"last state: {c}" for c in CONVENTIONS])
+    models = list(dict.fromkeys(r["label"].split(" (")[0] for r in records))
+    for col, convention in enumerate(CONVENTIONS, start=1):
+        for r in records:
+            color = PALETTE[models.index(r["label"].split(" (")[0]) % len(PALETTE)]
+            D = r["D"][convention]
+            fig.add_trace(go.Scatter(x=list(range(len(D))), y=D, mode="lines+markers",
+                                     name=f"{r['label']}: S = {r['S'][convention]:.3f}",
+                                     legendgroup=convention, legendgrouptitle_text=convention,
+                                     line={"color": color, "dash": _style(r["label"])}), row=1, col=col)
+        fig.update_xaxes(title_text="layer l", row=1, col=col)
+    fig.update_yaxes(title_text="D_l = 1 - (1 + cos(h_{l-1}, h_l)) / 2", row=1, col=1)
+    fig.update_layout(title=title, template="plotly_white", width=1200, height=500, legend={"groupclick": "toggleitem"})
+    return fig
+
+
+def pca_figure(df, explained: Sequence[float], max_tokens: int = 40,
+               title: str = "PCA trajectories of the hidden states, input to last layer") -> go.Figure:
+    """3-D trajectories (one line per token, markers coloured by layer), one scene per model, shared axes."""
+    labels = list(dict.fromkeys(df["label"]))
+    fig = make_subplots(rows=1, cols=len(labels), specs=[[{"type": "scene"}] * len(labels)], subplot_titles=labels)
+    ranges = {c: [df[c].min(), df[c].max()] for c in ("pc1", "pc2", "pc3")}
+    n_layers = df["layer"].max()
+    for col, label in enumerate(labels, start=1):
+        part = df[df["label"] == label]
+        for t in sorted(part["token_index"].unique())[:max_tokens]:
+            path = part[part["token_index"] == t].sort_values("layer")
+            fig.add_trace(go.Scatter3d(
+                x=path["pc1"], y=path["pc2"], z=path["pc3"], mode="lines+markers", showlegend=False,
+                name=str(path["token"].iloc[0]), line={"color": "rgba(120,120,120,0.5)", "width": 2},
+                marker={"size": 3, "color": path["layer"], "colorscale": "Viridis", "cmin": -1, "cmax": n_layers,
+                        "showscale": col == len(labels), "colorbar": {"title": "layer"}},
+                hovertext=[f"{path['token'].iloc[0]!r} layer {l}" for l in path["layer"]], hoverinfo="text"),
+                row=1, col=col)
+    axes = {f"{a}axis": {"range": ranges[pc], "title": f"{pc.upper()} ({explained[i]:.0%})"}
+            for i, (a, pc) in enumerate(zip("xyz", ("pc1", "pc2", "pc3")))}
+    fig.update_scenes(**axes)
+    fig.update_layout(title=title, template="plotly_white", width=1300, height=650)
+    return fig
+
+
+def layer_metric_figure(table, task: str, metric: str, log_y: bool = False, title: str | None = None,
+                        y_title: str | None = None) -> go.Figure:
+    """One line per model (baseline dashed) of ``metric`` against layer, from the tidy evaluation table."""
+    part = table[(table["task"] == task) & (table["metric"] == metric)]
+    fig = go.Figure()
+    models = list(dict.fromkeys(l.split(" (")[0] for l in part["label"]))
+    for label in dict.fromkeys(part["label"]):
+        rows = part[part["label"] == label].sort_values("layer")
+        color = PALETTE[models.index(label.split(" (")[0]) % len(PALETTE)]
+        fig.add_trace(go.Scatter(x=rows["layer"], y=rows["value"], mode="lines+markers", name=label,
+                                 line={"color": color, "dash": _style(label)}))
+    n = int(part["n"].iloc[0]) if len(part) else 0
+    max_length = part["max_length"].iloc[0] if len(part) else None
+    fig.update_layout(title=title or f"{task}: {metric} per layer (logit lens; {n} documents, max_length {max_length})",
+                      template="plotly_white", width=900, height=500, xaxis_title="layer l",
+                      yaxis_title=y_title or metric, yaxis_type="log" if log_y else "linear")
+    return fig
+
+
+def lens_figure(grids: Sequence[dict[str, Any]], title: str = "Logit lens: top-1 token and probability per layer"
+                ) -> go.Figure:
+    """Per model: a heatmap (layers x positions; text = top-1 token, colour = its probability) above the
+    movement curves D_l of the positions predicting the last tokens."""
+    fig = make_subplots(rows=2, cols=len(grids), row_heights=[0.72, 0.28], vertical_spacing=0.08,
+                        subplot_titles=[g["label"] for g in grids] + [""] * len(grids))
+    for col, g in enumerate(grids, start=1):
+        prob = np.asarray(g["top_prob"])
+        cols = [f"{i}: {show_token(inp)} → {show_token(tgt)}" for i, (inp, tgt) in enumerate(zip(g["inputs"], g["targets"]))]
+        text = [[f"{show_token(tok)}<br>{p:.2f}" for tok, p in zip(row, prow)] for row, prow in zip(g["top_tokens"], prob)]
+        fig.add_trace(go.Heatmap(z=prob, x=cols, y=list(range(prob.shape[0])), text=text, texttemplate="%{text}",
+                                 textfont={"size": 8}, colorscale="Blues", zmin=0, zmax=1,
+                                 showscale=col == len(grids), colorbar={"title": "p(top-1)", "len": 0.65, "y": 0.68}),
+                      row=1, col=col)
+        fig.update_yaxes(title_text="layer", row=1, col=col)
+        for j, convention in enumerate(CONVENTIONS):
+            for k, curve in enumerate(g["movement_last"][convention]):
+                target = show_token(g["targets"][len(g["targets"]) - g["last"] + k])
+                fig.add_trace(go.Scatter(x=list(range(len(curve))), y=curve, mode="lines",
+                                         name=f"{g['label']}: predicting {target} ({convention})", showlegend=True,
+                                         line={"color": PALETTE[k % len(PALETTE)], "dash": "solid" if j == 0 else "dot"}),
+                              row=2, col=col)
+        fig.update_xaxes(title_text="layer l", row=2, col=col)
+        fig.update_yaxes(title_text="D_l", row=2, col=col)
+    fig.update_layout(title=title, template="plotly_white", width=900 * len(grids), height=1150,
+                      legend={"orientation": "h", "y": -0.08, "x": 0})
+    return fig
+
+
+def table_figure(df, title: str = "Summary", digits: int = 3) -> go.Figure:
+    """A plotly table of a DataFrame (numbers rounded, blanks for missing)."""
+    def fmt(v):
+        if v is None or (isinstance(v, float) and not np.isfinite(v)):
+            return ""
+        return f"{v:.{digits}g}" if isinstance(v, float) else str(v)
+
+    fig = go.Figure(go.Table(header={"values": list(df.columns), "align": "left"},
+                             cells={"values": [[fmt(v) for v in df[c]] for c in df.columns], "align": "left"}))
+    fig.update_layout(title=title, width=max(900, 110 * len(df.columns)), height=120 + 32 * len(df))
+    return fig

@@ -1,0 +1,114 @@
+"""Profiles (configs/profiles.yaml): which baseline/self-distilled pairs a run of the figures covers.
+
+A ``Pair`` is one training config: its base model (the baseline, loaded with the config's model options) and
+its run folder's latest checkpoint (the self-distilled model). Models are loaded once per process.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Literal
+
+from sdlib.config import TrainConfig, load_config
+from sdlib.errors import SdlibError
+
+Which = Literal["baseline", "trained"]
+WHICH: tuple[Which, ...] = ("baseline", "trained")
+DEFAULT_PROFILE = "smol"
+
+
+@dataclass
+class Pair:
+    config_path: str
+    config: TrainConfig
+    trained_override: str | None = None
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    @property
+    def model(self) -> str:
+        return self.config.model
+
+    def source(self, which: Which) -> str:
+        """What the model is, for tables and legends: the base model name, or the trained checkpoint folder."""
+        if which == "baseline":
+            return self.config.model
+        return str(self.trained_dir())
+
+    def trained_dir(self) -> Path:
+        return Path(self.trained_override).expanduser().resolve() if self.trained_override else self.config.run_dir()
+
+    def label(self, which: Which) -> str:
+        return f"{self.model} ({'pretrained' if which == 'baseline' else 'self-distilled'})"
+
+    def load(self, which: Which, device: str | None = None):
+        """(model, tokenizer); the trained one must exist (a clear error says how to make it)."""
+        if which == "trained":
+            from sdlib.models import resolve_checkpoint
+
+            folder = self.trained_dir()
+            if not folder.exists():
+                raise SdlibError(f"trained checkpoint {folder} does not exist: train it with "
+                                 f"`python -m sdlib train {self.config_path}` or pass an existing run folder")
+            resolve_checkpoint(folder)
+        return _load(self.source(which) if which == "trained" else self.config.model,
+                     tuple(sorted(self.config.model_options.items())) if which == "baseline" else (), device)
+
+
+@lru_cache(maxsize=4)
+def _load(source: str, options: tuple, device: str | None):
+    import torch
+
+    from sdlib.models import load
+
+    return load(source, device=device or ("cuda" if torch.cuda.is_available() else "cpu"), **dict(options))
+
+
+@dataclass
+class Profile:
+    name: str
+    pairs: list[Pair]
+    eval_subset: str
+    measure: dict[str, Any] = field(default_factory=dict)
+    quickstart: dict[str, Any] = field(default_factory=dict)
+    """parameters for notebooks/00_quickstart.ipynb under this profile"""
+
+    def figures_dir(self) -> Path:
+        """figures/ for the default profile (the committed figures); build/figures for the others."""
+        from sdlib.paths import build_dir, figures_dir
+
+        return figures_dir() if self.name == DEFAULT_PROFILE else build_dir() / "figures"
+
+
+def load_profile(name: str = DEFAULT_PROFILE, trained: str | list[str] | None = None,
+                 configs: list[str] | None = None, only: list[str] | None = None) -> Profile:
+    """The named profile; ``trained`` replaces the run folders (one per config), ``configs`` the configs,
+    ``only`` keeps the pairs whose config name is listed (e.g. the paper profile's Llama models)."""
+    import yaml
+
+    from sdlib.paths import configs_dir, project_root
+
+    profiles = yaml.safe_load((configs_dir() / "profiles.yaml").read_text())
+    if name not in profiles:
+        raise SdlibError(f"unknown profile {name!r}: use one of {', '.join(profiles)}")
+    entry = profiles[name]
+    paths = configs or entry["configs"]
+    overrides = [trained] if isinstance(trained, str) else list(trained or [])
+    if overrides and len(overrides) != len(paths):
+        raise SdlibError(f"{len(overrides)} trained checkpoint(s) given for {len(paths)} config(s) of profile {name}")
+    pairs = []
+    for i, path in enumerate(paths):
+        full = Path(path) if Path(path).is_absolute() else project_root() / path
+        pairs.append(Pair(str(path), load_config(full), overrides[i] if overrides else None))
+    if only:
+        unknown = sorted(set(only) - {p.name for p in pairs})
+        if unknown:
+            raise SdlibError(f"profile {name} has no config named {', '.join(unknown)}: "
+                             f"use {', '.join(p.name for p in pairs)}")
+        pairs = [p for p in pairs if p.name in only]
+    return Profile(name, pairs, entry["eval_subset"], dict(entry.get("measure") or {}),
+                   dict(entry.get("quickstart") or {}))

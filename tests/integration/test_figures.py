@@ -1,0 +1,41 @@
+"""The tiny profile end to end: train, measure, evaluate, execute every notebook, check every output."""
+
+import json
+
+import pytest
+
+from sdlib.figures.output import finite_numbers
+from sdlib.figures.run import NOTEBOOKS
+from tests.integration.test_cli import _sdlib
+
+
+@pytest.mark.data
+def test_tiny_profile_regenerates_every_figure(tmp_path):
+    env = {"SDLIB_BUILD_DIR": str(tmp_path / "build"), "SDLIB_FIGURES_DIR": str(tmp_path / "committed")}
+    train = _sdlib("train", "configs/tiny.yaml", env_extra=env)
+    assert train.returncode == 0, train.stderr[-2000:]
+    done = _sdlib("figures", "--profile", "tiny", env_extra=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = tmp_path / "build" / "figures"
+    for name in NOTEBOOKS:
+        for ext in ("png", "html", "json"):
+            assert (out / f"{name}.{ext}").stat().st_size > 0, f"{name}.{ext} missing"
+        record = json.loads((out / f"{name}.json").read_text())
+        assert record["numbers"] and finite_numbers(record["numbers"]), name
+        assert "plotly.min.js" in (out / f"{name}.html").read_text()
+        assert (tmp_path / "build" / "notebooks" / "tiny" / f"{name}.ipynb").exists()
+    assert (out / "plotly.min.js").stat().st_size > 1_000_000
+    assert not (tmp_path / "committed").exists(), "only the default profile writes figures/"
+    movement = json.loads((out / "fig03_movement.json").read_text())["numbers"]
+    assert set(movement) == {"tiny-llama (pretrained)", "tiny-llama (self-distilled)"}
+    assert "wall time per stage" in done.stdout
+
+
+@pytest.mark.data
+def test_a_notebook_pointed_at_a_missing_checkpoint_fails_in_one_line(tmp_path):
+    from sdlib.errors import SdlibError
+    from sdlib.figures.run import run_notebooks
+
+    with pytest.raises(SdlibError, match=r"notebook fig03_movement failed .*trained checkpoint .*does not exist"):
+        run_notebooks("tiny", ["fig03_movement"], parameters={"trained": str(tmp_path / "no-such-run")},
+                      progress=False)
