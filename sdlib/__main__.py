@@ -94,12 +94,14 @@ def lm_eval_main(argv: Sequence[str]) -> int:
     """lm-eval's own command line with sdlib's ``sdlib-layer`` model registered and the offline tasks on
     its include path (the plain ``lm_eval`` command imports no plugins)."""
     import sdlib.evaluation.harness  # noqa: F401  (registers the sdlib-layer model)
-    from sdlib.evaluation.tasks import offline_task_dir
+    from sdlib.evaluation.tasks import TASKS, offline_task_dir
 
     argv = list(argv)
     if not any(a == "--model" or a.startswith("--model=") for a in argv):
         argv = ["--model", "sdlib-layer", *argv]
-    include = offline_task_dir()
+    tasks = next((argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "--tasks"), None)
+    known = [t for t in (tasks or "").split(",") if t in TASKS] or list(TASKS)
+    include = offline_task_dir(known)
     if include is not None and not any(a.startswith("--include_path") for a in argv):
         argv += ["--include_path", str(include)]
     from lm_eval.__main__ import cli_evaluate

@@ -43,6 +43,15 @@ def list_checkpoints(run_dir: str | os.PathLike) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
+def remove_partial_saves(run_dir: str | os.PathLike) -> list[Path]:
+    """Delete the temporary folders of saves that were killed mid-write (only call with no save running)."""
+    root = checkpoints_dir(run_dir)
+    partial = sorted(root.glob(".tmp-step-*")) if root.is_dir() else []
+    for path in partial:
+        shutil.rmtree(path, ignore_errors=True)
+    return partial
+
+
 def latest_checkpoint(run_dir: str | os.PathLike) -> Path | None:
     found = list_checkpoints(run_dir)
     return found[-1][1] if found else None

@@ -57,6 +57,9 @@ class TrainConfig:
     beta2: float = _f(0.999, "AdamW beta2")
     warmup_steps: int = _f(0, "linear warm-up steps before the cosine decay")
     grad_clip: float = _f(1.0, "clip the global gradient norm to this (0 = off)")
+    on_nonfinite: str = _f("stop", "a non-finite loss or gradient: stop (name the step and the loss part, keep the "
+                                   "last checkpoint, exit non-zero) or skip the step (counted in log.jsonl)",
+                           choices=("stop", "skip"))
     # run
     seed: int = _f(0, "one seed for everything (python, numpy, torch)")
     device: str = _f("auto", "auto (accelerate's choice), cpu or cuda")

@@ -133,12 +133,18 @@ def resolve_checkpoint(path: str | os.PathLike) -> Path:
 def _from_pretrained(source: Path | str, error: Callable[[str], str]):
     """Tokenizer and fp32 model from a folder or hub id; a load failure becomes ``SdlibError(error(reason))``."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # a per-tensor "Loading weights" bar is noise next to sdlib's own output
     try:
         tokenizer = AutoTokenizer.from_pretrained(source)
         model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32)
     except (OSError, ValueError) as err:
         raise SdlibError(error(_first_line(err))) from err
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
     return model, tokenizer
 
 

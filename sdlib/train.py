@@ -20,7 +20,14 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from sdlib.checkpoint import latest_checkpoint, load_training_state, rng_state, save_checkpoint, set_rng_state
+from sdlib.checkpoint import (
+    latest_checkpoint,
+    load_training_state,
+    remove_partial_saves,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
 from sdlib.config import TrainConfig
 from sdlib.errors import SdlibError
 from sdlib.loss import LossParts, TeacherHead, self_distillation_loss
@@ -99,6 +106,8 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> P
                          f"{max_sequence_length(student)} positions")
     teacher = copy.deepcopy(student).requires_grad_(False)  # the frozen starting weights
 
+    if accelerator.is_main_process:
+        remove_partial_saves(run_dir)
     checkpoint = latest_checkpoint(run_dir)
     if checkpoint is not None and not resume:
         raise SdlibError(f"run folder {run_dir} already has checkpoints: pass --resume to continue it, "
@@ -173,24 +182,43 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> P
         last_eval = evaluate(0)
     bar = tqdm(total=total_steps, initial=step, desc=f"train {config.name}", unit="step",
                disable=not (progress and main), dynamic_ncols=True)
+    skipped = state.get("skipped_steps", 0)
     while step < total_steps:
         t0 = time.perf_counter()
         sums = None  # loss, zeta1, zeta2, per-layer KL, summed over micro-batches on the device (no host sync)
+        problem = None
         for micro in range(accum):
             first = step * config.batch_size + (rank * accum + micro) * config.micro_batch
             input_ids = stream.batch(first, config.micro_batch).to(accelerator.device)
             sync = nullcontext() if micro == accum - 1 else accelerator.no_sync(model)
             with sync, accelerator.autocast():
                 parts = distillation_loss(model, teacher, input_ids, None, config)
-                if not torch.isfinite(parts.total):
-                    _nonfinite(step + 1, parts)
+                if problem is None and not torch.isfinite(parts.total):
+                    problem = _nonfinite_message(step + 1, parts)
+                # backward even then: the non-finite gradient it makes reaches every process through the
+                # gradient all-reduce, so all of them stop (or skip) together instead of waiting on each other
                 accelerator.backward(parts.total / accum)
             micro_stats = torch.cat([torch.stack([parts.total.detach(), parts.zeta1, parts.zeta2]),
                                      parts.kl_per_layer]).double()
             sums = micro_stats if sums is None else sums + micro_stats
         grad_norm = (accelerator.clip_grad_norm_(model.parameters(), config.grad_clip) if config.grad_clip > 0
-                     else None)
+                     else _grad_norm(model))
+        if problem is None and not torch.isfinite(torch.as_tensor(grad_norm)):
+            problem = (f"step {step + 1}: the gradient is not finite (norm {float(grad_norm)}) although this "
+                       f"process's loss is finite (zeta1={float(parts.zeta1):.6g}, zeta2={float(parts.zeta2):.6g})")
         lr = scheduler.get_last_lr()[0]
+        if problem is not None:
+            optimizer.zero_grad(set_to_none=True)
+            if config.on_nonfinite == "stop":
+                raise SdlibError(f"{problem}; the last good checkpoint is kept: lower lr or check the data, then "
+                                 "--resume (or set on_nonfinite: skip)")
+            skipped += 1
+            step += 1
+            scheduler.step()
+            log({"step": step, "skipped": problem, "skipped_steps": skipped, "tokens": step * tokens_per_step})
+            bar.update(1)
+            bar.write(f"skipped {problem}")
+            continue
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
@@ -201,7 +229,7 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> P
         record = {"step": step, "tokens": step * tokens_per_step, "epochs": epochs,
                   "loss": float(stats[0]), "zeta1": float(stats[1]), "zeta2": float(stats[2]),
                   "kl_per_layer": stats[3:].tolist(), "lr": lr,
-                  "grad_norm": None if grad_norm is None else float(grad_norm),
+                  "grad_norm": None if grad_norm is None else float(grad_norm), "skipped_steps": skipped,
                   "tokens_per_s": tokens_per_step / elapsed, "seconds": elapsed}
         log(record)
         bar.update(1)
@@ -216,7 +244,8 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> P
             if main:
                 training_state = {"step": step, "optimizer": optimizer.state_dict(),
                                   "scheduler": scheduler.state_dict(), "rng": rng_state(),
-                                  "config": config.to_dict(), "sequences_read": step * config.batch_size}
+                                  "config": config.to_dict(), "sequences_read": step * config.batch_size,
+                                  "skipped_steps": skipped}
                 save_checkpoint(run_dir, step, unwrapped, tokenizer, training_state, config,
                                 {"step": step, "last_step": record, "last_eval": last_eval,
                                  **provenance(seed=config.seed, device=accelerator.device, data=data_hashes)})
@@ -225,8 +254,14 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> P
     return run_dir
 
 
-def _nonfinite(step: int, parts: LossParts) -> None:
+def _nonfinite_message(step: int, parts: LossParts) -> str:
+    """Which part of the loss is not finite: zeta1 with the first layers whose KL is bad, or zeta2."""
     bad = [f"layer {i} KL={v}" for i, v in enumerate(parts.kl_per_layer.tolist()) if not math.isfinite(v)]
     where = "zeta1 (" + ", ".join(bad[:3]) + ")" if bad else ("zeta2" if not torch.isfinite(parts.zeta2) else "zeta1")
-    raise SdlibError(f"step {step}: the loss is not finite (zeta1={float(parts.zeta1)}, zeta2={float(parts.zeta2)}; "
-                     f"from {where}); the last good checkpoint is kept: lower lr or check the data, then --resume")
+    return (f"step {step}: the loss is not finite (zeta1={float(parts.zeta1)}, zeta2={float(parts.zeta2)}; "
+            f"from {where})")
+
+
+def _grad_norm(model) -> torch.Tensor:
+    norms = [p.grad.detach().norm() for p in model.parameters() if p.grad is not None]
+    return torch.linalg.vector_norm(torch.stack(norms)) if norms else torch.zeros(())

@@ -194,7 +194,7 @@ def evaluate_cached(source: str, tasks, settings: EvalSettings, *, device: str |
         checkpoint = str(resolve_checkpoint(source))
     out_dir = Path(out_dir) if out_dir else results_dir() / slug(source) / "eval"
     fingerprint = model_fingerprint(model, tokenizer)
-    data = data_provenance()
+    data = data_provenance(names)
     rows, records = [], {}
     for name in names:
         def compute(name=name):

@@ -86,8 +86,8 @@ def _check_jsonl(path: Path, field: str) -> None:
                                  "restore the file (see shared/data/README.md)") from None
 
 
-def offline_task_dir() -> Path | None:
-    """Generate (once per data content) the offline task folder; None when SDLIB_DATA_DIR is unset.
+def offline_task_dir(names: list[str] | tuple[str, ...] = TASKS) -> Path | None:
+    """Generate (once per data content) the offline folder of tasks ``names``; None when SDLIB_DATA_DIR is unset.
 
     Every data file is checked first (present, non-empty, the expected sha256, valid JSON lines), so a
     damaged copy fails here with one line naming the file, not deep inside lm-eval.
@@ -96,11 +96,12 @@ def offline_task_dir() -> Path | None:
     from sdlib.paths import cache_dir
     from sdlib.provenance import file_sha256
 
-    files = {name: {split: offline_file(rel, f"{name} ({src.hf_dataset})") for split, rel in src.files.items()}
-             for name, src in OFFLINE.items()}
+    files = {name: {split: offline_file(rel, f"{name} ({OFFLINE[name].hf_dataset})")
+                    for split, rel in OFFLINE[name].files.items()} for name in check_tasks(list(names))}
     if all(p is None for split in files.values() for p in split.values()):
         return None
-    _check_jsonl(files["lambada_openai"]["test"], "text")
+    if "lambada_openai" in files:
+        _check_jsonl(files["lambada_openai"]["test"], "text")
     key = hashlib.sha256(json.dumps({n: {s: file_sha256(p) for s, p in f.items()} for n, f in files.items()},
                                     sort_keys=True).encode()).hexdigest()[:16]
     folder = cache_dir() / "lm_eval_tasks" / key
@@ -109,15 +110,16 @@ def offline_task_dir() -> Path | None:
     from sdlib.provenance import atomic_path
 
     folder.mkdir(parents=True, exist_ok=True)
-    data_files = {"lambada_openai": {"test": str(files["lambada_openai"]["test"])}, "wikitext": {}}
-    for split, raw_path in files["wikitext"].items():
+    data_files = {name: {split: str(path) for split, path in splits.items()} for name, splits in files.items()}
+    for split, raw_path in files.get("wikitext", {}).items():
         pages_path = folder / f"wikitext-{split}.jsonl"
         with atomic_path(pages_path) as tmp:
             pages = wikitext_pages(raw_path.read_text(encoding="utf-8"))
             tmp.write_text("".join(json.dumps({"page": p}) + "\n" for p in pages), encoding="utf-8")
         data_files["wikitext"][split] = str(pages_path)
     lm_tasks = _lm_eval_tasks_dir()
-    for name, src in OFFLINE.items():
+    for name in files:
+        src = OFFLINE[name]
         cfg = {"include": str(lm_tasks / src.lm_eval_yaml), "dataset_path": "json", "dataset_name": None,
                "dataset_kwargs": {"data_files": data_files[name]},
                "training_split": None,  # zero-shot only: the offline copies hold no training split
@@ -128,17 +130,17 @@ def offline_task_dir() -> Path | None:
     return folder
 
 
-def data_provenance() -> dict[str, str]:
-    """name -> source id (``hf:...`` online, ``sha256:...`` of the offline file) for the result records."""
-    from sdlib.paths import data_dir
+def data_provenance(names: list[str] | tuple[str, ...] = TASKS) -> dict[str, str]:
+    """task/split -> source id (``hf:...`` online, ``sha256:...`` of the checked offline file) for the records."""
+    from sdlib.data import offline_file
     from sdlib.provenance import file_sha256
 
-    root = data_dir()
     out = {}
-    for name, src in OFFLINE.items():
+    for name in check_tasks(list(names)):
+        src = OFFLINE[name]
         for split, rel in src.files.items():
-            out[f"{name}/{split}"] = (f"sha256:{file_sha256(root / rel)}" if root is not None
-                                      else f"hf:{src.hf_dataset}")
+            path = offline_file(rel, f"{name} ({src.hf_dataset})")
+            out[f"{name}/{split}"] = f"sha256:{file_sha256(path)}" if path is not None else f"hf:{src.hf_dataset}"
     return out
 
 
@@ -148,7 +150,7 @@ def load_tasks(names: list[str]) -> dict:
 
     from lm_eval.tasks import TaskManager
 
-    include = offline_task_dir()
+    include = offline_task_dir(names)
     logging.getLogger("lm_eval").setLevel(logging.ERROR)  # "task X overrides existing task" is intended
     manager = TaskManager(include_path=str(include) if include else None)
     try:
@@ -164,9 +166,9 @@ def load_tasks(names: list[str]) -> dict:
     return {name: loaded[name] for name in names}
 
 
-def task_manager():
+def task_manager(names: list[str] | tuple[str, ...] = TASKS):
     """A TaskManager that sees the offline tasks when SDLIB_DATA_DIR is set (for ``simple_evaluate``)."""
     from lm_eval.tasks import TaskManager
 
-    include = offline_task_dir()
+    include = offline_task_dir(names)
     return TaskManager(include_path=str(include) if include else None)
