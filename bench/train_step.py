@@ -4,7 +4,12 @@
     python bench/train_step.py --shape llama-3.2-1b --micro-batch 2 --seq-len 1024 --device cuda
 
 ``--shape`` builds a random-init model with a paper model's configuration (no download), so its speed
-and memory can be measured without its weights. Prints one JSON line per loss.
+and memory can be measured without its weights. Prints one JSON line per loss, then the ratios.
+
+Memory: on CUDA the peak allocated during the timed steps; on the CPU each loss runs in its own process and
+the peak is the growth of its maximum resident set over the steps (ru_maxrss), i.e. what the step adds on top
+of the weights. MFU (CUDA): model FLOPs per token = 6 x non-embedding params + 6 x (L + 1) x d x V (the
+lenses) + 2 x params (the teacher's forward), against the device's dense bf16 peak.
 """
 
 from __future__ import annotations
@@ -12,6 +17,9 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import resource
+import subprocess
+import sys
 import time
 
 import torch
@@ -53,6 +61,31 @@ def step_fn(student, teacher, ids, loss_fn, autocast, config):
     return float(parts.total.detach())
 
 
+PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12}
+
+
+def model_flops_per_token(student) -> float:
+    """6 x non-embedding params + 6 x (L + 1) x d x V + 2 x params, per token (see the module doc)."""
+    access = models.layer_access(student)
+    vocab, d = access.lm_head.weight.shape
+    params = sum(p.numel() for p in student.parameters())
+    non_embedding = params - access.embed.weight.numel()
+    if access.lm_head.weight is not access.embed.weight:
+        non_embedding -= access.lm_head.weight.numel()
+    return 6 * non_embedding + 6 * access.num_layers * d * vocab + 2 * params
+
+
+def peak_flops(dev: torch.device) -> float | None:
+    if dev.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(dev)
+    return next((v for k, v in PEAK_BF16_FLOPS.items() if k in name), None)
+
+
+def _rss_gb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--model", default="tiny-llama")
@@ -64,7 +97,19 @@ def main() -> None:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--steps", type=int, default=3)
     p.add_argument("--losses", default="reference,chunked")
+    p.add_argument("--in-process", action="store_true", help="CPU: run the losses in this process (no memory numbers)")
     args = p.parse_args()
+    names = args.losses.split(",")
+    if args.device == "cpu" and len(names) > 1 and not args.in_process:
+        results = {}
+        for name in names:  # one process per loss, so each one's peak resident memory is its own
+            done = subprocess.run([sys.executable, __file__, *_without_losses(sys.argv[1:]), "--losses", name],
+                                  capture_output=True, text=True, check=True)
+            line = done.stdout.strip().splitlines()[-1]
+            print(line, flush=True)
+            results[name] = json.loads(line)
+        _print_ratios(results)
+        return
     dev = torch.device(args.device)
     student, teacher = build(args)
     student.to(dev).train()
@@ -73,13 +118,15 @@ def main() -> None:
     if autocast:
         teacher.to(torch.bfloat16)
     vocab = models.layer_access(student).lm_head.weight.shape[0]
-    ids = torch.randint(0, vocab, (args.micro_batch, args.seq_len), device=dev)
+    ids = torch.randint(0, vocab, (args.micro_batch, args.seq_len), device=dev,
+                        generator=torch.Generator(dev).manual_seed(0))
     tokens = args.micro_batch * args.seq_len
     config = TrainConfig(chunk_size=args.chunk)
     results = {}
     for name in args.losses.split(","):
         fn = {"reference": reference_self_distillation_loss, "chunked": self_distillation_loss}[name]
         try:
+            rss_before = _rss_gb()
             step_fn(student, teacher, ids, fn, autocast, config)  # warm-up
             student.zero_grad(set_to_none=True)
             if dev.type == "cuda":
@@ -93,16 +140,36 @@ def main() -> None:
                 torch.cuda.synchronize()
             seconds = (time.perf_counter() - t0) / args.steps
             peak = torch.cuda.max_memory_allocated() / 2**30 if dev.type == "cuda" else None
+            if dev.type == "cpu":
+                peak = _rss_gb() - rss_before
             results[name] = {"tokens_per_s": tokens / seconds, "peak_gb": peak, "loss": loss}
+            if peak_flops(dev):
+                results[name]["mfu"] = tokens / seconds * model_flops_per_token(student) / peak_flops(dev)
         except torch.OutOfMemoryError:
             results[name] = {"tokens_per_s": None, "peak_gb": "OOM"}
             torch.cuda.empty_cache()
         print(json.dumps({"loss_fn": name, "model": args.shape or args.model, "device": device_name(dev),
                           "micro_batch": args.micro_batch, "seq_len": args.seq_len, **results[name]}), flush=True)
-    if len(results) == 2 and all(r.get("tokens_per_s") for r in results.values()):
+    _print_ratios(results)
+
+
+def _without_losses(argv: list[str]) -> list[str]:
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == "--losses":
+            skip = True
+        elif not a.startswith("--losses="):
+            out.append(a)
+    return out
+
+
+def _print_ratios(results: dict) -> None:
+    if {"reference", "chunked"} <= set(results) and all(results[k].get("tokens_per_s") for k in ("reference", "chunked")):
         r, c = results["reference"], results["chunked"]
         ratio = {"speedup": c["tokens_per_s"] / r["tokens_per_s"]}
-        if r["peak_gb"] and c["peak_gb"]:
+        if isinstance(r.get("peak_gb"), float) and isinstance(c.get("peak_gb"), float) and r["peak_gb"] > 0:
             ratio["memory_ratio"] = c["peak_gb"] / r["peak_gb"]
         print(json.dumps(ratio))
 

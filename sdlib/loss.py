@@ -93,36 +93,37 @@ def _valid_tokens(attention_mask: torch.Tensor | None) -> torch.Tensor | None:
 
 
 def _teacher_logprobs_fn(teacher: TeacherHead | torch.Tensor, valid: torch.Tensor | None,
-                         compute_dtype: torch.dtype) -> Callable[[int, int], torch.Tensor]:
-    """(start, end) -> teacher log-probs [end - start, vocab] of the flattened valid tokens (float32, or
-    float64 when computing in float64)."""
-    acc = torch.float64 if compute_dtype == torch.float64 else torch.float32
+                         compute_dtype: torch.dtype) -> Callable[[int, int, torch.Tensor], torch.Tensor]:
+    """(start, end, out) -> teacher log-probs of the flattened valid tokens start..end, written into ``out``
+    [end - start, vocab] (float32, or float64 when computing in float64) and returned."""
     if isinstance(teacher, TeacherHead):
         hidden = _flat(teacher.hidden.detach(), valid)
         weight = teacher.weight.detach().to(compute_dtype)
         bias = None if teacher.bias is None else teacher.bias.detach()
 
-        def from_head(s: int, e: int) -> torch.Tensor:
-            logits = hidden[s:e].to(compute_dtype) @ weight.T
+        def from_head(s: int, e: int, out: torch.Tensor) -> torch.Tensor:
+            h = hidden[s:e].to(compute_dtype)
+            if out.dtype == compute_dtype:
+                torch.mm(h, weight.T, out=out)
+            else:
+                out.copy_(h @ weight.T)
             if bias is not None:
-                logits = logits + bias
-            return torch.log_softmax(logits.to(acc), dim=-1)
+                out.add_(bias)
+            return out.sub_(torch.logsumexp(out, dim=-1, keepdim=True))
 
         return from_head
     flat = _flat(teacher.detach(), valid)
-    return lambda s, e: torch.log_softmax(flat[s:e].to(acc), dim=-1)  # accepts logits or log-probs
+
+    def from_logits(s: int, e: int, out: torch.Tensor) -> torch.Tensor:  # accepts logits or log-probs
+        out.copy_(flat[s:e])
+        return out.sub_(torch.logsumexp(out, dim=-1, keepdim=True))
+
+    return from_logits
 
 
-def _kl_and_grad(logq: torch.Tensor, logp: torch.Tensor, p: torch.Tensor, direction: str, need_grad: bool
-                 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Per-token KL [n] and its gradient with respect to the student logits [n, V] (or None)."""
-    if direction == "forward":  # KL(p || q) = sum p (log p - log q); d/dz = q - p
-        kl = (p * (logp - logq)).sum(-1)
-        return kl, (logq.exp() - p) if need_grad else None
-    q = logq.exp()
-    diff = logq - logp  # KL(q || p) = sum q (log q - log p); d/dz_j = q_j (diff_j - KL)
-    kl = (q * diff).sum(-1)
-    return kl, q * (diff - kl[:, None]) if need_grad else None
+def _rowdot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """sum_j a_ij b_ij per row, [n, V] x [n, V] -> [n], as a batched matrix product (no [n, V] temporary)."""
+    return torch.bmm(a.unsqueeze(1), b.unsqueeze(2)).view(-1)
 
 
 class LensKL(torch.autograd.Function):
@@ -146,27 +147,57 @@ class LensKL(torch.autograd.Function):
         grad_w = torch.zeros(lm_weight.shape, dtype=acc, device=lm_weight.device) if need_w else None
         grad_b = torch.zeros(lm_bias.shape, dtype=acc, device=lm_bias.device) if need_b else None
         kl_sum = torch.zeros(n_layers, dtype=torch.float64, device=lm_weight.device)
-        scale = weights.to(acc) / n_tokens
+        scale = (weights.to(torch.float64) / n_tokens).tolist()  # python floats: one host sync per call
+        vocab = lm_weight.shape[0]
+        # [chunk, V] buffers reused for every layer and chunk (two for the forward KL, three for the reverse):
+        # no per-layer allocation (page faults on the CPU, allocator churn on the GPU); every pass is in place.
+        rows = min(chunk_size, n_tokens)
+        z_buf = torch.empty(rows, vocab, dtype=acc, device=lm_weight.device)
+        p_buf = torch.empty_like(z_buf)
+        logp_buf = torch.empty_like(z_buf) if direction == "reverse" else None
         for s in range(0, n_tokens, chunk_size):
             e = min(s + chunk_size, n_tokens)
-            logp = teacher_logprobs(s, e)
-            p = logp.exp() if direction == "forward" else None
+            z, p = z_buf[: e - s], p_buf[: e - s]
+            if direction == "forward":
+                logp = teacher_logprobs(s, e, z)
+                neg_entropy = _rowdot(torch.exp(logp, out=p), logp)  # sum p log p per token
+            else:
+                logp = teacher_logprobs(s, e, logp_buf[: e - s])
             for layer, state in enumerate(states):
                 h = state[s:e].to(compute_dtype)
-                logits = h @ w_c.T
+                if compute_dtype == acc:
+                    torch.mm(h, w_c.T, out=z)
+                else:
+                    z.copy_(h @ w_c.T)
                 if lm_bias is not None:
-                    logits = logits + lm_bias
-                kl, g = _kl_and_grad(torch.log_softmax(logits.to(acc), dim=-1), logp, p, direction, need_any)
+                    z.add_(lm_bias)
+                z.sub_(torch.logsumexp(z, dim=-1, keepdim=True))  # z is now log q
+                if direction == "forward":  # KL(p || q) = sum p log p - sum p log q; d/dz = q - p
+                    kl = neg_entropy - _rowdot(p, z)
+                    g = z.exp_().sub_(p) if need_any else None
+                else:  # KL(q || p) = sum q (log q - log p); d/dz_j = q_j (log q_j - log p_j - KL)
+                    diff = torch.sub(z, logp, out=p)
+                    q = z.exp_()
+                    kl = _rowdot(q, diff)
+                    g = q.mul_(diff.sub_(kl[:, None])) if need_any else None
                 kl_sum[layer] += kl.sum(dtype=torch.float64)
                 if g is None:
                     continue
-                g = (g * scale[layer]).to(compute_dtype)
+                g_c = g if compute_dtype == acc else g.to(compute_dtype)
                 if grad_h[layer] is not None:
-                    grad_h[layer][s:e] = (g @ w_c).to(acc)
+                    out = grad_h[layer][s:e]
+                    if compute_dtype == acc:
+                        torch.mm(g_c, w_c, out=out)
+                    else:
+                        out.copy_(g_c @ w_c)
+                    out.mul_(scale[layer])
                 if grad_w is not None:
-                    grad_w += (g.T @ h).to(acc)
+                    if compute_dtype == acc:
+                        grad_w.addmm_(g_c.T, h, alpha=scale[layer])
+                    else:
+                        grad_w.add_(g_c.T @ h, alpha=scale[layer])
                 if grad_b is not None:
-                    grad_b += g.to(acc).sum(0)
+                    grad_b.add_(g.sum(0), alpha=scale[layer])
         kl_mean = (kl_sum / n_tokens).to(acc)
         zeta1 = (weights.to(acc) * kl_mean).sum()
         ctx.grads = (grad_w, grad_b, grad_h, [s.dtype for s in states], lm_weight.dtype)
