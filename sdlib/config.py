@@ -50,6 +50,11 @@ class TrainConfig:
     last_state: str = _f("normed", "h_L inside zeta2: normed (after the final norm) or pre_norm",
                          choices=("normed", "pre_norm"))
     chunk_size: int = _f(1024, "tokens per chunk of the all-layer lens KL (memory O(chunk x vocab))")
+    zeta2_form: str = _f("relative_step", "zeta2: relative_step (the paper), cosine (mean D_l: directions only) or "
+                                          "monotonicity (1 - soft S of the batch's D curve)",
+                         choices=("relative_step", "cosine", "monotonicity"))
+    lens_layers: int = _f(0, "0 = zeta1 over every layer; m > 0 = an unbiased estimate from m layers drawn per "
+                             "micro-batch with probability w_l (faster, noisier)")
     # optimizer
     lr: float = _f(1e-4, "peak AdamW learning rate")
     weight_decay: float = _f(0.0, "AdamW weight decay")
@@ -87,6 +92,7 @@ class TrainConfig:
         require(self.max_tokens >= self.batch_size * self.seq_len, f"max_tokens ({self.max_tokens}) is below one "
                 f"step (batch_size x seq_len = {self.batch_size * self.seq_len})")
         require(self.chunk_size >= 1, f"chunk_size must be >= 1, got {self.chunk_size}")
+        require(self.lens_layers >= 0, f"lens_layers must be >= 0 (0 = all layers), got {self.lens_layers}")
         require(self.grad_clip >= 0 and math.isfinite(self.grad_clip), f"grad_clip must be >= 0, got {self.grad_clip}")
         require(0 <= self.beta1 < 1 and 0 <= self.beta2 < 1, "beta1 and beta2 must be in [0, 1)")
         require(self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}")

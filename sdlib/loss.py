@@ -31,6 +31,9 @@ from sdlib.states import Convention, check_convention
 
 KLDirection = Literal["forward", "reverse"]
 KL_DIRECTIONS = ("forward", "reverse")
+# zeta2 forms: the paper's squared relative step, or two variants that act on what S measures
+Zeta2Form = Literal["relative_step", "cosine", "monotonicity"]
+ZETA2_FORMS = ("relative_step", "cosine", "monotonicity")
 
 
 def layer_weights(num_layers: int, k: float) -> torch.Tensor:
@@ -63,14 +66,21 @@ class LossParts:
     zeta1: torch.Tensor
     zeta2: torch.Tensor
     kl_per_layer: torch.Tensor  # [L + 1]: mean-over-tokens KL of layers 0..L
-    movement_per_layer: torch.Tensor  # [L]: mean-over-tokens ||h_l - h_{l-1}||^2 / ||h_{l-1}||^2, l = 1..L
+    movement_per_layer: torch.Tensor  # [L]: the zeta2 form's per-layer terms, l = 1..L
+    computed_layers: torch.Tensor | None = None  # [L + 1] bool: lens layers in a sampled zeta1 (None = all)
+
+    def sampled_out(self, layer: int) -> bool:
+        """True when ``layer`` was left out of a sampled zeta1 estimate (its KL entry is NaN by design)."""
+        return self.computed_layers is not None and not bool(self.computed_layers[layer])
 
     def as_dict(self) -> dict[str, float | list[float]]:
         return {"loss": float(self.total.detach()), "zeta1": float(self.zeta1), "zeta2": float(self.zeta2),
                 "kl_per_layer": self.kl_per_layer.tolist(), "zeta2_per_layer": self.movement_per_layer.tolist()}
 
 
-def _check_options(alpha: float, kl_direction: str, last_state: str) -> None:
+def _check_options(alpha: float, kl_direction: str, last_state: str, zeta2_form: str = "relative_step") -> None:
+    if zeta2_form not in ZETA2_FORMS:
+        raise SdlibError(f"unknown zeta2 form {zeta2_form!r}: use one of {', '.join(ZETA2_FORMS)}")
     if kl_direction not in KL_DIRECTIONS:
         raise SdlibError(f"unknown KL direction {kl_direction!r}: use 'forward' (KL(teacher||student)) or 'reverse'")
     check_convention(last_state)
@@ -164,6 +174,8 @@ class LensKL(torch.autograd.Function):
             else:
                 logp = teacher_logprobs(s, e, logp_buf[: e - s])
             for layer, state in enumerate(states):
+                if scale[layer] == 0:  # a layer left out of a sampled estimate: not computed at all
+                    continue
                 h = state[s:e].to(compute_dtype)
                 if compute_dtype == acc:
                     torch.mm(h, w_c.T, out=z)
@@ -199,7 +211,9 @@ class LensKL(torch.autograd.Function):
                 if grad_b is not None:
                     grad_b.add_(g.sum(0), alpha=scale[layer])
         kl_mean = (kl_sum / n_tokens).to(acc)
+        skipped = torch.tensor([v == 0 for v in scale], device=kl_mean.device)
         zeta1 = (weights.to(acc) * kl_mean).sum()
+        kl_mean = kl_mean.masked_fill(skipped, float("nan"))
         ctx.grads = (grad_w, grad_b, grad_h, [s.dtype for s in states], lm_weight.dtype)
         ctx.mark_non_differentiable(kl_mean)
         return zeta1, kl_mean
@@ -219,7 +233,8 @@ def self_distillation_loss(pre_norm_states: Sequence[torch.Tensor], final_norm: 
                            teacher: TeacherHead | torch.Tensor, *, alpha: float = 1.0, k: float = 0.25,
                            attention_mask: torch.Tensor | None = None, last_state: Convention = "normed",
                            kl_direction: KLDirection = "forward", chunk_size: int = 1024,
-                           compute_dtype: torch.dtype | None = None) -> LossParts:
+                           compute_dtype: torch.dtype | None = None, zeta2_form: Zeta2Form = "relative_step",
+                           lens_layers: int = 0, generator: torch.Generator | None = None) -> LossParts:
     """zeta for one batch (see the module doc), chunked: O(chunk x vocab) extra memory.
 
     pre_norm_states: (h_{-1}, h_0, ..., h_L) as L + 2 tensors [batch, seq, d], with h_L the *raw* output
@@ -228,8 +243,12 @@ def self_distillation_loss(pre_norm_states: Sequence[torch.Tensor], final_norm: 
         or log-probs [batch, seq, vocab].
     attention_mask: [batch, seq], 1 = token counts in the means; None = all tokens.
     compute_dtype: matmul dtype of the lens (default: lm_head's dtype, or the autocast dtype when active).
+    zeta2_form: ``relative_step`` (the paper), ``cosine`` or ``monotonicity`` (see ``zeta2_terms``).
+    lens_layers: 0 = every layer (exact zeta1); m > 0 = an unbiased estimate from m layers drawn with
+        replacement with probability w_l (``sample_lens_weights``); the others are not computed and their
+        ``kl_per_layer`` entries are NaN.
     """
-    _check_options(alpha, kl_direction, last_state)
+    _check_options(alpha, kl_direction, last_state, zeta2_form)
     if chunk_size < 1:
         raise SdlibError(f"chunk_size must be >= 1, got {chunk_size}")
     num_layers = len(pre_norm_states) - 1  # L + 1
@@ -243,17 +262,36 @@ def self_distillation_loss(pre_norm_states: Sequence[torch.Tensor], final_norm: 
         compute_dtype = (torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type)
                          else lm_head.weight.dtype)
     teacher_fn = _teacher_logprobs_fn(teacher, valid, compute_dtype)
-    zeta1, kl_per_layer = LensKL.apply(weights, lm_head.weight, lm_head.bias, teacher_fn, kl_direction,
+    lens_weights = weights if not lens_layers else sample_lens_weights(weights, lens_layers, generator)
+    zeta1, kl_per_layer = LensKL.apply(lens_weights, lm_head.weight, lm_head.bias, teacher_fn, kl_direction,
                                        chunk_size, compute_dtype, *normed)
-    return _loss_parts(zeta1, kl_per_layer, flat, normed[-1], weights, alpha, last_state)
+    return _loss_parts(zeta1, kl_per_layer, flat, normed[-1], weights, alpha, last_state, zeta2_form,
+                       None if not lens_layers else (lens_weights > 0).cpu())
+
+
+def sample_lens_weights(weights: torch.Tensor, m: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Importance-sampled layer weights for an unbiased zeta1: [L + 1] -> [L + 1].
+
+    Draw m layers with replacement with probability pi_l = w_l; layer l drawn c_l times gets weight c_l / m.
+    Then sum_l (c_l / m) KL_l = (1/m) sum_draws w_l KL_l / pi_l, whose expectation is sum_l w_l KL_l = zeta1.
+    Uses the CPU generator (the global one by default, so a resumed run draws the same layers).
+    """
+    if m < 1:
+        raise SdlibError(f"lens_layers must be >= 1 to subsample (0 = all layers), got {m}")
+    probs = weights.detach().to("cpu", torch.float64)
+    draws = torch.multinomial(probs, m, replacement=True, generator=generator)
+    counts = torch.bincount(draws, minlength=len(probs)).to(weights.dtype)
+    return (counts / m).to(weights.device)
 
 
 def _loss_parts(zeta1: torch.Tensor, kl_per_layer: torch.Tensor, flat: Sequence[torch.Tensor],
-                normed_last: torch.Tensor, weights: torch.Tensor, alpha: float, last_state: str) -> LossParts:
+                normed_last: torch.Tensor, weights: torch.Tensor, alpha: float, last_state: str,
+                zeta2_form: str = "relative_step", computed_layers: torch.Tensor | None = None) -> LossParts:
     """Add alpha * zeta2 to zeta1 and package the parts (shared by the chunked and the reference loss)."""
-    zeta2, per_layer = _zeta2(flat, normed_last, weights, last_state)
+    zeta2, per_layer = zeta2_terms(flat, normed_last, weights, last_state, zeta2_form)
     return LossParts(total=zeta1 + alpha * zeta2, zeta1=zeta1.detach(), zeta2=zeta2.detach(),
-                     kl_per_layer=kl_per_layer.detach(), movement_per_layer=per_layer.detach())
+                     kl_per_layer=kl_per_layer.detach(), movement_per_layer=per_layer.detach(),
+                     computed_layers=computed_layers)
 
 
 def relative_step(h_prev: torch.Tensor, h_next: torch.Tensor) -> torch.Tensor:
@@ -263,17 +301,32 @@ def relative_step(h_prev: torch.Tensor, h_next: torch.Tensor) -> torch.Tensor:
     return (nxt - prev).pow(2).sum(-1) / prev.pow(2).sum(-1).clamp_min(1e-12)
 
 
-def _zeta2(flat: Sequence[torch.Tensor], normed_last: torch.Tensor, weights: torch.Tensor, last_state: str
-           ) -> tuple[torch.Tensor, torch.Tensor]:
-    """zeta2 over l = 1..L (flat = [h_{-1}, h_0, ..., h_L pre-norm], each [N, d]) and its per-layer terms [L]."""
+def zeta2_terms(flat: Sequence[torch.Tensor], normed_last: torch.Tensor, weights: torch.Tensor, last_state: str,
+                form: str = "relative_step") -> tuple[torch.Tensor, torch.Tensor]:
+    """zeta2 and its per-layer terms [L] (flat = [h_{-1}, h_0, ..., h_L pre-norm], each [N, d]; h_L per
+    ``last_state``), for the three forms:
+
+    * ``relative_step`` (the paper): sum_{l=1..L} w_l mean ||h_l - h_{l-1}||^2 / ||h_{l-1}||^2;
+    * ``cosine``: sum_{l=1..L} w_l mean D_l, D = 1 - (1 + cos) / 2: penalises direction changes, what D
+      and S measure, and not norm growth;
+    * ``monotonicity``: 1 - S_soft of the batch's curve D_0..D_L (``metrics.soft_non_monotonicity``): zero
+      when the movement never rises, whatever its size. Per-layer terms: D_1..D_L.
+    """
+    from sdlib.metrics import movement, soft_non_monotonicity
+
     states = list(flat[1:])  # h_0 .. h_L
     if last_state == "normed":
         states[-1] = normed_last
     if len(states) < 2:
         zero = states[0].new_zeros((), dtype=torch.float32)
         return zero, zero.new_zeros(0)
-    terms = torch.stack([relative_step(a, b).mean() for a, b in zip(states[:-1], states[1:])])
-    return (weights[1:] * terms).sum(), terms
+    if form == "relative_step":
+        terms = torch.stack([relative_step(a, b).mean() for a, b in zip(states[:-1], states[1:])])
+        return (weights[1:] * terms).sum(), terms
+    D = torch.stack([movement(a, b).mean() for a, b in zip([flat[0], *states[:-1]], states)])  # D_0..D_L
+    if form == "cosine":
+        return (weights[1:] * D[1:]).sum(), D[1:]
+    return soft_non_monotonicity(D), D[1:]
 
 
 def reference_self_distillation_loss(pre_norm_states: Sequence[torch.Tensor], final_norm: nn.Module,
@@ -281,11 +334,13 @@ def reference_self_distillation_loss(pre_norm_states: Sequence[torch.Tensor], fi
                                      k: float = 0.25, attention_mask: torch.Tensor | None = None,
                                      last_state: Convention = "normed", kl_direction: KLDirection = "forward",
                                      chunk_size: int | None = None, compute_dtype: torch.dtype | None = None,
-                                     ) -> LossParts:
+                                     zeta2_form: Zeta2Form = "relative_step", lens_layers: int = 0,
+                                     generator: torch.Generator | None = None) -> LossParts:
     """The plain version of ``self_distillation_loss``: every layer's logits materialized, fp32 log-softmax,
-    autograd keeps everything. For tests and benchmarks only; same arguments (``chunk_size`` and
-    ``compute_dtype`` are accepted and ignored, so the two are interchangeable) and result."""
-    _check_options(alpha, kl_direction, last_state)
+    autograd keeps everything. For tests and benchmarks only; same arguments (``chunk_size``,
+    ``compute_dtype``, ``lens_layers`` and ``generator`` are accepted and ignored: zeta1 is always exact) and
+    result."""
+    _check_options(alpha, kl_direction, last_state, zeta2_form)
     num_layers = len(pre_norm_states) - 1
     valid = _valid_tokens(attention_mask)
     flat = [_flat(h, valid) for h in pre_norm_states]
@@ -302,4 +357,4 @@ def reference_self_distillation_loss(pre_norm_states: Sequence[torch.Tensor], fi
     else:
         kl = (all_logq.exp() * (all_logq - logp)).sum(-1).mean(-1)
     weights = layer_weights(num_layers, k).to(kl)
-    return _loss_parts((weights * kl).sum(), kl, flat, normed[-1], weights, alpha, last_state)
+    return _loss_parts((weights * kl).sum(), kl, flat, normed[-1], weights, alpha, last_state, zeta2_form)

@@ -82,3 +82,34 @@ def last_layer_ratio(D: Sequence[float] | torch.Tensor) -> float:
     """D_L / D_{L-1}: how much bigger the last layer's step is than the one before (paper: 4.14 -> 1.69)."""
     d = torch.as_tensor(D, dtype=torch.float64).flatten()
     return float(d[-1] / d[-2]) if len(d) >= 2 and d[-2] != 0 else float("nan")
+
+
+def soft_non_monotonicity(D: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
+    """1 - S as a differentiable function of the movement curve: [L + 1] -> scalar tensor.
+
+    sum_{l=1..L} relu(D_l - D_{l-1}) / (sum_{l=1..L} |D_l - D_{l-1}| + eps); equals 1 - ``monotonicity(D)``
+    wherever D is not constant.
+    """
+    diffs = D[1:] - D[:-1]
+    return diffs.clamp(min=0).sum() / (diffs.abs().sum() + eps)
+
+
+def bootstrap_monotonicity(per_window_D: Sequence[Sequence[float]] | torch.Tensor, n_boot: int = 2000,
+                           level: float = 0.95, seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap interval of S over evaluation windows.
+
+    per_window_D: [n_windows, L + 1] mean movement of each window (``Measurement.per_window_D``). Each
+    replicate resamples windows with replacement, averages their curves and computes S. -> (low, high).
+    """
+    d = torch.as_tensor(per_window_D, dtype=torch.float64)
+    if d.ndim != 2 or d.shape[0] < 2:
+        raise SdlibError(f"need per-window curves [n_windows >= 2, L + 1] for a bootstrap, got shape {tuple(d.shape)}")
+    g = torch.Generator().manual_seed(seed)
+    idx = torch.randint(0, d.shape[0], (n_boot, d.shape[0]), generator=g)
+    curves = d[idx].mean(dim=1)  # [n_boot, L + 1]
+    diffs = curves[:, 1:] - curves[:, :-1]
+    total = diffs.abs().sum(-1)
+    s = torch.where(total > 0, 1 - diffs.clamp(min=0).sum(-1) / total.clamp_min(1e-300), torch.ones_like(total))
+    lo, hi = torch.quantile(s, torch.tensor([(1 - level) / 2, (1 + level) / 2], dtype=torch.float64))
+    return float(lo), float(hi)
+

@@ -52,7 +52,8 @@ def distillation_loss(student, teacher, input_ids: torch.Tensor, attention_mask:
         states, access.norm, access.lm_head,
         TeacherHead(teacher_hidden, teacher_access.lm_head.weight, teacher_access.lm_head.bias),
         alpha=config.alpha, k=config.k, attention_mask=attention_mask, last_state=config.last_state,
-        kl_direction=config.kl_direction, chunk_size=config.chunk_size)
+        kl_direction=config.kl_direction, chunk_size=config.chunk_size, zeta2_form=config.zeta2_form,
+        lens_layers=config.lens_layers)
 
 
 def _accelerator(config: TrainConfig):
@@ -228,7 +229,7 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> P
         epochs = stream.epochs(step * config.batch_size)
         record = {"step": step, "tokens": step * tokens_per_step, "epochs": epochs,
                   "loss": float(stats[0]), "zeta1": float(stats[1]), "zeta2": float(stats[2]),
-                  "kl_per_layer": stats[3:].tolist(), "lr": lr,
+                  "kl_per_layer": [None if math.isnan(v) else v for v in stats[3:].tolist()], "lr": lr,
                   "grad_norm": None if grad_norm is None else float(grad_norm), "skipped_steps": skipped,
                   "tokens_per_s": tokens_per_step / elapsed, "seconds": elapsed}
         log(record)
@@ -256,7 +257,8 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> P
 
 def _nonfinite_message(step: int, parts: LossParts) -> str:
     """Which part of the loss is not finite: zeta1 with the first layers whose KL is bad, or zeta2."""
-    bad = [f"layer {i} KL={v}" for i, v in enumerate(parts.kl_per_layer.tolist()) if not math.isfinite(v)]
+    bad = [f"layer {i} KL={v}" for i, v in enumerate(parts.kl_per_layer.tolist()) if math.isinf(v)
+           or (math.isnan(v) and not parts.sampled_out(i))]
     where = "zeta1 (" + ", ".join(bad[:3]) + ")" if bad else ("zeta2" if not torch.isfinite(parts.zeta2) else "zeta1")
     return (f"step {step}: the loss is not finite (zeta1={float(parts.zeta1)}, zeta2={float(parts.zeta2)}; "
             f"from {where})")

@@ -118,3 +118,52 @@ def test_bad_options():
     for kw in ({"kl_direction": "sideways"}, {"last_state": "middle"}, {"alpha": -1.0}, {"chunk_size": 0}):
         with pytest.raises(SdlibError):
             _run(self_distillation_loss, student, teacher, ids, mask, **kw)
+
+
+@pytest.mark.parametrize("form", ["cosine", "monotonicity"])
+def test_zeta2_forms_equal_reference_and_their_definition(form):
+    from sdlib.metrics import layer_movement, soft_non_monotonicity
+
+    student, teacher, ids, _ = _setup("tiny-llama")
+    mask = torch.ones_like(ids)
+    kw = dict(alpha=0.5, zeta2_form=form)
+    ref, ref_grads = _run(reference_self_distillation_loss, student, teacher, ids, mask, **kw)
+    got, grads = _run(self_distillation_loss, student, teacher, ids, mask, chunk_size=4, **kw)
+    assert got.total.item() == pytest.approx(ref.total.item(), rel=1e-6)
+    for n in ref_grads:
+        assert torch.allclose(grads[n], ref_grads[n], rtol=1e-5, atol=1e-10), n
+    with torch.no_grad():
+        D = layer_movement(forward_states(student, ids)["normed"]).double()
+    expected = ((layer_weights(3, 0.25).double()[1:] * D[1:]).sum() if form == "cosine"
+                else soft_non_monotonicity(D))
+    assert got.zeta2.item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_monotone_curve_has_zero_monotonicity_penalty():
+    from sdlib.metrics import monotonicity, soft_non_monotonicity
+
+    falling = torch.tensor([0.5, 0.3, 0.2, 0.2, 0.1], dtype=torch.float64)
+    rising = torch.tensor([0.1, 0.3, 0.2, 0.6], dtype=torch.float64)
+    assert soft_non_monotonicity(falling).item() == 0
+    assert soft_non_monotonicity(rising).item() == pytest.approx(1 - monotonicity(rising))
+
+
+def test_sampled_zeta1_is_unbiased():
+    from sdlib.loss import sample_lens_weights
+
+    student, teacher, ids, mask = _setup("tiny-llama")
+    exact, _ = _run(self_distillation_loss, student, teacher, ids, mask, alpha=0.0)
+    g = torch.Generator().manual_seed(0)
+    draws = torch.tensor([_run(self_distillation_loss, student, teacher, ids, mask, alpha=0.0, lens_layers=2,
+                               generator=g)[0].zeta1.item() for _ in range(400)], dtype=torch.float64)
+    stderr = draws.std() / 400 ** 0.5
+    assert abs(draws.mean().item() - exact.zeta1.item()) < 4 * stderr.item()
+    assert draws.std() > 0  # it is an estimate, not the exact value
+    # exactly: E[c_l / m] = w_l, so the expectation of the estimator is zeta1 for any KL values
+    w = layer_weights(3, 0.25).double()
+    counts = torch.stack([sample_lens_weights(w, 3, g) for _ in range(20000)]).mean(0)
+    assert torch.allclose(counts, w, atol=0.01)
+    one, _ = _run(self_distillation_loss, student, teacher, ids, mask, alpha=0.0, lens_layers=1, generator=g)
+    assert one.computed_layers.sum() == 1 and one.kl_per_layer.isnan().sum() == 2
+    layer = int(one.computed_layers.nonzero())
+    assert one.zeta1.item() == pytest.approx(exact.kl_per_layer[layer].item(), rel=1e-9)

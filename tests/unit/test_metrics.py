@@ -70,3 +70,19 @@ def test_monotonicity_bounds_random():
 def test_last_layer_ratio():
     assert last_layer_ratio([0.1, 0.05, 0.2]) == pytest.approx(4.0)
     assert math.isnan(last_layer_ratio([0.1, 0.0, 0.2]))
+
+
+def test_bootstrap_interval_of_s():
+    from sdlib.metrics import bootstrap_monotonicity, monotonicity
+
+    g = torch.Generator().manual_seed(0)
+    base = torch.tensor([0.4, 0.3, 0.2, 0.25, 0.1], dtype=torch.float64)
+    windows = base + 0.03 * torch.randn(32, 5, generator=g, dtype=torch.float64)
+    lo, hi = bootstrap_monotonicity(windows, seed=1)
+    s = monotonicity(windows.mean(0))
+    assert lo <= s <= hi and hi - lo > 0
+    assert (lo, hi) == bootstrap_monotonicity(windows, seed=1)
+    same = base.expand(8, 5)
+    assert bootstrap_monotonicity(same) == pytest.approx((monotonicity(base),) * 2)
+    with pytest.raises(SdlibError):
+        bootstrap_monotonicity(base[None])
