@@ -76,6 +76,8 @@ class Profile:
     measure: dict[str, Any] = field(default_factory=dict)
     quickstart: dict[str, Any] = field(default_factory=dict)
     """parameters for notebooks/00_quickstart.ipynb under this profile"""
+    pruning: dict[str, Any] = field(default_factory=dict)
+    """settings of the pruning / early-exit study (notebooks/ext_pruning.ipynb)"""
 
     def figures_dir(self) -> Path:
         """figures/ for the default profile (the committed figures); build/figures for the others."""
@@ -111,4 +113,4 @@ def load_profile(name: str = DEFAULT_PROFILE, trained: str | list[str] | None = 
                              f"use {', '.join(p.name for p in pairs)}")
         pairs = [p for p in pairs if p.name in only]
     return Profile(name, pairs, entry["eval_subset"], dict(entry.get("measure") or {}),
-                   dict(entry.get("quickstart") or {}))
+                   dict(entry.get("quickstart") or {}), dict(entry.get("pruning") or {}))

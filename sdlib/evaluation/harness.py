@@ -73,14 +73,18 @@ class AllLayersLM(LayerLM):
     """
 
     def __init__(self, pretrained, tokenizer=None, chunk_tokens: int = 1024,
-                 on_batch: Callable[[int], None] | None = None, **kwargs):
+                 on_batch: Callable[[int], None] | None = None, score_layers: list[int] | None = None, **kwargs):
         super().__init__(pretrained, layer=None, tokenizer=tokenizer, **kwargs)
         self.chunk_tokens = chunk_tokens
         self.on_batch = on_batch
+        self.score_layers = list(range(self.num_layers)) if score_layers is None else list(score_layers)
+        if any(not 0 <= l < self.num_layers for l in self.score_layers):
+            raise SdlibError(f"layers {self.score_layers} out of range 0..{self.num_layers - 1}")
 
     def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, override_bs: int | None = None):
         """requests: [((context, continuation) | None, context_enc, continuation_enc)]
-        -> [(loglikelihood float64 [L + 1], is_greedy bool [L + 1])] in request order."""
+        -> [(loglikelihood float64 [n_layers], is_greedy bool [n_layers])] in request order, for the layers in
+        ``score_layers`` (default: all L + 1)."""
         order = sorted(range(len(requests)), key=lambda i: -len(requests[i][1]) - len(requests[i][2]))
         results: list = [None] * len(requests)
         bs = int(override_bs or self.batch_size)
@@ -116,18 +120,18 @@ class AllLayersLM(LayerLM):
         cols_t = torch.tensor(cols, device=self.device)
         targets_t = torch.tensor(targets, device=self.device)
         owner_t = torch.tensor(owner, device=self.device)
-        n_layers, n_req = self.num_layers, len(batch)
-        loglik = torch.zeros(n_layers, n_req, dtype=torch.float64, device=self.device)
-        misses = torch.zeros(n_layers, n_req, dtype=torch.long, device=self.device)
-        for layer in range(n_layers):
+        n_req, last = len(batch), self.num_layers - 1
+        loglik = torch.zeros(len(self.score_layers), n_req, dtype=torch.float64, device=self.device)
+        misses = torch.zeros(len(self.score_layers), n_req, dtype=torch.long, device=self.device)
+        for row, layer in enumerate(self.score_layers):
             h = states[layer + 1][rows_t, cols_t]  # [N, d]: only the scored positions
             for s in range(0, h.shape[0], self.chunk_tokens):
                 part = slice(s, s + self.chunk_tokens)
-                logits = lens_head(self.model, h[part], already_normed=(layer == n_layers - 1))
+                logits = lens_head(self.model, h[part], already_normed=(layer == last))
                 logprobs = torch.log_softmax(logits, dim=-1, dtype=self.softmax_dtype)
                 tgt = targets_t[part]
                 token_ll = logprobs.gather(-1, tgt[:, None])[:, 0].double()
-                loglik[layer].index_add_(0, owner_t[part], token_ll)
-                misses[layer].index_add_(0, owner_t[part], (logprobs.argmax(-1) != tgt).long())
+                loglik[row].index_add_(0, owner_t[part], token_ll)
+                misses[row].index_add_(0, owner_t[part], (logprobs.argmax(-1) != tgt).long())
         loglik, greedy = loglik.cpu().numpy(), (misses == 0).cpu().numpy()
         return [(loglik[:, b].copy(), greedy[:, b].copy()) for b in range(n_req)]

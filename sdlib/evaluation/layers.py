@@ -77,8 +77,8 @@ def _positive(value: Any, what: str) -> int:
 class TaskResult:
     """One task at every layer: per-document arrays and the aggregated metrics.
 
-    loglikelihood: float64 [n_docs, L + 1]; greedy: bool [n_docs, L + 1] (loglikelihood tasks only);
-    metrics: {metric: float64 [L + 1]}.
+    loglikelihood: float64 [n_docs, n_layers]; greedy: bool [n_docs, n_layers] (loglikelihood tasks only);
+    metrics: {metric: float64 [n_layers]}; layers: the layer of each column (default all, 0..L).
     """
 
     task: str
@@ -87,12 +87,14 @@ class TaskResult:
     greedy: np.ndarray | None
     metrics: dict[str, np.ndarray]
     max_length: int
+    layers: list[int] = field(default_factory=list)
 
 
 def evaluate_layers(model: nn.Module, tokenizer, tasks=("lambada_openai", "wikitext"),
                     settings: EvalSettings | None = None, batch_size: int = 8, chunk_tokens: int = 1024,
-                    progress: bool = True) -> dict[str, TaskResult]:
-    """Score every decoder layer 0..L of ``model`` on lm-eval's tasks in one forward pass per batch."""
+                    progress: bool = True, layers: list[int] | None = None) -> dict[str, TaskResult]:
+    """Score every decoder layer 0..L of ``model`` (or only ``layers``; -1 = the last) on lm-eval's tasks in
+    one forward pass per batch."""
     from tqdm.auto import tqdm
 
     from sdlib.evaluation.harness import AllLayersLM
@@ -101,8 +103,12 @@ def evaluate_layers(model: nn.Module, tokenizer, tasks=("lambada_openai", "wikit
     names = check_tasks(list(tasks))
     task_objs = load_tasks(names)
     bar = tqdm(disable=not progress, unit="req", desc="evaluate")
+    from sdlib.models import layer_access
+
+    n = layer_access(model).num_layers
+    score = None if layers is None else [l % n for l in layers]
     lm = AllLayersLM(model, tokenizer=tokenizer, batch_size=batch_size, max_length=settings.max_length,
-                     chunk_tokens=chunk_tokens, on_batch=bar.update)
+                     chunk_tokens=chunk_tokens, on_batch=bar.update, score_layers=score)
     out = {}
     for name in names:
         task = task_objs[name]
@@ -125,7 +131,7 @@ def evaluate_layers(model: nn.Module, tokenizer, tasks=("lambada_openai", "wikit
         else:
             raise SdlibError(f"{name}: output type {task.OUTPUT_TYPE} is not supported")
         out[name] = TaskResult(name, [inst.doc_id for inst in instances], loglik, greedy,
-                               _aggregate(task, instances, per_layer), lm.max_length)
+                               _aggregate(task, instances, per_layer), lm.max_length, list(lm.score_layers))
     bar.close()
     return out
 
@@ -162,7 +168,7 @@ def tidy_rows(result: TaskResult, model: str, checkpoint: str | None, settings: 
     """Long-format rows: model, checkpoint, task, layer, metric, value, n + the settings that change numbers."""
     rows = []
     for metric, values in result.metrics.items():
-        for layer, value in enumerate(values):
+        for layer, value in zip(result.layers or range(len(values)), values):
             rows.append({"model": model, "checkpoint": checkpoint or "", "task": result.task, "layer": layer,
                          "metric": metric, "value": float(value), "n": len(result.doc_ids),
                          "max_length": result.max_length, "limit": settings.limit_for(result.task),

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 from sdlib.errors import SdlibError
@@ -145,16 +146,21 @@ def data_provenance(names: list[str] | tuple[str, ...] = TASKS) -> dict[str, str
 
 
 def load_tasks(names: list[str]) -> dict:
-    """lm-eval Task objects by name: offline copies when SDLIB_DATA_DIR is set, the real datasets otherwise."""
+    """lm-eval Task objects by name: offline copies when SDLIB_DATA_DIR is set, the real datasets otherwise.
+    Loaded once per process (lm-eval's task index and the datasets are slow to build); each evaluation
+    rebuilds its requests with ``build_all_requests``."""
+    include = offline_task_dir(names)
+    return dict(_load_tasks(tuple(names), str(include) if include else None))
+
+
+@lru_cache(maxsize=8)
+def _load_tasks(names: tuple[str, ...], include: str | None) -> tuple:
     import logging
 
-    from lm_eval.tasks import TaskManager
-
-    include = offline_task_dir(names)
     logging.getLogger("lm_eval").setLevel(logging.ERROR)  # "task X overrides existing task" is intended
-    manager = TaskManager(include_path=str(include) if include else None)
+    manager = _task_manager(include)
     try:
-        loaded = manager.load(names)["tasks"]
+        loaded = manager.load(list(names))["tasks"]
     except Exception as err:  # datasets raises many types for "no network"
         if include is not None:
             raise
@@ -163,12 +169,17 @@ def load_tasks(names: list[str]) -> dict:
             f"({type(err).__name__}); offline, set SDLIB_DATA_DIR to a folder holding "
             f"{', '.join(r for n in names for r in OFFLINE[n].files.values())} (laid out like shared/data)"
         ) from err
-    return {name: loaded[name] for name in names}
+    return tuple((name, loaded[name]) for name in names)
+
+
+@lru_cache(maxsize=4)
+def _task_manager(include: str | None):
+    from lm_eval.tasks import TaskManager
+
+    return TaskManager(include_path=include)
 
 
 def task_manager(names: list[str] | tuple[str, ...] = TASKS):
     """A TaskManager that sees the offline tasks when SDLIB_DATA_DIR is set (for ``simple_evaluate``)."""
-    from lm_eval.tasks import TaskManager
-
     include = offline_task_dir(names)
-    return TaskManager(include_path=str(include) if include else None)
+    return _task_manager(str(include) if include else None)

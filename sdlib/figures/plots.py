@@ -127,3 +127,37 @@ def table_figure(df, title: str = "Summary", digits: int = 3) -> go.Figure:
                              cells={"values": [[fmt(v) for v in df[c]] for c in df.columns], "align": "left"}))
     fig.update_layout(title=title, width=max(900, 110 * len(df.columns)), height=120 + 32 * len(df))
     return fig
+
+
+def pruning_figure(studies: Sequence[dict[str, Any]], title: str = "Early exit and layer deletion") -> go.Figure:
+    """LAMBADA accuracy and WikiText word perplexity against layers removed, and accuracy against the measured
+    decoding speed-up; one colour per method, dashed = pretrained, solid = self-distilled."""
+    methods = {"early_exit": "early exit (logit lens)", "movement": "remove lowest-D layers (ShortGPT)",
+               "last": "remove the last layers before L"}
+    fig = make_subplots(rows=1, cols=3, subplot_titles=["LAMBADA accuracy", "WikiText word perplexity",
+                                                        "LAMBADA accuracy vs decoding speed-up"])
+    for study in studies:
+        full = study["full_tokens_per_s"]
+        for i, (method, name) in enumerate(methods.items()):
+            rows = sorted((r for r in study["rows"] if r["method"] == method), key=lambda r: r["layers_removed"])
+            if method != "early_exit":
+                base = next(r for r in study["rows"] if r["method"] == "early_exit" and r["layers_removed"] == 0)
+                rows = [base, *rows]
+            line = {"color": PALETTE[i], "dash": _style(study["label"])}
+            label = f"{study['label']}: {name}"
+            x = [r["layers_removed"] for r in rows]
+            fig.add_trace(go.Scatter(x=x, y=[r["lambada_acc"] for r in rows], mode="lines+markers", name=label,
+                                     legendgroup=label, line=line), row=1, col=1)
+            fig.add_trace(go.Scatter(x=x, y=[r["wikitext_word_ppl"] for r in rows], mode="lines+markers", name=label,
+                                     legendgroup=label, showlegend=False, line=line), row=1, col=2)
+            timed = [r for r in rows if r["tokens_per_s"]]
+            fig.add_trace(go.Scatter(x=[r["tokens_per_s"] / full for r in timed], y=[r["lambada_acc"] for r in timed],
+                                     mode="lines+markers", name=label, legendgroup=label, showlegend=False, line=line),
+                          row=1, col=3)
+    for col, x_title in ((1, "decoder layers removed"), (2, "decoder layers removed"), (3, "speed-up (x)")):
+        fig.update_xaxes(title_text=x_title, row=1, col=col)
+    fig.update_yaxes(type="log", row=1, col=2)
+    fig.update_layout(title=title, template="plotly_white", width=1500, height=560,
+                      legend={"orientation": "h", "y": -0.2, "x": 0})
+    return fig
+

@@ -1,0 +1,51 @@
+"""Layer pruning and early exit: early exit is the logit lens; pruned models are plain transformers models."""
+
+import pytest
+import torch
+
+from sdlib import models
+from sdlib.errors import SdlibError
+from sdlib.lens import lens_logits
+from sdlib.pruning import choose_layers, generation_speed, keep_layers, prune
+from sdlib.states import hidden_states
+
+
+@pytest.mark.parametrize("name", models.TINY_MODELS)
+def test_early_exit_is_the_logit_lens(name):
+    model, _ = models.load(name, num_layers=4, hidden_size=32, vocab_size=300)
+    ids = torch.randint(0, 259, (2, 9))
+    states = hidden_states(model, ids)
+    for k in range(4):
+        exited = keep_layers(model, range(k + 1))
+        with torch.no_grad():
+            assert torch.allclose(exited(ids).logits, lens_logits(model, states, k), atol=1e-5), k
+    assert models.layer_access(model).num_layers == 4  # the original is untouched
+
+
+def test_choose_layers():
+    D = [0.30, 0.05, 0.20, 0.01, 0.10, 0.50]  # layers 0..5; layer 5 is L
+    assert choose_layers(D, 2, "movement") == [1, 3]
+    assert choose_layers(D, 3, "movement") == [1, 3, 4]
+    assert choose_layers(D, 2, "last") == [3, 4]
+    assert choose_layers(D, 0, "movement") == []
+    with pytest.raises(SdlibError):
+        choose_layers(D, 6, "movement")
+    with pytest.raises(SdlibError):
+        choose_layers(D, 1, "random")
+
+
+def test_pruned_model_saves_loads_and_decodes_with_cache(tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    model, tok = models.load("tiny-qwen2", num_layers=5, hidden_size=32, vocab_size=300)
+    pruned, removed = prune(model, [0.3, 0.1, 0.2, 0.05, 0.4, 0.6], 2, "movement")
+    assert removed == [1, 3] and pruned.config.num_hidden_layers == 3 and len(pruned.config.layer_types) == 3
+    pruned.save_pretrained(tmp_path / "pruned")
+    again = AutoModelForCausalLM.from_pretrained(tmp_path / "pruned")
+    ids = torch.randint(0, 259, (1, 7))
+    with torch.no_grad():
+        assert torch.allclose(again(ids).logits, pruned(ids).logits, atol=1e-6)
+        cached = pruned.generate(ids, max_new_tokens=6, do_sample=False, use_cache=True)
+        uncached = pruned.generate(ids, max_new_tokens=6, do_sample=False, use_cache=False)
+    assert torch.equal(cached, uncached)
+    assert generation_speed(pruned, tok, new_tokens=4, repeats=1) > 0
