@@ -212,7 +212,7 @@ def evaluate_cached(source: str, tasks, settings: EvalSettings, *, device: str |
                                                                                "max_length": result.max_length})}
 
         key = {"task": name, "fingerprint": fingerprint, "settings": settings.__dict__,
-               "lm_eval": _lm_eval_version(), "data": data}
+               "lm_eval": _lm_eval_version(), "data": {k: v for k, v in data.items() if k.startswith(name + "/")}}
         record = cached_record(out_dir, name, key, compute, use_cache)
         rows += record["rows"]
         records[name] = {k: record[k] for k in ("rows", "provenance", "settings", "fingerprint")}

@@ -33,7 +33,11 @@ def _folder(pair: Pair, which: Which, kind: str):
     from sdlib.evaluation.layers import slug
     from sdlib.paths import results_dir
 
-    return results_dir() / slug(pair.source(which) if which == "trained" else pair.name + "-baseline") / kind
+    if which == "trained":
+        name = pair.source(which)
+    else:  # a plain model name shares its folder (and caches) with `python -m sdlib eval|measure NAME`
+        name = pair.model if not pair.config.model_options else f"{pair.name}-baseline"
+    return results_dir() / slug(name) / kind
 
 
 def movement(profile: Profile, pair: Pair, which: Which, device: str | None = None) -> dict[str, Any]:
