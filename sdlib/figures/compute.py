@@ -144,7 +144,8 @@ def lens_grid_of(model, tok, text: str = FIG7_SENTENCE, label: str = "", n_posit
 
 def summary(profile: Profile, device: str | None = None):
     """One row per model and state: S (both conventions), last-layer D and its ratio, LAMBADA final vs
-    penultimate accuracy and the relative drop, final-layer WikiText word perplexity; the paper's beside."""
+    penultimate accuracy and the relative drop (final - penultimate) / final, final-layer WikiText word
+    perplexity; the paper's beside."""
     import pandas as pd
 
     rows = []
@@ -161,7 +162,8 @@ def summary(profile: Profile, device: str | None = None):
                          "ratio_normed": m["last_layer_ratio"]["normed"],
                          "ratio_pre_norm": m["last_layer_ratio"]["pre_norm"],
                          "lambada_final": acc[-1], "lambada_penultimate": acc[-2],
-                         "lambada_drop": (acc[-2] - acc[-1]) / acc[-2] if acc[-2] > 0 else float("nan"),
+                         # the paper's "drop": how much lower the penultimate layer is, relative to the final
+                         "lambada_drop": (acc[-1] - acc[-2]) / acc[-1] if acc[-1] > 0 else float("nan"),
                          "wikitext_word_ppl_final": ppl[-1], "source": "sdlib (measured)"})
     for model, p in PAPER.items():  # the paper does not say which last state; its numbers get their own columns
         for state, suffix in (("pretrained", "before"), ("self-distilled", "after")):
