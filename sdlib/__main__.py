@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
 from collections.abc import Sequence
 
@@ -22,18 +21,16 @@ def _train(args: argparse.Namespace, extra: Sequence[str]) -> int:
 
 
 def _measure(args: argparse.Namespace, extra: Sequence[str]) -> int:
-    import torch
-
     from sdlib.measure import format_measurement, measure_text
-    from sdlib.models import load
-    from sdlib.paths import results_dir
+    from sdlib.models import default_device, load
+    from sdlib.paths import results_dir, slug
     from sdlib.provenance import provenance, write_json
 
     if extra:
         raise SdlibError(f"unknown arguments {' '.join(extra)}: see `python -m sdlib measure --help`")
     if args.windows < 1 or args.window_len < 2:
         raise SdlibError("--windows must be >= 1 and --window-len >= 2")
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = default_device(args.device)
     model, tokenizer = load(args.model, dtype=args.dtype, device=device)
     result = measure_text(model, tokenizer, args.text, args.windows, args.window_len, args.batch_size,
                           progress=not args.json)
@@ -41,8 +38,7 @@ def _measure(args: argparse.Namespace, extra: Sequence[str]) -> int:
               "provenance": provenance(device=device, data=result.info.get("data"),
                                        limits={"windows": args.windows, "window_len": args.window_len,
                                                "dtype": args.dtype})}
-    slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", args.model.strip("/"))[-80:]
-    out = write_json(args.out or results_dir() / slug / "measure.json", record)
+    out = write_json(args.out or results_dir() / slug(args.model) / "measure.json", record)
     if args.json:
         summary = {k: record[k] for k in ("model", "D", "S", "last_layer_ratio", "n_tokens", "n_windows", "window_len")}
         print(json.dumps(summary, indent=2))
@@ -53,16 +49,15 @@ def _measure(args: argparse.Namespace, extra: Sequence[str]) -> int:
 
 
 def _eval(args: argparse.Namespace, extra: Sequence[str]) -> int:
-    import torch
-
     from sdlib.evaluation.layers import evaluate_cached, format_table, load_subset
     from sdlib.evaluation.tasks import check_tasks
+    from sdlib.models import default_device
 
     tasks = check_tasks(args.tasks)
     for flag, value in (("--limit", args.limit), ("--max-length", args.max_length), ("--batch-size", args.batch_size)):
         if value is not None and value < 1:
             raise SdlibError(f"{flag} must be at least 1, got {value}")
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = default_device(args.device)
     settings = load_subset(args.subset, device)
     if args.limit is not None:
         settings.limit = {t: args.limit for t in tasks}

@@ -47,10 +47,5 @@ def cached_record(folder: str | Path, name: str, key: dict[str, Any], compute: C
     path = cache_path(folder, name, key)
     if use_cache and path.is_file():
         return json.loads(path.read_text())
-    record = {**compute(), "cache_key": key}
-    write_json(path, record)
-    return json.loads(json.dumps(record, default=_plain))
-
-
-def _plain(obj: Any) -> Any:
-    return obj.tolist() if hasattr(obj, "tolist") else str(obj)
+    write_json(path, {**compute(), "cache_key": key})
+    return json.loads(path.read_text())  # the same plain JSON a later cache hit returns

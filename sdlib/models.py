@@ -248,5 +248,10 @@ def _tiny(name: str, *, num_layers: int = 4, hidden_size: int = 64, vocab_size: 
     return model, tokenizer
 
 
+def default_device(device: str | None = None) -> str:
+    """``device`` when given, else cuda when available, else cpu."""
+    return device or ("cuda" if torch.cuda.is_available() else "cpu")
+
+
 def max_sequence_length(model: nn.Module) -> int:
     return int(getattr(_unwrap(model).config, "max_position_embeddings", 1 << 30))

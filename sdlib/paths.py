@@ -17,6 +17,7 @@ Functions (not module constants) so a test or notebook can change the environmen
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -60,6 +61,11 @@ def results_dir() -> Path:
 
 def figures_dir() -> Path:
     return _env_path("SDLIB_FIGURES_DIR", project_root() / "figures")
+
+
+def slug(source: object) -> str:
+    """A folder name for a model name, hub id or path (results go under ``results_dir() / slug(...)``)."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", str(source).strip("/"))[-80:] or "model"
 
 
 def configs_dir() -> Path:

@@ -61,11 +61,9 @@ class Pair:
 
 @lru_cache(maxsize=4)
 def _load(source: str, options: tuple, device: str | None):
-    import torch
+    from sdlib.models import default_device, load
 
-    from sdlib.models import load
-
-    return load(source, device=device or ("cuda" if torch.cuda.is_available() else "cpu"), **dict(options))
+    return load(source, device=default_device(device), **dict(options))
 
 
 @dataclass

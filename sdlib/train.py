@@ -230,7 +230,7 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> P
         record = {"step": step, "tokens": step * tokens_per_step, "epochs": epochs,
                   "loss": float(stats[0]), "zeta1": float(stats[1]), "zeta2": float(stats[2]),
                   "kl_per_layer": [None if math.isnan(v) else v for v in stats[3:].tolist()], "lr": lr,
-                  "grad_norm": None if grad_norm is None else float(grad_norm), "skipped_steps": skipped,
+                  "grad_norm": float(grad_norm), "skipped_steps": skipped,
                   "tokens_per_s": tokens_per_step / elapsed, "seconds": elapsed}
         log(record)
         bar.update(1)

@@ -32,10 +32,9 @@ def _load_pretrained(pretrained, tokenizer, dtype, device):
         if tokenizer is None:
             raise SdlibError("pass tokenizer= with an already-loaded model")
         return pretrained, tokenizer
-    from sdlib.models import load
+    from sdlib.models import default_device, load
 
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    return load(str(pretrained), dtype=dtype or "float32", device=device)
+    return load(str(pretrained), dtype=dtype or "float32", device=default_device(device))
 
 
 class LayerLM(HFLM):

@@ -9,13 +9,11 @@ the tidy table (``model, checkpoint, task, layer, metric, value, n`` + settings)
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from torch import nn
 
 from sdlib.cache import cached_record, model_fingerprint
@@ -153,11 +151,6 @@ def _aggregate(task, instances, per_layer) -> dict[str, np.ndarray]:
 
 # --- cache, tidy table, files -----------------------------------------------------------------------------
 
-def slug(source: str) -> str:
-    """A folder name for a model name, hub id or path."""
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", str(source).strip("/"))[-80:] or "model"
-
-
 def _lm_eval_version() -> str:
     from importlib.metadata import version
 
@@ -188,12 +181,12 @@ def evaluate_cached(source: str, tasks, settings: EvalSettings, *, device: str |
     """
     import pandas as pd
 
-    from sdlib.models import load, resolve_checkpoint
-    from sdlib.paths import results_dir
+    from sdlib.models import default_device, load, resolve_checkpoint
+    from sdlib.paths import results_dir, slug
     from sdlib.provenance import atomic_path, provenance, write_json
 
     names = check_tasks(list(tasks) if not isinstance(tasks, str) else tasks)
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = default_device(device)
     model, tokenizer = loaded or load(source, dtype=settings.dtype, device=device)
     checkpoint = None
     if Path(str(source)).expanduser().exists():

@@ -30,8 +30,7 @@ def fingerprint(pair: Pair, which: Which, device: str | None = None) -> str:
 
 
 def _folder(pair: Pair, which: Which, kind: str):
-    from sdlib.evaluation.layers import slug
-    from sdlib.paths import results_dir
+    from sdlib.paths import results_dir, slug
 
     if which == "trained":
         name = pair.source(which)
