@@ -51,7 +51,7 @@ print(f"  draw {', '.join(NOTEBOOKS)} -> {p.figures_dir()}")
 PYEOF
 case "$PROFILE" in
     tiny) echo "  estimate: about 2 minutes on 2 CPU cores" ;;
-    smol) echo "  estimate on 2 CPU cores: about 45-60 minutes of training, 25 minutes of evaluation, 5 minutes of notebooks" ;;
+    smol) echo "  estimate on 2 CPU cores: about 10 minutes of training, 30 minutes of evaluation, 8 minutes of notebooks" ;;
     paper) echo "  estimate: hours on GPUs (5 models x 10M tokens), then the full lm-eval tasks" ;;
 esac
 
