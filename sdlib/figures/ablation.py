@@ -1,42 +1,66 @@
-"""The reproduction study's grid: per cell, S (both conventions, bootstrap interval over the measurement
-windows) and LAMBADA accuracy at every layer, relative to the pretrained model; collected into one table.
+"""The reproduction study's grids: per cell, S (both conventions, bootstrap interval over the measurement
+windows) and LAMBADA accuracy at every layer, relative to the pretrained model; collected into one table and
+one figure. A grid is a folder of cell configs plus ``grid.yaml`` (its title and evaluation settings).
 
-    python -m sdlib.figures.ablation configs/ablations/00-base.yaml     # measure + evaluate one cell (cached)
-    python -m sdlib.figures.ablation --collect configs/ablations/*.yaml # -> build/results/ablations.csv
+    python -m sdlib.figures.ablation configs/ablations/cpu/00-base.yaml      # measure + evaluate one cell (cached)
+    python -m sdlib.figures.ablation --collect configs/ablations/cpu/*.yaml  # -> results/ablations-cpu.csv + figure
 """
 
 from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any
 
 from sdlib.config import load_config
 from sdlib.profiles import Pair, Profile
 
-EVAL_SUBSET = "cpu-subset"  # 500 LAMBADA passages: the grid compares cells, it does not report the full task
-MEASURE = {"text": "wikitext-test", "windows": 64, "window_len": 512}
+GRID_FILE = "grid.yaml"
+DEFAULTS = {"title": "One-factor grid", "eval_subset": "cpu-subset",
+            "measure": {"text": "wikitext-test", "windows": 64, "window_len": 512}}
 
 
-def cell_profile(config_path: str, eval_subset: str = EVAL_SUBSET) -> tuple[Profile, Pair]:
+def grid_settings(config_path: str | Path) -> dict[str, Any]:
+    """The evaluation settings of the grid a cell belongs to: ``grid.yaml`` beside it over ``DEFAULTS``."""
+    import yaml
+
+    from sdlib.errors import SdlibError
+
+    path = Path(config_path).parent / GRID_FILE
+    given = yaml.safe_load(path.read_text()) if path.exists() else {}
+    unknown = set(given or {}) - set(DEFAULTS)
+    if unknown:
+        raise SdlibError(f"{path}: unknown keys {sorted(unknown)}; allowed: {sorted(DEFAULTS)}")
+    return {**DEFAULTS, **(given or {}), "name": Path(config_path).parent.name}
+
+
+def cell_paths(grid_dir: str | Path) -> list[str]:
+    """Every cell config of a grid folder, in name order (``grid.yaml`` excluded)."""
+    return sorted(str(p) for p in Path(grid_dir).glob("*.yaml") if p.name != GRID_FILE)
+
+
+def cell_profile(config_path: str) -> tuple[Profile, Pair]:
+    settings = grid_settings(config_path)
     pair = Pair(config_path, load_config(config_path))
-    return Profile("ablation", [pair], eval_subset, dict(MEASURE)), pair
+    return Profile("ablation", [pair], settings["eval_subset"], dict(settings["measure"])), pair
 
 
-def cell_row(config_path: str, which: str = "trained", eval_subset: str = EVAL_SUBSET) -> dict:
+def cell_row(config_path: str, which: str = "trained") -> dict:
     """Measure and evaluate one cell's model (cached); -> one row of the grid table."""
     import json
 
     from sdlib.figures import compute
     from sdlib.metrics import bootstrap_monotonicity
 
-    profile, pair = cell_profile(config_path, eval_subset)
+    profile, pair = cell_profile(config_path)
     m = compute.movement(profile, pair, which)
     scores = compute.layer_scores(profile, pair, which, tasks=["lambada_openai"])
     acc = scores[scores.metric == "acc"].sort_values("layer")["value"].tolist()
     c = pair.config
     row = {"cell": Path(config_path).stem if which == "trained" else "pretrained", "model": c.model,
            "alpha": c.alpha, "k": c.k, "lr": c.lr, "kl_direction": c.kl_direction, "last_state": c.last_state,
-           "zeta2_form": c.zeta2_form, "tokens": c.total_steps * c.batch_size * c.seq_len if which == "trained" else 0,
+           "zeta2_form": c.zeta2_form, "lens_layers": c.lens_layers, "seed": c.seed,
+           "tokens": c.total_steps * c.batch_size * c.seq_len if which == "trained" else 0,
            "lambada_final": acc[-1], "lambada_penultimate": acc[-2], "lambada_n": int(scores["n"].iloc[0])}
     for conv in ("normed", "pre_norm"):
         lo, hi = bootstrap_monotonicity(m["per_window_D"][conv])
@@ -45,38 +69,59 @@ def cell_row(config_path: str, which: str = "trained", eval_subset: str = EVAL_S
         log = [json.loads(line) for line in (c.run_dir() / "log.jsonl").read_text().splitlines()]
         steps = [r for r in log if "loss" in r]
         row |= {"epochs": steps[-1].get("epochs"), "train_seconds": sum(r["seconds"] for r in steps),
-                "final_loss": steps[-1]["loss"]}
+                "final_loss": steps[-1]["loss"],
+                "S_over_training": [(r["step"], r["eval"]["S"]["normed"], r["eval"]["S"]["pre_norm"])
+                                    for r in log if "eval" in r]}
     return row
 
 
-def collect(config_paths: list[str], eval_subset: str = EVAL_SUBSET):
+def collect(config_paths: list[str], figure_dir: str | Path | None = None):
+    """-> (table, csv path). Every cell must belong to one grid; with ``figure_dir`` also draw the grid figure
+    ``ablation_grid_<grid>`` there."""
     import pandas as pd
 
+    from sdlib.errors import SdlibError
+    from sdlib.figures.output import json_records, save_figure
+    from sdlib.figures.plots import ablation_figure
     from sdlib.paths import results_dir
     from sdlib.provenance import atomic_path
 
-    rows = [cell_row(config_paths[0], "baseline", eval_subset)] + [cell_row(p, "trained", eval_subset)
-                                                                   for p in config_paths]
+    grids = {str(Path(p).parent) for p in config_paths}
+    if len(grids) != 1:
+        raise SdlibError(f"cells from several grids ({', '.join(sorted(grids))}); collect one grid at a time")
+    settings = grid_settings(config_paths[0])
+    rows = [cell_row(config_paths[0], "baseline")] + [cell_row(p, "trained") for p in config_paths]
     table = pd.DataFrame(rows)
-    base = table.iloc[0]
-    table["lambada_final_vs_pretrained"] = table["lambada_final"] / base["lambada_final"]
-    out = results_dir() / "ablations.csv"
+    table["lambada_final_vs_pretrained"] = table["lambada_final"] / table.iloc[0]["lambada_final"]
+    out = results_dir() / f"ablations-{settings['name']}.csv"
     with atomic_path(out) as tmp:
-        table.to_csv(tmp, index=False)
+        table.drop(columns=["S_over_training"]).to_csv(tmp, index=False)
+    if figure_dir is not None:
+        numbers = {"grid": settings, "cells": json_records(table.drop(columns=["S_over_training"])),
+                   "S_over_training": {r["cell"]: r["S_over_training"] for r in rows[1:]}}
+        save_figure(ablation_figure(table, title=settings["title"]), f"ablation_grid_{settings['name']}", numbers,
+                    figure_dir)
     return table, out
 
 
 def main(argv: list[str]) -> int:
+    import argparse
+
     from sdlib.errors import SdlibError
 
+    parser = argparse.ArgumentParser(prog="python -m sdlib.figures.ablation", description=__doc__.split("\n")[0])
+    parser.add_argument("cells", nargs="+", help="cell configs (one grid folder)")
+    parser.add_argument("--collect", action="store_true", help="write the grid table (and figure) of these cells")
+    parser.add_argument("--figures", help="with --collect: the folder to draw the grid figure into")
+    args = parser.parse_args(argv)
     try:
-        if argv[:1] == ["--collect"]:
-            table, out = collect(argv[1:])
-            print(table.to_string(float_format=lambda v: f"{v:.4g}"))
-            print(f"written: {out}")
+        if args.collect:
+            table, out = collect(args.cells, args.figures)
+            print(table.drop(columns=["S_over_training"]).to_string(float_format=lambda v: f"{v:.4g}"))
+            print(f"written: {out}" + (f" and the figure in {args.figures}" if args.figures else ""))
         else:
-            for path in argv:
-                print(cell_row(path))
+            for path in args.cells:
+                print({k: v for k, v in cell_row(path).items() if k != "S_over_training"})
     except SdlibError as err:
         print(f"sdlib: error: {err}", file=sys.stderr)
         return 2

@@ -161,3 +161,35 @@ def pruning_figure(studies: Sequence[dict[str, Any]], title: str = "Early exit a
                       legend={"orientation": "h", "y": -0.2, "x": 0})
     return fig
 
+
+
+def ablation_figure(table, title: str = "One-factor grid", target_S: float = 0.85, target_ratio: float = 0.95
+                    ) -> go.Figure:
+    """Per grid cell: S in both conventions with its bootstrap interval (the pretrained model's S dashed, the
+    target dotted), and final-layer LAMBADA accuracy relative to the pretrained model (the 95% bar dotted).
+    ``table``: the rows of ``sdlib.figures.ablation.collect``, the pretrained model first."""
+    base, cells = table.iloc[0], table.iloc[1:]
+    fig = make_subplots(rows=1, cols=2, subplot_titles=["monotonicity S [95% bootstrap interval]",
+                                                        "final-layer LAMBADA accuracy / pretrained"])
+    for i, conv in enumerate(CONVENTIONS):
+        S = cells[f"S_{conv}"]
+        fig.add_trace(go.Scatter(x=cells["cell"], y=S, mode="markers", name=f"S ({conv})",
+                                 marker={"color": PALETTE[i], "size": 9},
+                                 error_y={"type": "data", "symmetric": False, "array": cells[f"S_{conv}_hi"] - S,
+                                          "arrayminus": S - cells[f"S_{conv}_lo"]}), row=1, col=1)
+        fig.add_hline(y=base[f"S_{conv}"], line={"color": PALETTE[i], "dash": "dash"}, row=1, col=1,
+                      annotation_text=f"pretrained ({conv}) {base[f'S_{conv}']:.3f}",
+                      annotation_position=("bottom left", "bottom right")[i])
+    fig.add_hline(y=target_S, line={"color": "black", "dash": "dot"}, row=1, col=1,
+                  annotation_text=f"target {target_S}", annotation_position="top right")
+    ratio = cells["lambada_final_vs_pretrained"]
+    fig.add_trace(go.Bar(x=cells["cell"], y=ratio, name="LAMBADA final / pretrained", marker_color=PALETTE[2],
+                         text=[f"{v:.2f}" for v in ratio], textposition="outside"), row=1, col=2)
+    fig.add_hline(y=target_ratio, line={"color": "black", "dash": "dot"}, row=1, col=2,
+                  annotation_text=f"{target_ratio:.0%} of pretrained ({base['lambada_final']:.3f})")
+    fig.update_yaxes(range=[0, 1.05], row=1, col=1)
+    fig.update_yaxes(range=[0, max(1.15, float(ratio.max()) + 0.1)], row=1, col=2)
+    fig.update_xaxes(tickangle=-45)
+    fig.update_layout(title=title, template="plotly_white", width=1400, height=560,
+                      legend={"orientation": "h", "y": 1.12, "x": 0})
+    return fig

@@ -1,18 +1,21 @@
 """The reproduction-study grid machinery on a tiny cell: train, measure with a bootstrap interval, score, collect."""
 
+import json
+
 import pytest
 import yaml
 
-from sdlib.figures.ablation import collect
+from sdlib.config import load_config
+from sdlib.figures.ablation import cell_paths, collect, grid_settings
+from sdlib.figures.output import finite_numbers
 from tests.conftest import ROOT
 from tests.integration.test_cli import _sdlib
 
 
 @pytest.mark.data
-def test_grid_collects_cells_with_intervals(tmp_path, monkeypatch):
-    import sdlib.figures.ablation as ablation
-
-    monkeypatch.setattr(ablation, "MEASURE", {"text": "wikitext-test", "windows": 8, "window_len": 128})
+def test_grid_collects_cells_with_intervals(tmp_path):
+    (tmp_path / "grid.yaml").write_text(yaml.safe_dump({
+        "title": "tiny grid", "eval_subset": "tiny", "measure": {"text": "wikitext-test", "windows": 8, "window_len": 128}}))
     cfg = yaml.safe_load((ROOT / "configs" / "tiny.yaml").read_text())
     cells = []
     for name, change in (("a-base", {}), ("b-cosine", {"zeta2_form": "cosine", "lens_layers": 2})):
@@ -21,10 +24,30 @@ def test_grid_collects_cells_with_intervals(tmp_path, monkeypatch):
         done = _sdlib("train", str(path))
         assert done.returncode == 0, done.stderr[-2000:]
         cells.append(str(path))
-    table, out = collect(cells, eval_subset="tiny")
-    assert list(table["cell"]) == ["pretrained", "a-base", "b-cosine"] and out.exists()
+    assert cell_paths(tmp_path) == cells  # grid.yaml is not a cell
+    table, out = collect(cells, figure_dir=tmp_path / "figures")
+    assert list(table["cell"]) == ["pretrained", "a-base", "b-cosine"] and out.name == f"ablations-{tmp_path.name}.csv"
+    figure = json.loads((tmp_path / "figures" / f"ablation_grid_{tmp_path.name}.json").read_text())
+    assert (tmp_path / "figures" / f"ablation_grid_{tmp_path.name}.png").stat().st_size > 0
+    assert figure["numbers"]["grid"]["measure"]["windows"] == 8 and finite_numbers(figure["numbers"]["cells"])
+    assert [step for step, _, _ in figure["numbers"]["S_over_training"]["a-base"]][0] == 0
     for conv in ("normed", "pre_norm"):
         assert ((table[f"S_{conv}_lo"] <= table[f"S_{conv}"] + 1e-12) &
                 (table[f"S_{conv}"] <= table[f"S_{conv}_hi"] + 1e-12)).all()
     assert table.loc[2, "zeta2_form"] == "cosine" and table.loc[1, "epochs"] > 0
     assert table.loc[0, "lambada_n"] == 16
+
+
+@pytest.mark.parametrize("grid", ["cpu", "gpu"])
+def test_committed_grids_are_one_factor_from_their_base(grid):
+    """Every committed cell loads, and differs from its grid's 00-base in exactly one recipe factor."""
+    folder = ROOT / "configs" / "ablations" / grid
+    settings = grid_settings(folder / "00-base.yaml")
+    assert settings["name"] == grid and settings["measure"]["windows"] > 0
+    recipe = ["alpha", "k", "lr", "kl_direction", "last_state", "zeta2_form", "max_tokens", "seed"]
+    base = load_config(folder / "00-base.yaml")
+    for path in cell_paths(folder)[1:]:
+        c = load_config(path)
+        changed = [f for f in recipe if getattr(c, f) != getattr(base, f)]
+        assert len(changed) == 1, f"{path}: changes {changed}"
+        assert c.name != base.name and c.model == base.model == "smollm2-135m"
