@@ -117,15 +117,22 @@ def lens_figure(grids: Sequence[dict[str, Any]], title: str = "Logit lens: top-1
 
 
 def table_figure(df, title: str = "Summary", digits: int = 3) -> go.Figure:
-    """A plotly table of a DataFrame (numbers rounded, blanks for missing)."""
+    """A plotly table of a DataFrame (numbers rounded, blanks for missing), sized so nothing is cut off in the
+    PNG: each column as wide as its longest entry, every row one line high."""
     def fmt(v):
         if v is None or (isinstance(v, float) and not np.isfinite(v)):
             return ""
         return f"{v:.{digits}g}" if isinstance(v, float) else str(v)
 
-    fig = go.Figure(go.Table(header={"values": list(df.columns), "align": "left"},
-                             cells={"values": [[fmt(v) for v in df[c]] for c in df.columns], "align": "left"}))
-    fig.update_layout(title=title, width=max(900, 110 * len(df.columns)), height=120 + 32 * len(df))
+    cells = [[fmt(v) for v in df[c]] for c in df.columns]
+    chars = [max([len(str(c))] + [len(v) for v in col]) for c, col in zip(df.columns, cells)]
+    widths = [8 * n + 24 for n in chars]  # ~8 px per character at plotly's default 12 px font, plus padding
+    row = 28
+    fig = go.Figure(go.Table(columnwidth=widths,
+                             header={"values": list(df.columns), "align": "left", "height": row},
+                             cells={"values": cells, "align": "left", "height": row}))
+    fig.update_layout(title=title, width=sum(widths) + 80, height=row * (len(df) + 1) + 140,
+                      margin={"l": 40, "r": 40, "t": 70, "b": 30})
     return fig
 
 
