@@ -27,12 +27,16 @@ _PACKAGES = ("sdlib", "torch", "transformers", "accelerate", "datasets", "lm_eva
 
 @cache
 def git_commit() -> str:
-    """The checkout's commit, with ``+dirty`` when tracked files differ from it; ``unknown`` outside git."""
+    """The checkout's commit, with ``+dirty`` when tracked files differ from it; ``unknown`` outside git.
+
+    ``figures/`` is left out of the check: it holds what the code writes (a run that regenerates the committed
+    figures would otherwise mark its own later outputs dirty), not what produces it."""
     root = project_root()
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
                              check=True, timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".",
+                                ":(exclude)figures"], cwd=root,
                                capture_output=True, text=True, check=True, timeout=10).stdout.strip()
         return sha + ("+dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
