@@ -34,6 +34,17 @@ def _env_path(var: str, default: Path) -> Path:
     return Path(value).expanduser().resolve() if value else default.resolve()
 
 
+PATH_VARIABLES = ("SDLIB_DATA_DIR", "SDLIB_BUILD_DIR", "SDLIB_CACHE_DIR")
+
+
+def absolute_path_variables() -> None:
+    """Make the ``SDLIB_*`` folder variables absolute (relative to the current directory) in ``os.environ``,
+    so processes started elsewhere (notebook kernels run in ``notebooks/``) see the same folders."""
+    for var in PATH_VARIABLES:
+        if os.environ.get(var):
+            os.environ[var] = str(Path(os.environ[var]).expanduser().resolve())
+
+
 def data_dir() -> Path | None:
     """Offline data folder (``SDLIB_DATA_DIR``), or None to use the real (online) sources."""
     value = os.environ.get("SDLIB_DATA_DIR")

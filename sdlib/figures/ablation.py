@@ -104,6 +104,20 @@ def collect(config_paths: list[str], figure_dir: str | Path | None = None):
     return table, out
 
 
+def markdown_table(table) -> str:
+    """The grid table as Markdown (what RESULTS.md shows): per cell S with its interval in both conventions,
+    last-layer D, LAMBADA final / penultimate and final relative to the pretrained model, training time."""
+    lines = ["| cell | S normed [95%] | S pre_norm [95%] | D_L normed | D_L pre_norm | LAMBADA final / penult. "
+             "| final vs pretrained | train s |", "|---|---|---|---|---|---|---|---|"]
+    for r in table.to_dict("records"):
+        S = {c: f"{r[f'S_{c}']:.4f} [{r[f'S_{c}_lo']:.4f}, {r[f'S_{c}_hi']:.4f}]" for c in ("normed", "pre_norm")}
+        seconds = "" if r["cell"] == "pretrained" else f"{r['train_seconds']:.0f}"
+        lines.append(f"| {r['cell']} | {S['normed']} | {S['pre_norm']} | {r['last_D_normed']:.3f} | "
+                     f"{r['last_D_pre_norm']:.3f} | {r['lambada_final']:.3f} / {r['lambada_penultimate']:.3f} | "
+                     f"{r['lambada_final_vs_pretrained']:.0%} | {seconds} |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str]) -> int:
     import argparse
 
@@ -118,6 +132,7 @@ def main(argv: list[str]) -> int:
         if args.collect:
             table, out = collect(args.cells, args.figures)
             print(table.drop(columns=["S_over_training"]).to_string(float_format=lambda v: f"{v:.4g}"))
+            print(markdown_table(table))
             print(f"written: {out}" + (f" and the figure in {args.figures}" if args.figures else ""))
         else:
             for path in args.cells:

@@ -47,7 +47,7 @@ def run_notebooks(profile_name: str, names: list[str] | None = None, parameters:
     """Execute the notebooks (all, or ``names``) for a profile; -> wall time per notebook (s)."""
     import papermill
 
-    from sdlib.paths import build_dir
+    from sdlib.paths import absolute_path_variables, build_dir
 
     names = list(names or NOTEBOOKS)
     unknown = [n for n in names if n not in NOTEBOOKS]
@@ -56,6 +56,7 @@ def run_notebooks(profile_name: str, names: list[str] | None = None, parameters:
     out_dir = build_dir() / "notebooks" / profile_name
     out_dir.mkdir(parents=True, exist_ok=True)
     kernel = _kernel_name()
+    absolute_path_variables()  # the kernels run in notebooks/: a relative SDLIB_DATA_DIR would point elsewhere
     profile = load_profile(profile_name)
     timings = {}
     for name in names:

@@ -7,7 +7,7 @@ import pytest
 import yaml
 
 from sdlib.config import load_config
-from sdlib.figures.ablation import cell_paths, collect, grid_settings
+from sdlib.figures.ablation import cell_paths, collect, grid_settings, markdown_table
 from sdlib.figures.output import finite_numbers
 from tests.conftest import ROOT
 from tests.integration.test_cli import _sdlib
@@ -27,6 +27,8 @@ def test_grid_collects_cells_with_intervals(tmp_path):
         cells.append(str(path))
     assert cell_paths(tmp_path) == cells  # grid.yaml is not a cell
     table, out = collect(cells, figure_dir=tmp_path / "figures")
+    md = markdown_table(table).splitlines()
+    assert len(md) == 5 and md[3].startswith(f"| a-base | {table.loc[1, 'S_normed']:.4f} [")
     assert list(table["cell"]) == ["pretrained", "a-base", "b-cosine"] and out.name == f"ablations-{tmp_path.name}.csv"
     figure = json.loads((tmp_path / "figures" / f"ablation_grid_{tmp_path.name}.json").read_text())
     assert (tmp_path / "figures" / f"ablation_grid_{tmp_path.name}.png").stat().st_size > 0

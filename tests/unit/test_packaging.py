@@ -27,3 +27,18 @@ def test_torch_is_a_range_and_setup_pins_it():
     torch_req = next(d for d in deps if d.startswith("torch"))
     assert "<" in torch_req and ">=" in torch_req
     assert "torch==2.13.0" in (ROOT / "scripts" / "setup.sh").read_text()
+
+
+def test_relative_folder_variables_become_absolute(monkeypatch, tmp_path):
+    """Notebook kernels run in notebooks/, so a relative SDLIB_DATA_DIR must be resolved before they start."""
+    import os
+
+    from sdlib.paths import absolute_path_variables
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("SDLIB_DATA_DIR", "../data")
+    monkeypatch.setenv("SDLIB_BUILD_DIR", "build")
+    monkeypatch.delenv("SDLIB_CACHE_DIR", raising=False)
+    absolute_path_variables()
+    assert os.environ["SDLIB_DATA_DIR"] == str((tmp_path / "../data").resolve())
+    assert os.environ["SDLIB_BUILD_DIR"] == str(tmp_path / "build") and "SDLIB_CACHE_DIR" not in os.environ
