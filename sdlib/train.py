@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 
 from sdlib.checkpoint import (
     latest_checkpoint,
+    list_checkpoints,
     load_training_state,
     remove_partial_saves,
     rng_state,
@@ -99,6 +100,10 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> P
     accum = per_step // world
     run_dir = config.run_dir()
     total_steps = config.total_steps
+    if resume and _finished(run_dir, config):  # nothing to do: do not load two models to find that out
+        if accelerator.is_main_process:
+            print(f"{run_dir}: already finished ({total_steps} steps); nothing to resume", flush=True)
+        return run_dir
     set_seed(config.seed)
 
     student, tokenizer = load(config.model, **config.model_options)
@@ -253,6 +258,17 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> P
             accelerator.wait_for_everyone()
     bar.close()
     return run_dir
+
+
+def _finished(run_dir: Path, config: TrainConfig) -> bool:
+    """True when the run's last checkpoint is its final step and was trained from the same model."""
+    import yaml
+
+    found = list_checkpoints(run_dir)
+    if not found or found[-1][0] < config.total_steps:
+        return False
+    saved = yaml.safe_load((found[-1][1] / "sdlib_config.yaml").read_text()) or {}
+    return saved.get("model") == config.model and (saved.get("model_options") or {}) == (config.model_options or {})
 
 
 def _nonfinite_message(step: int, parts: LossParts) -> str:

@@ -65,6 +65,10 @@ def test_resume_equals_uninterrupted(text_file, tmp_path):
     log_full = [(r["step"], r["loss"]) for r in _log(full) if "loss" in r]
     log_part = [(r["step"], r["loss"]) for r in _log(part) if "loss" in r]
     assert log_full == log_part
+    # resuming a finished run touches nothing (and does not load the models to find that out)
+    files = {p: p.stat().st_mtime_ns for p in part.rglob("*") if p.is_file()}
+    assert train(part_cfg, resume=True, progress=False) == part
+    assert {p: p.stat().st_mtime_ns for p in part.rglob("*") if p.is_file()} == files
 
 
 def test_two_processes_match_one(text_file, tmp_path):
