@@ -3,7 +3,7 @@
 # evaluation settings): configs/ablations/gpu (2^20 tokens per cell, for a GPU) and configs/ablations/cpu (2^14
 # tokens per cell, about 6 minutes each on 2 CPU cores). For every cell: train (resuming an interrupted run,
 # reusing a finished one), measure S in both conventions with a bootstrap interval, score LAMBADA at every layer;
-# then write build/results/ablations-<grid>.csv and the grid figure figures/ablation_grid_<grid>.{png,html,json}.
+# then write, over every finished cell of the grid, build/results/ablations-<grid>.csv and the grid figure figures/ablation_grid_<grid>.{png,html,json}.
 # Cut short at any point, rerun it: finished cells and cached results are reused.
 #   ./scripts/ablation_grid.sh --grid configs/ablations/cpu                  # every cell, in name order
 #   ./scripts/ablation_grid.sh --grid configs/ablations/gpu 00-base 02-alpha-10  # some cells
@@ -24,4 +24,6 @@ for cfg in "${CELLS[@]}"; do
     echo "== $cfg: measure and evaluate"
     "$PY" -m sdlib.figures.ablation "$cfg"
 done
-"$PY" -m sdlib.figures.ablation --collect --figures figures "${CELLS[@]}"
+# the table and figure cover every finished cell of the grid, not only the ones run this time
+mapfile -t ALL < <(ls "$GRID"/*.yaml | grep -v '/grid\.yaml$')
+"$PY" -m sdlib.figures.ablation --collect --finished --figures figures "${ALL[@]}"

@@ -100,7 +100,7 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> P
     accum = per_step // world
     run_dir = config.run_dir()
     total_steps = config.total_steps
-    if resume and _finished(run_dir, config):  # nothing to do: do not load two models to find that out
+    if resume and finished(run_dir, config):  # nothing to do: do not load two models to find that out
         if accelerator.is_main_process:
             print(f"{run_dir}: already finished ({total_steps} steps); nothing to resume", flush=True)
         return run_dir
@@ -260,7 +260,7 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> P
     return run_dir
 
 
-def _finished(run_dir: Path, config: TrainConfig) -> bool:
+def finished(run_dir: Path, config: TrainConfig) -> bool:
     """True when the run's last checkpoint is its final step and was trained from the same model."""
     import yaml
 

@@ -127,8 +127,15 @@ def main(argv: list[str]) -> int:
     parser.add_argument("cells", nargs="+", help="cell configs (one grid folder)")
     parser.add_argument("--collect", action="store_true", help="write the grid table (and figure) of these cells")
     parser.add_argument("--figures", help="with --collect: the folder to draw the grid figure into")
+    parser.add_argument("--finished", action="store_true", help="keep only the cells whose training has finished")
     args = parser.parse_args(argv)
     try:
+        if args.finished:
+            from sdlib.train import finished
+
+            args.cells = [c for c in args.cells if finished(load_config(c).run_dir(), load_config(c))]
+            if not args.cells:
+                raise SdlibError("no cell of these has finished training yet: run scripts/ablation_grid.sh first")
         if args.collect:
             table, out = collect(args.cells, args.figures)
             print(table.drop(columns=["S_over_training"]).to_string(float_format=lambda v: f"{v:.4g}"))
