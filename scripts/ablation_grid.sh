@@ -24,6 +24,5 @@ for cfg in "${CELLS[@]}"; do
     echo "== $cfg: measure and evaluate"
     "$PY" -m sdlib.figures.ablation "$cfg"
 done
-# the table and figure cover every finished cell of the grid, not only the ones run this time
-mapfile -t ALL < <(ls "$GRID"/*.yaml | grep -v '/grid\.yaml$')
-"$PY" -m sdlib.figures.ablation --collect --finished --figures figures "${ALL[@]}"
+# the table and figure cover every finished cell of the grid (the folder), not only the ones run this time
+"$PY" -m sdlib.figures.ablation --collect --finished --figures figures "$GRID"

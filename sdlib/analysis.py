@@ -22,7 +22,7 @@ from torch import nn
 
 from sdlib.metrics import layer_movement, monotonicity, movement
 from sdlib.models import layer_access
-from sdlib.states import forward_states
+from sdlib.states import CONVENTIONS, forward_states
 
 
 def max_last_movement(D: list[float] | torch.Tensor, target: float) -> float | None:
@@ -86,8 +86,6 @@ def last_layer_report(model: nn.Module, windows: torch.Tensor, target: float = 0
     channel's sign flipped, with it zeroed, with every weight made positive, and uniform (mean |g|), the S
     (normed), D_L, D_{L-1} and next-token cross-entropy of the whole model.
     """
-    from sdlib.states import CONVENTIONS
-
     states = forward_states(model, windows)
     x_prev, x_last = states["pre_norm"][-2].float(), states["pre_norm"][-1].float()
     h_last = states["normed"][-1].float()

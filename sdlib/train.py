@@ -21,6 +21,7 @@ import torch
 from tqdm.auto import tqdm
 
 from sdlib.checkpoint import (
+    CONFIG_FILE,
     latest_checkpoint,
     list_checkpoints,
     load_training_state,
@@ -29,7 +30,7 @@ from sdlib.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
-from sdlib.config import TrainConfig
+from sdlib.config import TrainConfig, load_config
 from sdlib.errors import SdlibError
 from sdlib.loss import LossParts, TeacherHead, self_distillation_loss
 from sdlib.measure import measure_windows
@@ -100,7 +101,7 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> P
     accum = per_step // world
     run_dir = config.run_dir()
     total_steps = config.total_steps
-    if resume and finished(run_dir, config):  # nothing to do: do not load two models to find that out
+    if resume and finished(config):  # nothing to do: do not load two models to find that out
         if accelerator.is_main_process:
             print(f"{run_dir}: already finished ({total_steps} steps); nothing to resume", flush=True)
         return run_dir
@@ -260,15 +261,13 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> P
     return run_dir
 
 
-def finished(run_dir: Path, config: TrainConfig) -> bool:
+def finished(config: TrainConfig) -> bool:
     """True when the run's last checkpoint is its final step and was trained from the same model."""
-    import yaml
-
-    found = list_checkpoints(run_dir)
+    found = list_checkpoints(config.run_dir())
     if not found or found[-1][0] < config.total_steps:
         return False
-    saved = yaml.safe_load((found[-1][1] / "sdlib_config.yaml").read_text()) or {}
-    return saved.get("model") == config.model and (saved.get("model_options") or {}) == (config.model_options or {})
+    saved = load_config(found[-1][1] / CONFIG_FILE)
+    return saved.model == config.model and saved.model_options == config.model_options
 
 
 def _nonfinite_message(step: int, parts: LossParts) -> str:

@@ -27,11 +27,11 @@ def grid_settings(config_path: str | Path) -> dict[str, Any]:
     from sdlib.errors import SdlibError
 
     path = Path(config_path).parent / GRID_FILE
-    given = yaml.safe_load(path.read_text()) if path.exists() else {}
-    unknown = set(given or {}) - set(DEFAULTS)
+    given = (yaml.safe_load(path.read_text()) if path.exists() else None) or {}
+    unknown = set(given) - set(DEFAULTS)
     if unknown:
         raise SdlibError(f"{path}: unknown keys {sorted(unknown)}; allowed: {sorted(DEFAULTS)}")
-    return {**DEFAULTS, **(given or {}), "name": Path(config_path).parent.name}
+    return {**DEFAULTS, **given, "name": Path(config_path).parent.name}
 
 
 def cell_paths(grid_dir: str | Path) -> list[str]:
@@ -91,14 +91,14 @@ def collect(config_paths: list[str], figure_dir: str | Path | None = None):
         raise SdlibError(f"cells from several grids ({', '.join(sorted(grids))}); collect one grid at a time")
     settings = grid_settings(config_paths[0])
     rows = [cell_row(config_paths[0], "baseline")] + [cell_row(p, "trained") for p in config_paths]
+    curves = {r["cell"]: r.pop("S_over_training") for r in rows[1:]}  # per-step lists: the figure's JSON only
     table = pd.DataFrame(rows)
     table["lambada_final_vs_pretrained"] = table["lambada_final"] / table.iloc[0]["lambada_final"]
     out = results_dir() / f"ablations-{settings['name']}.csv"
     with atomic_path(out) as tmp:
-        table.drop(columns=["S_over_training"]).to_csv(tmp, index=False)
+        table.to_csv(tmp, index=False)
     if figure_dir is not None:
-        numbers = {"grid": settings, "cells": json_records(table.drop(columns=["S_over_training"])),
-                   "S_over_training": {r["cell"]: r["S_over_training"] for r in rows[1:]}}
+        numbers = {"grid": settings, "cells": json_records(table), "S_over_training": curves}
         save_figure(ablation_figure(table, title=settings["title"]), f"ablation_grid_{settings['name']}", numbers,
                     figure_dir)
     return table, out
@@ -124,26 +124,27 @@ def main(argv: list[str]) -> int:
     from sdlib.errors import SdlibError
 
     parser = argparse.ArgumentParser(prog="python -m sdlib.figures.ablation", description=__doc__.split("\n")[0])
-    parser.add_argument("cells", nargs="+", help="cell configs (one grid folder)")
+    parser.add_argument("cells", nargs="+", help="cell configs of one grid, or the grid's folder (all its cells)")
     parser.add_argument("--collect", action="store_true", help="write the grid table (and figure) of these cells")
     parser.add_argument("--figures", help="with --collect: the folder to draw the grid figure into")
     parser.add_argument("--finished", action="store_true", help="keep only the cells whose training has finished")
     args = parser.parse_args(argv)
     try:
+        args.cells = [c for path in args.cells for c in (cell_paths(path) if Path(path).is_dir() else [path])]
         if args.finished:
             from sdlib.train import finished
 
-            args.cells = [c for c in args.cells if finished(load_config(c).run_dir(), load_config(c))]
+            args.cells = [c for c in args.cells if finished(load_config(c))]
             if not args.cells:
                 raise SdlibError("no cell of these has finished training yet: run scripts/ablation_grid.sh first")
         if args.collect:
             table, out = collect(args.cells, args.figures)
-            print(table.drop(columns=["S_over_training"]).to_string(float_format=lambda v: f"{v:.4g}"))
+            print(table.to_string(float_format=lambda v: f"{v:.4g}"))
             print(markdown_table(table))
             print(f"written: {out}" + (f" and the figure in {args.figures}" if args.figures else ""))
         else:
             for path in args.cells:
-                print({k: v for k, v in cell_row(path).items() if k != "S_over_training"})
+                print(cell_row(path))
     except SdlibError as err:
         print(f"sdlib: error: {err}", file=sys.stderr)
         return 2
