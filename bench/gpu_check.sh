@@ -20,8 +20,8 @@ for autocast in (False, True):
     for fn in (reference_self_distillation_loss, self_distillation_loss):
         s.zero_grad()
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
-            th = models.layer_access(t).backbone(input_ids=ids).last_hidden_state.detach()
-            p = fn(forward_states(s, ids)["pre_norm"], s.model.norm, s.lm_head, TeacherHead(th, t.lm_head.weight))
+            th = models.decoder_parts(t).backbone(input_ids=ids).last_hidden_state.detach()
+            p = fn(forward_states(s, ids).pre_norm, s.model.norm, s.lm_head, TeacherHead(th, t.lm_head.weight))
             p.total.backward()
         out.append((float(p.total.detach()), s.lm_head.weight.grad.clone()))
     (a, ga), (b, gb) = out

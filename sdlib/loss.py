@@ -20,20 +20,43 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from sdlib.errors import SdlibError
-from sdlib.states import Convention, check_convention
+from sdlib.types import KLDirection, LastState, Zeta2Form, parse
 
-KLDirection = Literal["forward", "reverse"]
-KL_DIRECTIONS = ("forward", "reverse")
-# zeta2 forms: the paper's squared relative step, or two variants that act on what S measures
-Zeta2Form = Literal["relative_step", "cosine", "monotonicity"]
-ZETA2_FORMS = ("relative_step", "cosine", "monotonicity")
+
+@dataclass(frozen=True)
+class LogitTransform:
+    """What a model applies to lm_head's output z before the softmax: z -> cap * tanh(scale * z / cap)
+    (``softcap`` None: z -> scale * z). Gemma 2 soft-caps, Cohere and Granite scale; most models do neither."""
+
+    scale: float = 1.0
+    softcap: float | None = None
+
+    def __call__(self, z: torch.Tensor) -> torch.Tensor:
+        if self.scale != 1.0:
+            z = z * self.scale
+        if self.softcap:
+            z = self.softcap * torch.tanh(z / self.softcap)
+        return z
+
+    def apply_(self, z: torch.Tensor, derivative: torch.Tensor | None = None) -> torch.Tensor:
+        """In place on z [n, V]; with ``derivative`` (same shape) also write dz_out/dz_in / scale into it."""
+        if self.scale != 1.0:
+            z.mul_(self.scale)
+        if self.softcap:
+            z.div_(self.softcap).tanh_()
+            if derivative is not None:
+                torch.mul(z, z, out=derivative).neg_().add_(1.0)  # d(cap tanh(u / cap))/du = 1 - tanh^2
+            z.mul_(self.softcap)
+        return z
+
+
+IDENTITY = LogitTransform()
 
 
 def layer_weights(num_layers: int, k: float) -> torch.Tensor:
@@ -56,6 +79,7 @@ class TeacherHead:
     hidden: torch.Tensor
     weight: torch.Tensor
     bias: torch.Tensor | None = None
+    transform: LogitTransform = IDENTITY
 
 
 @dataclass
@@ -73,19 +97,13 @@ class LossParts:
         """True when ``layer`` was left out of a sampled zeta1 estimate (its KL entry is NaN by design)."""
         return self.computed_layers is not None and not bool(self.computed_layers[layer])
 
-    def as_dict(self) -> dict[str, float | list[float]]:
-        return {"loss": float(self.total.detach()), "zeta1": float(self.zeta1), "zeta2": float(self.zeta2),
-                "kl_per_layer": self.kl_per_layer.tolist(), "zeta2_per_layer": self.movement_per_layer.tolist()}
 
-
-def _check_options(alpha: float, kl_direction: str, last_state: str, zeta2_form: str = "relative_step") -> None:
-    if zeta2_form not in ZETA2_FORMS:
-        raise SdlibError(f"unknown zeta2 form {zeta2_form!r}: use one of {', '.join(ZETA2_FORMS)}")
-    if kl_direction not in KL_DIRECTIONS:
-        raise SdlibError(f"unknown KL direction {kl_direction!r}: use 'forward' (KL(teacher||student)) or 'reverse'")
-    check_convention(last_state)
+def _check_options(alpha: float, kl_direction: str, last_state: str, zeta2_form: str
+                   ) -> tuple[KLDirection, LastState, Zeta2Form]:
     if not alpha >= 0:
         raise SdlibError(f"alpha must be >= 0, got {alpha}")
+    return (parse(KLDirection, kl_direction, "KL direction"), parse(LastState, last_state, "last state"),
+            parse(Zeta2Form, zeta2_form, "zeta2 form"))
 
 
 def _flat(h: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
@@ -110,6 +128,7 @@ def _teacher_logprobs_fn(teacher: TeacherHead | torch.Tensor, valid: torch.Tenso
         hidden = _flat(teacher.hidden.detach(), valid)
         weight = teacher.weight.detach().to(compute_dtype)
         bias = None if teacher.bias is None else teacher.bias.detach()
+        transform = teacher.transform
 
         def from_head(s: int, e: int, out: torch.Tensor) -> torch.Tensor:
             h = hidden[s:e].to(compute_dtype)
@@ -119,6 +138,7 @@ def _teacher_logprobs_fn(teacher: TeacherHead | torch.Tensor, valid: torch.Tenso
                 out.copy_(h @ weight.T)
             if bias is not None:
                 out.add_(bias)
+            transform.apply_(out)
             return out.sub_(torch.logsumexp(out, dim=-1, keepdim=True))
 
         return from_head
@@ -140,14 +160,15 @@ class LensKL(torch.autograd.Function):
     """zeta1 = sum_l w_l mean_tokens KL over all lens layers, with gradients computed in the forward pass.
 
     Inputs: weights [n_layers], lm_head weight [V, d], bias [V] or None, teacher log-prob function,
-    direction, chunk size, compute dtype, then the n_layers normed student states [N, d] each.
-    Outputs: zeta1 (scalar, differentiable) and the per-layer mean KL [n_layers] (not differentiable).
+    direction, chunk size, compute dtype, the logit transform, then the n_layers normed student states [N, d]
+    each. Outputs: zeta1 (scalar, differentiable) and the per-layer mean KL [n_layers] (not differentiable).
     """
 
     @staticmethod
-    def forward(ctx, weights, lm_weight, lm_bias, teacher_logprobs, direction, chunk_size, compute_dtype, *states):
+    def forward(ctx, weights, lm_weight, lm_bias, teacher_logprobs, direction, chunk_size, compute_dtype, transform,
+                *states):
         n_layers, n_tokens = len(states), states[0].shape[0]
-        need_h = [ctx.needs_input_grad[7 + i] for i in range(n_layers)]
+        need_h = [ctx.needs_input_grad[8 + i] for i in range(n_layers)]
         need_w, need_b = ctx.needs_input_grad[1], lm_bias is not None and ctx.needs_input_grad[2]
         need_any = any(need_h) or need_w or need_b
         w_c = lm_weight.to(compute_dtype)
@@ -165,6 +186,8 @@ class LensKL(torch.autograd.Function):
         z_buf = torch.empty(rows, vocab, dtype=acc, device=lm_weight.device)
         p_buf = torch.empty_like(z_buf)
         logp_buf = torch.empty_like(z_buf) if direction == "reverse" else None
+        # the soft-cap's derivative per logit, kept for the gradient (only when the model soft-caps)
+        dcap_buf = torch.empty_like(z_buf) if transform.softcap and need_any else None
         for s in range(0, n_tokens, chunk_size):
             e = min(s + chunk_size, n_tokens)
             z, p = z_buf[: e - s], p_buf[: e - s]
@@ -183,6 +206,7 @@ class LensKL(torch.autograd.Function):
                     z.copy_(h @ w_c.T)
                 if lm_bias is not None:
                     z.add_(lm_bias)
+                transform.apply_(z, None if dcap_buf is None else dcap_buf[: e - s])
                 z.sub_(torch.logsumexp(z, dim=-1, keepdim=True))  # z is now log q
                 if direction == "forward":  # KL(p || q) = sum p log p - sum p log q; d/dz = q - p
                     kl = neg_entropy - _rowdot(p, z)
@@ -195,6 +219,10 @@ class LensKL(torch.autograd.Function):
                 kl_sum[layer] += kl.sum(dtype=torch.float64)
                 if g is None:
                     continue
+                if dcap_buf is not None:  # back through the soft-cap and the scale to lm_head's output
+                    g.mul_(dcap_buf[: e - s])
+                if transform.scale != 1.0:
+                    g.mul_(transform.scale)
                 g_c = g if compute_dtype == acc else g.to(compute_dtype)
                 if grad_h[layer] is not None:
                     out = grad_h[layer][s:e]
@@ -226,15 +254,16 @@ class LensKL(torch.autograd.Function):
         gw = None if grad_w is None else (grad_w * scale).to(w_dtype)
         gb = None if grad_b is None else (grad_b * scale).to(w_dtype)
         gh = [None if g is None else (g * scale).to(dt) for g, dt in zip(grad_h, dtypes)]
-        return (None, gw, gb, None, None, None, None, *gh)
+        return (None, gw, gb, None, None, None, None, None, *gh)
 
 
 def self_distillation_loss(pre_norm_states: Sequence[torch.Tensor], final_norm: nn.Module, lm_head: nn.Linear,
                            teacher: TeacherHead | torch.Tensor, *, alpha: float = 1.0, k: float = 0.25,
-                           attention_mask: torch.Tensor | None = None, last_state: Convention = "normed",
-                           kl_direction: KLDirection = "forward", chunk_size: int = 1024,
-                           compute_dtype: torch.dtype | None = None, zeta2_form: Zeta2Form = "relative_step",
-                           lens_layers: int = 0, generator: torch.Generator | None = None) -> LossParts:
+                           attention_mask: torch.Tensor | None = None, last_state: LastState | str = "normed",
+                           kl_direction: KLDirection | str = "forward", chunk_size: int = 1024,
+                           compute_dtype: torch.dtype | None = None, zeta2_form: Zeta2Form | str = "relative_step",
+                           lens_layers: int = 0, generator: torch.Generator | None = None,
+                           logit_transform: LogitTransform = IDENTITY) -> LossParts:
     """zeta for one batch (see the module doc), chunked: O(chunk x vocab) extra memory.
 
     pre_norm_states: (h_{-1}, h_0, ..., h_L) as L + 2 tensors [batch, seq, d], with h_L the *raw* output
@@ -247,8 +276,9 @@ def self_distillation_loss(pre_norm_states: Sequence[torch.Tensor], final_norm: 
     lens_layers: 0 = every layer (exact zeta1); m > 0 = an unbiased estimate from m layers drawn with
         replacement with probability w_l (``sample_lens_weights``); the others are not computed and their
         ``kl_per_layer`` entries are NaN.
+    logit_transform: what the model applies to lm_head's output (``sdlib.models.DecoderParts.transform``).
     """
-    _check_options(alpha, kl_direction, last_state, zeta2_form)
+    kl_direction, last_state, zeta2_form = _check_options(alpha, kl_direction, last_state, zeta2_form)
     if chunk_size < 1:
         raise SdlibError(f"chunk_size must be >= 1, got {chunk_size}")
     num_layers = len(pre_norm_states) - 1  # L + 1
@@ -264,7 +294,7 @@ def self_distillation_loss(pre_norm_states: Sequence[torch.Tensor], final_norm: 
     teacher_fn = _teacher_logprobs_fn(teacher, valid, compute_dtype)
     lens_weights = weights if not lens_layers else sample_lens_weights(weights, lens_layers, generator)
     zeta1, kl_per_layer = LensKL.apply(lens_weights, lm_head.weight, lm_head.bias, teacher_fn, kl_direction,
-                                       chunk_size, compute_dtype, *normed)
+                                       chunk_size, compute_dtype, logit_transform, *normed)
     return _loss_parts(zeta1, kl_per_layer, flat, normed[-1], weights, alpha, last_state, zeta2_form,
                        None if not lens_layers else (lens_weights > 0).cpu())
 
@@ -332,26 +362,27 @@ def zeta2_terms(flat: Sequence[torch.Tensor], normed_last: torch.Tensor, weights
 def reference_self_distillation_loss(pre_norm_states: Sequence[torch.Tensor], final_norm: nn.Module,
                                      lm_head: nn.Linear, teacher: TeacherHead | torch.Tensor, *, alpha: float = 1.0,
                                      k: float = 0.25, attention_mask: torch.Tensor | None = None,
-                                     last_state: Convention = "normed", kl_direction: KLDirection = "forward",
+                                     last_state: LastState | str = "normed", kl_direction: KLDirection | str = "forward",
                                      chunk_size: int | None = None, compute_dtype: torch.dtype | None = None,
-                                     zeta2_form: Zeta2Form = "relative_step", lens_layers: int = 0,
-                                     generator: torch.Generator | None = None) -> LossParts:
+                                     zeta2_form: Zeta2Form | str = "relative_step", lens_layers: int = 0,
+                                     generator: torch.Generator | None = None,
+                                     logit_transform: LogitTransform = IDENTITY) -> LossParts:
     """The plain version of ``self_distillation_loss``: every layer's logits materialized, fp32 log-softmax,
     autograd keeps everything. For tests and benchmarks only; same arguments (``chunk_size``,
     ``compute_dtype``, ``lens_layers`` and ``generator`` are accepted and ignored: zeta1 is always exact) and
     result."""
-    _check_options(alpha, kl_direction, last_state, zeta2_form)
+    kl_direction, last_state, zeta2_form = _check_options(alpha, kl_direction, last_state, zeta2_form)
     num_layers = len(pre_norm_states) - 1
     valid = _valid_tokens(attention_mask)
     flat = [_flat(h, valid) for h in pre_norm_states]
     if isinstance(teacher, TeacherHead):
-        t_logits = F.linear(_flat(teacher.hidden, valid), teacher.weight, teacher.bias)
+        t_logits = teacher.transform(F.linear(_flat(teacher.hidden, valid), teacher.weight, teacher.bias))
     else:
         t_logits = _flat(teacher, valid)
     acc = torch.float64 if lm_head.weight.dtype == torch.float64 else torch.float32
     logp = torch.log_softmax(t_logits.detach().to(acc), dim=-1)
     normed = [final_norm(h) for h in flat[1:]]
-    all_logq = torch.stack([torch.log_softmax(lm_head(h).to(acc), dim=-1) for h in normed])  # [L+1, N, V]
+    all_logq = torch.stack([torch.log_softmax(logit_transform(lm_head(h)).to(acc), dim=-1) for h in normed])  # [L+1, N, V]
     if kl_direction == "forward":
         kl = (logp.exp() * (logp - all_logq)).sum(-1).mean(-1)
     else:

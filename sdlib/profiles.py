@@ -76,6 +76,27 @@ class Profile:
     """parameters for notebooks/00_quickstart.ipynb under this profile"""
     pruning: dict[str, Any] = field(default_factory=dict)
     """settings of the pruning / early-exit study (notebooks/ext_pruning.ipynb)"""
+    atlas: dict[str, Any] = field(default_factory=dict)
+    """the convergence atlas (notebooks/atlas.ipynb): ``models`` and any ``AtlasSettings`` field"""
+
+    def atlas_models(self) -> list[str]:
+        return list(self.atlas.get("models") or [])
+
+    def atlas_settings(self):
+        from sdlib.studies.atlas import AtlasSettings
+
+        values = {k: v for k, v in self.atlas.items() if k != "models"}
+        unknown = set(values) - set(AtlasSettings.__dataclass_fields__)
+        if unknown:
+            raise SdlibError(f"profile {self.name}: unknown atlas setting(s) {', '.join(sorted(unknown))}")
+        return AtlasSettings(**values)
+
+    def packaged_models(self) -> list[str]:
+        """The built-in real models this profile uses (installed by ``run_all.sh`` before it runs)."""
+        from sdlib.packaged import PACKAGED
+
+        names = [p.config.model for p in self.pairs] + self.atlas_models()
+        return [n for n in dict.fromkeys(names) if n in PACKAGED]
 
     def figures_dir(self) -> Path:
         """figures/ for the default profile (the committed figures); build/figures for the others."""
@@ -111,4 +132,4 @@ def load_profile(name: str = DEFAULT_PROFILE, trained: str | list[str] | None = 
                              f"use {', '.join(p.name for p in pairs)}")
         pairs = [p for p in pairs if p.name in only]
     return Profile(name, pairs, entry["eval_subset"], dict(entry.get("measure") or {}),
-                   dict(entry.get("quickstart") or {}), dict(entry.get("pruning") or {}))
+                   dict(entry.get("quickstart") or {}), dict(entry.get("pruning") or {}), dict(entry.get("atlas") or {}))

@@ -20,24 +20,25 @@ import torch
 from torch import nn
 
 from sdlib.errors import SdlibError
-from sdlib.models import layer_access
+from sdlib.models import decoder_parts
 
 STRATEGIES = ("movement", "last")
 
 
 def keep_layers(model: nn.Module, keep: Sequence[int]) -> nn.Module:
     """A deep copy of ``model`` with only decoder layers ``keep`` (in order); config and cache indices follow."""
-    num = layer_access(model).num_layers
+    num = decoder_parts(model).num_layers
     keep = sorted(set(int(i) for i in keep))
     if not keep or keep[0] < 0 or keep[-1] >= num:
         raise SdlibError(f"layers to keep must be a non-empty subset of 0..{num - 1}, got {keep}")
     pruned = copy.deepcopy(model)
-    access = layer_access(pruned)
-    access.backbone.layers = nn.ModuleList([access.layers[i] for i in keep])
-    for new_index, layer in enumerate(access.backbone.layers):
-        attn = getattr(layer, "self_attn", None)
-        if attn is not None and hasattr(attn, "layer_idx"):
-            attn.layer_idx = new_index  # the KV cache is indexed by position in the stack
+    parts = decoder_parts(pruned)
+    layers = nn.ModuleList([parts.layers[i] for i in keep])
+    setattr(parts.layers_holder, parts.layers_name, layers)
+    for new_index, layer in enumerate(layers):
+        for module in layer.modules():  # attention (self_attn, attention, ...): the KV cache is indexed by position
+            if hasattr(module, "layer_idx"):
+                module.layer_idx = new_index
     config = pruned.config
     config.num_hidden_layers = len(keep)
     if getattr(config, "layer_types", None) is not None:
@@ -61,7 +62,7 @@ def choose_layers(D: Sequence[float], n: int, strategy: str) -> list[int]:
 def prune(model: nn.Module, D: Sequence[float], n: int, strategy: str) -> tuple[nn.Module, list[int]]:
     """(copy of ``model`` without the chosen n layers, the removed layer indices)."""
     removed = choose_layers(D, n, strategy)
-    keep = [l for l in range(layer_access(model).num_layers) if l not in removed]
+    keep = [l for l in range(decoder_parts(model).num_layers) if l not in removed]
     return keep_layers(model, keep), removed
 
 

@@ -34,7 +34,7 @@ from sdlib.config import TrainConfig, load_config
 from sdlib.errors import SdlibError
 from sdlib.loss import LossParts, TeacherHead, self_distillation_loss
 from sdlib.measure import measure_windows
-from sdlib.models import layer_access, load, max_sequence_length
+from sdlib.models import decoder_parts, load, max_sequence_length
 from sdlib.states import forward_states
 
 LOG_FILE = "log.jsonl"
@@ -44,18 +44,18 @@ def distillation_loss(student, teacher, input_ids: torch.Tensor, attention_mask:
                       config: TrainConfig, loss_fn=self_distillation_loss) -> LossParts:
     """zeta for one micro-batch: teacher forward without autograd, student forward, chunked loss
     (``loss_fn=reference_self_distillation_loss`` for the plain one)."""
-    teacher_access = layer_access(teacher)
+    teacher_parts = decoder_parts(teacher)
     with torch.no_grad():
-        teacher_hidden = teacher_access.backbone(input_ids=input_ids, attention_mask=attention_mask,
-                                                 use_cache=False).last_hidden_state
-    states = forward_states(student, input_ids, attention_mask)["pre_norm"]
-    access = layer_access(student)
+        teacher_hidden = teacher_parts.backbone(input_ids=input_ids, attention_mask=attention_mask,
+                                                use_cache=False).last_hidden_state
+    states = forward_states(student, input_ids, attention_mask).pre_norm
+    parts = decoder_parts(student)
     return loss_fn(
-        states, access.norm, access.lm_head,
-        TeacherHead(teacher_hidden, teacher_access.lm_head.weight, teacher_access.lm_head.bias),
+        states, parts.norm, parts.lm_head,
+        TeacherHead(teacher_hidden, teacher_parts.lm_head.weight, teacher_parts.lm_head.bias, teacher_parts.transform),
         alpha=config.alpha, k=config.k, attention_mask=attention_mask, last_state=config.last_state,
         kl_direction=config.kl_direction, chunk_size=config.chunk_size, zeta2_form=config.zeta2_form,
-        lens_layers=config.lens_layers)
+        lens_layers=config.lens_layers, logit_transform=parts.transform)
 
 
 def _accelerator(config: TrainConfig):

@@ -37,7 +37,7 @@ def text_file(tmp_path):
     return path
 
 
-@pytest.fixture(params=list(models.TINY_MODELS))
+@pytest.fixture(params=list(models.TINY_DEFAULTS))
 def tiny(request):
     model, tokenizer = models.load(request.param, num_layers=3, hidden_size=32, vocab_size=300)
     return model, tokenizer

@@ -23,7 +23,7 @@ from lm_eval.models.huggingface import HFLM
 from torch import nn
 
 from sdlib.errors import SdlibError
-from sdlib.models import layer_access
+from sdlib.models import decoder_parts
 
 
 def _load_pretrained(pretrained, tokenizer, dtype, device):
@@ -45,7 +45,7 @@ class LayerLM(HFLM):
         model, tok = _load_pretrained(pretrained, tokenizer, dtype, device)
         model.eval()
         super().__init__(pretrained=model, tokenizer=tok, batch_size=batch_size, max_length=max_length, **kwargs)
-        self.num_layers = layer_access(model).num_layers  # L + 1
+        self.num_layers = decoder_parts(model).num_layers  # L + 1
         self.layer = None if layer in (None, "", "None") else int(layer)
         if self.layer is not None and not 0 <= self.layer < self.num_layers:
             raise SdlibError(f"layer={layer} is out of range: this model has decoder layers 0..{self.num_layers - 1}")

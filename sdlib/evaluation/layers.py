@@ -35,8 +35,6 @@ class EvalSettings:
     max_length: int | None = None
     """window length for WikiText's rolling log-likelihood and LAMBADA's truncation (None = the model's)"""
     dtype: str = "float32"
-    convention: str = "normed"
-    """the lens reads final_norm(h_l) for l < L and the model's own logits at L, in either convention"""
 
     def limit_for(self, task: str) -> int | None:
         return self.limit.get(task)
@@ -101,9 +99,9 @@ def evaluate_layers(model: nn.Module, tokenizer, tasks=("lambada_openai", "wikit
     names = check_tasks(list(tasks))
     task_objs = load_tasks(names)
     bar = tqdm(disable=not progress, unit="req", desc="evaluate")
-    from sdlib.models import layer_access
+    from sdlib.models import decoder_parts
 
-    n = layer_access(model).num_layers
+    n = decoder_parts(model).num_layers
     score = None if layers is None else [l % n for l in layers]
     lm = AllLayersLM(model, tokenizer=tokenizer, batch_size=batch_size, max_length=settings.max_length,
                      chunk_tokens=chunk_tokens, on_batch=bar.update, score_layers=score)
@@ -165,7 +163,7 @@ def tidy_rows(result: TaskResult, model: str, checkpoint: str | None, settings: 
             rows.append({"model": model, "checkpoint": checkpoint or "", "task": result.task, "layer": layer,
                          "metric": metric, "value": float(value), "n": len(result.doc_ids),
                          "max_length": result.max_length, "limit": settings.limit_for(result.task),
-                         "subset": settings.subset, "convention": settings.convention, "dtype": settings.dtype,
+                         "subset": settings.subset, "dtype": settings.dtype,
                          "lm_eval_version": _lm_eval_version()})
     return rows
 

@@ -92,7 +92,7 @@ def pca_trajectories(pair: Pair, text: str = FIG7_SENTENCE, convention: str = "n
     for which in WHICH:
         model, tok = pair.load(which, device)
         ids = tok(text, return_tensors="pt")["input_ids"].to(next(model.parameters()).device)
-        states = hidden_states(model, ids, convention=convention)
+        states = hidden_states(model, ids, last_state=convention)
         per_model[which] = (torch.stack([s[0] for s in states]).float().cpu().numpy(),  # [L + 2, T, d]
                             [tok.decode([i]) for i in ids[0].tolist()])
     stacked = np.concatenate([s.reshape(-1, s.shape[-1]) for s, _ in per_model.values()])
@@ -121,6 +121,7 @@ def lens_grid_of(model, tok, text: str = FIG7_SENTENCE, label: str = "", n_posit
     from sdlib.lens import lens_top1
     from sdlib.metrics import token_movement
     from sdlib.states import forward_states
+    from sdlib.types import LAST_STATES
 
     ids = tok(text, return_tensors="pt")["input_ids"].to(next(model.parameters()).device)
     T = ids.shape[1]
@@ -131,10 +132,10 @@ def lens_grid_of(model, tok, text: str = FIG7_SENTENCE, label: str = "", n_posit
     n_positions = min(n_positions, T - 1)
     positions = torch.arange(T - 1 - n_positions, T - 1, device=ids.device)  # position p predicts token p + 1
     states = forward_states(model, ids)
-    top_ids, top_p = lens_top1(model, states["normed"], positions)
+    top_ids, top_p = lens_top1(model, states.normed, positions)
     tokens = [tok.decode([i]) for i in ids[0].tolist()]
     movement = {c: token_movement(states[c])[:, 0, positions[-n_last:]].double().cpu().numpy().T.tolist()
-                for c in states}
+                for c in LAST_STATES}
     return {"label": label, "inputs": [tokens[p] for p in positions.tolist()],
             "targets": [tokens[p + 1] for p in positions.tolist()], "last": n_last,
             "top_tokens": [[tok.decode([int(i)]) for i in row] for row in top_ids.cpu().tolist()],
@@ -180,7 +181,7 @@ def pruning_study(profile: Profile, pair: Pair, which: Which, device: str | None
     """
     from sdlib.cache import cached_record
     from sdlib.evaluation.layers import EvalSettings, evaluate_layers
-    from sdlib.models import layer_access
+    from sdlib.models import decoder_parts
     from sdlib.provenance import provenance
     from sdlib.pruning import STRATEGIES, generation_speed, keep_layers, prune
 
@@ -196,7 +197,7 @@ def pruning_study(profile: Profile, pair: Pair, which: Which, device: str | None
 
     def compute():
         model, tok = pair.load(which, device)
-        n_layers = layer_access(model).num_layers
+        n_layers = decoder_parts(model).num_layers
         removals = [n for n in cfg["removals"] if 0 < n < n_layers]
         speeds = {n_layers: generation_speed(model, tok, new_tokens=cfg["new_tokens"])}
         for n in removals:

@@ -9,7 +9,7 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from sdlib.states import CONVENTIONS
+from sdlib.types import LAST_STATES
 
 PALETTE = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#17becf"]
 STYLE = {"baseline": "dash", "trained": "solid"}
@@ -26,10 +26,10 @@ def _style(label: str) -> str:
 
 def movement_figure(records: Sequence[dict[str, Any]], title: str = "Hidden-state movement per layer") -> go.Figure:
     """D_l against layer, one panel per last-state convention; S in each legend entry. Records: label, D, S."""
-    fig = make_subplots(rows=1, cols=len(CONVENTIONS), shared_yaxes=True,
-                        subplot_titles=[f"last state: {c}" for c in CONVENTIONS])
+    fig = make_subplots(rows=1, cols=len(LAST_STATES), shared_yaxes=True,
+                        subplot_titles=[f"last state: {c}" for c in LAST_STATES])
     models = list(dict.fromkeys(r["label"].split(" (")[0] for r in records))
-    for col, convention in enumerate(CONVENTIONS, start=1):
+    for col, convention in enumerate(LAST_STATES, start=1):
         for r in records:
             color = PALETTE[models.index(r["label"].split(" (")[0]) % len(PALETTE)]
             D = r["D"][convention]
@@ -102,7 +102,7 @@ def lens_figure(grids: Sequence[dict[str, Any]], title: str = "Logit lens: top-1
                                  showscale=col == len(grids), colorbar={"title": "p(top-1)", "len": 0.65, "y": 0.68}),
                       row=1, col=col)
         fig.update_yaxes(title_text="layer", row=1, col=col)
-        for j, convention in enumerate(CONVENTIONS):
+        for j, convention in enumerate(LAST_STATES):
             for k, curve in enumerate(g["movement_last"][convention]):
                 target = show_token(g["targets"][len(g["targets"]) - g["last"] + k])
                 fig.add_trace(go.Scatter(x=list(range(len(curve))), y=curve, mode="lines",
@@ -178,7 +178,7 @@ def ablation_figure(table, title: str = "One-factor grid", target_S: float = 0.8
     base, cells = table.iloc[0], table.iloc[1:]
     fig = make_subplots(rows=1, cols=2, subplot_titles=["monotonicity S [95% bootstrap interval]",
                                                         "final-layer LAMBADA accuracy / pretrained"])
-    for i, conv in enumerate(CONVENTIONS):
+    for i, conv in enumerate(LAST_STATES):
         S = cells[f"S_{conv}"]
         fig.add_trace(go.Scatter(x=cells["cell"], y=S, mode="markers", name=f"S ({conv})",
                                  marker={"color": PALETTE[i], "size": 9},
@@ -199,4 +199,60 @@ def ablation_figure(table, title: str = "One-factor grid", target_S: float = 0.8
     fig.update_xaxes(tickangle=-45)
     fig.update_layout(title=title, template="plotly_white", width=1400, height=560,
                       legend={"orientation": "h", "y": 1.12, "x": 0})
+    return fig
+
+
+ATLAS_GROUPS = ("embeddings", "blocks", "last_block", "final_norm", "lm_head")
+
+
+def atlas_figure(records: Sequence[Any], title: str = "Convergence atlas") -> go.Figure:
+    """The atlas of several models (``sdlib.studies.atlas.AtlasRecord``), against relative depth l / L:
+    D_l (normed solid, pre_norm dotted); the last step per token split into the last block's and the final
+    norm's rotation; the largest channel's share of ||h_l||^2; LAMBADA accuracy and WikiText word perplexity per
+    layer; and, at initialisation, how strongly alpha * zeta2 pulls on each parameter group relative to zeta1."""
+    fig = make_subplots(rows=2, cols=3, horizontal_spacing=0.07, vertical_spacing=0.14, subplot_titles=[
+        "movement D_l (normed solid, pre_norm dotted)", "last step, median over tokens (position 0 excluded)",
+        "largest channel's share of ||h_l||², median over tokens", "LAMBADA accuracy per layer (logit lens)",
+        "WikiText word perplexity per layer (logit lens)", "at initialisation: |∇ α·zeta2| / |∇ zeta1| per group"])
+    for i, r in enumerate(records):
+        color, L = PALETTE[i % len(PALETTE)], r.num_layers - 1
+        depth = [l / L for l in range(L + 1)]
+        for last_state, dash in zip(LAST_STATES, ("solid", "dot")):
+            S = r.measurement.S[last_state]
+            fig.add_trace(go.Scatter(x=depth, y=r.measurement.D[last_state], mode="lines+markers", legendgroup=r.model,
+                                     name=f"{r.model}: S {last_state} = {S:.3f}", marker={"size": 4},
+                                     line={"color": color, "dash": dash}), row=1, col=1)
+        parts = [("last block", r.last_step["block"].median_no_sink), ("final norm", r.last_step["norm"].median_no_sink),
+                 ("normed D_L", r.last_step["normed"].median_no_sink)]
+        fig.add_trace(go.Bar(x=[p[0] for p in parts], y=[p[1] for p in parts], marker_color=color, legendgroup=r.model,
+                             showlegend=False, name=r.model, text=[f"{p[1]:.3f}" for p in parts], textposition="outside"),
+                      row=1, col=2)
+        share = r.top_channel["share_median_no_sink"]
+        fig.add_trace(go.Scatter(x=[(i - 1) / L for i in range(len(share))], y=share, mode="lines",
+                                 line={"color": color}, legendgroup=r.model, showlegend=False, name=r.model), row=1, col=3)
+        e = r.evaluation
+        x = [l / L for l in e["layers"]]
+        fig.add_trace(go.Scatter(x=x, y=e["lambada_acc"], mode="lines+markers", marker={"size": 4}, line={"color": color},
+                                 legendgroup=r.model, showlegend=False, name=r.model), row=2, col=1)
+        fig.add_trace(go.Scatter(x=x, y=e["wikitext_word_ppl"], mode="lines+markers", marker={"size": 4},
+                                 line={"color": color}, legendgroup=r.model, showlegend=False, name=r.model), row=2, col=2)
+        g = r.init["grad_norms"]
+        groups = [k for k in ATLAS_GROUPS if k in g["zeta1"]]
+        for last_state, pattern in zip(LAST_STATES, ("", "/")):
+            ratio = [g[f"zeta2_{last_state}"][k] / g["zeta1"][k] if g["zeta1"][k] > 0 else None for k in groups]
+            fig.add_trace(go.Bar(x=groups, y=ratio, marker={"color": color, "pattern": {"shape": pattern}},
+                                 legendgroup=r.model, showlegend=False, name=f"{r.model} ({last_state})",
+                                 offsetgroup=f"{i}-{last_state}"), row=2, col=3)
+    fig.update_xaxes(title_text="relative depth l / L", row=1, col=1)
+    fig.update_xaxes(title_text="relative depth l / L (h_-1 at -1/L)", row=1, col=3)
+    for col in (1, 2):
+        fig.update_xaxes(title_text="relative depth l / L", row=2, col=col)
+    fig.update_yaxes(title_text="D_l", row=1, col=1)
+    fig.update_yaxes(title_text="D per token", row=1, col=2)
+    fig.update_yaxes(title_text="share", range=[0, 1.02], row=1, col=3)
+    fig.update_yaxes(title_text="accuracy", row=2, col=1)
+    fig.update_yaxes(title_text="word perplexity", type="log", row=2, col=2)
+    fig.update_yaxes(title_text="ratio (solid: normed, hatched: pre_norm)", type="log", row=2, col=3)
+    fig.update_layout(title=title, template="plotly_white", width=1500, height=900, barmode="group",
+                      legend={"orientation": "h", "y": -0.1, "x": 0})
     return fig

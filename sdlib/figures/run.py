@@ -10,7 +10,7 @@ from sdlib.errors import SdlibError
 from sdlib.profiles import WHICH, load_profile
 
 NOTEBOOKS = ("00_quickstart", "fig03_movement", "fig04_pca", "fig05_lambada", "fig06_wikitext", "fig07_logit_lens",
-             "table_summary", "ext_pruning")
+             "table_summary", "ext_pruning", "atlas")
 KERNEL = "sdlib"
 
 

@@ -60,10 +60,10 @@ def test_offline_data_dir_missing_file(tmp_path):
 def test_smollm2_movement_and_monotonicity(tmp_path):
     """Opt-in: SmolLM2-135M's last-layer jump is much larger in the normed convention."""
     from sdlib.measure import measure_text
-    from sdlib.models import layer_access, load
+    from sdlib.models import decoder_parts, load
 
     model, tokenizer = load("smollm2-135m")
-    assert layer_access(model).num_layers == 30
+    assert decoder_parts(model).num_layers == 30
     text = "wikitext-test" if os.environ.get("SDLIB_DATA_DIR") else str(ROOT / "README.md")
     m = measure_text(model, tokenizer, text, n_windows=4, window_len=256)
     assert m.D["normed"][-1] > 0.3 and m.D["pre_norm"][-1] < 0.25

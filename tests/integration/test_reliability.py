@@ -194,12 +194,13 @@ def test_eval_cache_follows_checkpoint_content_and_is_never_partial(text_file, t
 
 # --- bad inputs: one line, non-zero exit, nothing written -------------------------------------------------
 
-def _gpt2_folder(tmp_path):
-    from transformers import GPT2Config, GPT2LMHeadModel
+def _bert_folder(tmp_path):
+    """BERT as a causal LM: an encoder stack with no final norm, which sdlib cannot place."""
+    from transformers import BertConfig, BertLMHeadModel
 
-    folder = tmp_path / "gpt2"
-    GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=8, n_head=2, vocab_size=300, bos_token_id=1, eos_token_id=1)
-                    ).save_pretrained(folder)
+    folder = tmp_path / "bert"
+    BertLMHeadModel(BertConfig(num_hidden_layers=1, hidden_size=8, num_attention_heads=2, intermediate_size=16,
+                               vocab_size=300, is_decoder=True)).save_pretrained(folder)
     models.byte_tokenizer().save_pretrained(folder)
     return folder
 
@@ -211,7 +212,7 @@ def _one_line_error(done, message):
 
 
 def test_unsupported_architecture(tmp_path):
-    _one_line_error(_sdlib("measure", str(_gpt2_folder(tmp_path))), "gpt2")
+    _one_line_error(_sdlib("measure", str(_bert_folder(tmp_path))), "cannot find the decoder layers of 'bert'")
 
 
 def test_hub_id_without_network(tmp_path):

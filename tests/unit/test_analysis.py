@@ -6,7 +6,7 @@ import torch
 
 from sdlib.analysis import channel_energy_share, final_norm_rotation, final_norm_weight, last_layer_report, max_last_movement
 from sdlib.metrics import monotonicity, movement
-from sdlib.models import layer_access, load
+from sdlib.models import decoder_parts, load
 
 
 @pytest.mark.parametrize("seed", range(30))
@@ -31,7 +31,7 @@ def test_max_last_movement_edges():
 
 def test_final_norm_rotation_is_the_normed_states_movement():
     model, _ = load("tiny-llama", num_layers=2, hidden_size=32)
-    norm = layer_access(model).norm
+    norm = decoder_parts(model).norm
     with torch.no_grad():
         norm.weight.copy_(torch.randn(32))
     x = torch.randn(3, 5, 32) * torch.rand(3, 5, 1) * 10
@@ -45,18 +45,18 @@ def test_final_norm_rotation_is_the_normed_states_movement():
 
 def test_final_norm_weight_is_always_restored():
     model, _ = load("tiny-llama", num_layers=2, hidden_size=32)
-    before = layer_access(model).norm.weight.detach().clone()
+    before = decoder_parts(model).norm.weight.detach().clone()
     with pytest.raises(RuntimeError):
         with final_norm_weight(model, torch.zeros(32)):
-            assert layer_access(model).norm.weight.abs().sum() == 0
+            assert decoder_parts(model).norm.weight.abs().sum() == 0
             raise RuntimeError("inside")
-    assert torch.equal(layer_access(model).norm.weight.detach(), before)
+    assert torch.equal(decoder_parts(model).norm.weight.detach(), before)
 
 
 def test_last_layer_report_invariants():
     model, _ = load("tiny-llama", num_layers=3, hidden_size=32)
     with torch.no_grad():
-        layer_access(model).norm.weight.copy_(torch.randn(32, generator=torch.Generator().manual_seed(0)))
+        decoder_parts(model).norm.weight.copy_(torch.randn(32, generator=torch.Generator().manual_seed(0)))
     windows = torch.randint(0, 512, (4, 24), generator=torch.Generator().manual_seed(1))
     report = last_layer_report(model, windows, target=0.85, top=3)
     edits = {e["final_norm_weight"]: e for e in report["edits"]}

@@ -35,18 +35,18 @@ def _setup(name, seed_teacher=1, dtype=torch.float64, tie=False):
 
 def _run(fn, student, teacher, ids, mask, teacher_as="head", **kw):
     student.zero_grad()
-    acc, tacc = models.layer_access(student), models.layer_access(teacher)
+    acc, tacc = models.decoder_parts(student), models.decoder_parts(teacher)
     with torch.no_grad():
         t_hidden = tacc.backbone(input_ids=ids, attention_mask=mask).last_hidden_state
     target = TeacherHead(t_hidden, tacc.lm_head.weight) if teacher_as == "head" else tacc.lm_head(t_hidden)
-    states = forward_states(student, ids, mask)["pre_norm"]
+    states = forward_states(student, ids, mask).pre_norm
     parts = fn(states, acc.norm, acc.lm_head, target, attention_mask=mask, **kw)
     parts.total.backward()
     grads = {n: p.grad.clone() for n, p in student.named_parameters() if p.grad is not None}
     return parts, grads
 
 
-@pytest.mark.parametrize("name", models.TINY_MODELS)
+@pytest.mark.parametrize("name", models.TINY_DEFAULTS)
 @pytest.mark.parametrize("direction", ["forward", "reverse"])
 @pytest.mark.parametrize("last_state", ["normed", "pre_norm"])
 def test_chunked_loss_equals_reference(name, direction, last_state):
@@ -104,7 +104,7 @@ def test_zeta2_sums_layers_1_to_L_only():
 
 def test_normed_convention_uses_final_norm_in_zeta2():
     student, teacher, ids, mask = _setup("tiny-llama")
-    acc = models.layer_access(student)
+    acc = models.decoder_parts(student)
     with torch.no_grad():
         acc.norm.weight.mul_(3.0)  # makes normed and raw h_L differ in scale
     a, _ = _run(self_distillation_loss, student, teacher, ids, mask, last_state="normed")
@@ -133,7 +133,7 @@ def test_zeta2_forms_equal_reference_and_their_definition(form):
     for n in ref_grads:
         assert torch.allclose(grads[n], ref_grads[n], rtol=1e-5, atol=1e-10), n
     with torch.no_grad():
-        D = layer_movement(forward_states(student, ids)["normed"]).double()
+        D = layer_movement(forward_states(student, ids).normed).double()
     expected = ((layer_weights(3, 0.25).double()[1:] * D[1:]).sum() if form == "cosine"
                 else soft_non_monotonicity(D))
     assert got.zeta2.item() == pytest.approx(expected.item(), rel=1e-5)

@@ -9,10 +9,9 @@ from sdlib.states import capture_last_layer_output, forward_states, hidden_state
 
 def test_tiny_models_load_and_options_change_shape(tiny):
     model, tokenizer = tiny
-    access = models.layer_access(model)
+    access = models.decoder_parts(model)
     assert access.num_layers == 3
     assert access.lm_head.weight.shape == (300, 32)
-    assert model.config.model_type in models.SUPPORTED_MODEL_TYPES
     text = "Hello, wörld!"
     assert tokenizer.decode(tokenizer(text)["input_ids"]) == text  # byte-level: lossless
 
@@ -31,8 +30,8 @@ def test_lens_at_last_layer_equals_logits(tiny, convention):
     ids = torch.randint(0, 259, (2, 9))
     with torch.no_grad():
         logits = model(ids).logits
-        states = hidden_states(model, ids, convention=convention)
-        assert len(states) == models.layer_access(model).num_layers + 1  # h_-1 .. h_L: L + 2 = (L + 1) + 1
+        states = hidden_states(model, ids, last_state=convention)
+        assert len(states) == models.decoder_parts(model).num_layers + 1  # h_-1 .. h_L: L + 2 = (L + 1) + 1
         assert torch.allclose(lens_logits(model, states, 2, convention), logits, atol=1e-5)
         mid = lens_logits(model, states, 0, convention)
         assert mid.shape == logits.shape and not torch.allclose(mid, logits)
@@ -48,7 +47,7 @@ def test_conventions_share_all_but_last_state(tiny):
     ids = torch.randint(0, 259, (1, 6))
     with torch.no_grad():
         both = forward_states(model, ids)
-        access = models.layer_access(model)
+        access = models.decoder_parts(model)
         for a, b in zip(both["normed"][:-1], both["pre_norm"][:-1]):
             assert a is b
         assert torch.allclose(access.norm(both["pre_norm"][-1]), both["normed"][-1], atol=1e-6)
@@ -56,20 +55,26 @@ def test_conventions_share_all_but_last_state(tiny):
 
 def test_hooks_are_removed_even_after_errors(tiny):
     model, _ = tiny
-    last = models.layer_access(model).layers[-1]
+    last = models.decoder_parts(model).layers[-1]
+    before = len(last._forward_hooks)  # transformers keeps hooks of its own there
     with pytest.raises(RuntimeError):
         with capture_last_layer_output(model):
-            assert len(last._forward_hooks) == 1
+            assert len(last._forward_hooks) == before + 1
             raise RuntimeError("boom")
-    assert len(last._forward_hooks) == 0
+    assert len(last._forward_hooks) == before
 
 
-def test_unknown_model_type_names_supported_types():
+def test_unplaceable_model_names_what_was_looked_for():
     from transformers import GPT2Config, GPT2LMHeadModel
 
     gpt2 = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=8, n_head=2, vocab_size=50))
-    with pytest.raises(SdlibError, match="llama, qwen2"):
-        models.layer_access(gpt2)
+    parts = models.decoder_parts(gpt2)  # GPT-2 places: h, ln_f, lm_head
+    assert parts.layers_name == "h" and parts.num_layers == 1
+    del gpt2.transformer.ln_f
+    with pytest.raises(SdlibError, match="final norm.*looked for norm, final_layer_norm"):
+        models.decoder_parts(gpt2)
+    with pytest.raises(SdlibError, match="output head"):
+        models.decoder_parts(torch.nn.Linear(2, 2))
 
 
 def test_missing_folder_and_bad_options(tmp_path):

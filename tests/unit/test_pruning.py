@@ -10,7 +10,7 @@ from sdlib.pruning import choose_layers, generation_speed, keep_layers, prune
 from sdlib.states import hidden_states
 
 
-@pytest.mark.parametrize("name", models.TINY_MODELS)
+@pytest.mark.parametrize("name", models.TINY_DEFAULTS)
 def test_early_exit_is_the_logit_lens(name):
     model, _ = models.load(name, num_layers=4, hidden_size=32, vocab_size=300)
     ids = torch.randint(0, 259, (2, 9))
@@ -19,7 +19,7 @@ def test_early_exit_is_the_logit_lens(name):
         exited = keep_layers(model, range(k + 1))
         with torch.no_grad():
             assert torch.allclose(exited(ids).logits, lens_logits(model, states, k), atol=1e-5), k
-    assert models.layer_access(model).num_layers == 4  # the original is untouched
+    assert models.decoder_parts(model).num_layers == 4  # the original is untouched
 
 
 def test_choose_layers():

@@ -1,0 +1,328 @@
+"""The convergence atlas: how a model's hidden states move, why its last step is large, and whether the
+paper's zeta2 can act on S before any training (beyond the paper).
+
+For one model, on the default measurement text:
+
+* the D curve and S in both last-state conventions, D_L / D_{L-1}, and the per-token median curve's S;
+* the last step split per token into the last block's rotation (movement(h_{L-1}, x_L), the ``pre_norm``
+  D_L) and the final norm's own rotation (movement(x_L, final_norm(x_L)); RMSNorm's 1/rms does not rotate, so
+  this is its per-channel gain's rotation), with the ``normed`` D_L beside, as means and medians over tokens
+  with and without position 0 (often an attention sink with a huge norm). ``norm_share`` is, per token,
+  theta_norm / (theta_block + theta_norm) with theta = arccos(cos) the angle of each rotation;
+* per layer, the per-token share of ||h_l||^2 held by its largest channel (massive activations);
+* per-layer LAMBADA accuracy and WikiText word perplexity (lm-eval's scoring; ``sdlib.evaluation``);
+* at initialisation of the paper's recipe (student = teacher): zeta1 and alpha * zeta2 per layer and the
+  gradient norm of each per parameter group, with the cosine between the two gradients, in both conventions.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from sdlib.measure import Measurement
+from sdlib.metrics import movement
+from sdlib.states import HiddenStates
+from sdlib.types import LAST_STATES
+
+
+@dataclass(frozen=True)
+class AtlasSettings:
+    """What changes an atlas's numbers (part of its cache key)."""
+
+    text: str = "wikitext-test"
+    windows: int = 64
+    window_len: int = 512
+    batch_size: int = 4
+    eval_subset: str = "cpu-subset"
+    """the per-layer evaluation's subset (configs/eval/<name>.yaml)"""
+    init_sequences: int = 2
+    """training sequences (FineWeb-Edu) for the at-initialisation gradients"""
+    init_seq_len: int = 256
+    alpha: float = 1.0
+    k: float = 0.25
+    data: str = "fineweb-edu"
+
+
+@dataclass
+class TokenStats:
+    """A per-token quantity summarised: over all tokens, without position 0, and at position 0 alone."""
+
+    mean: float
+    median: float
+    mean_no_sink: float
+    median_no_sink: float
+    sink: float
+
+    @classmethod
+    def of(cls, values: torch.Tensor, positions: torch.Tensor) -> TokenStats:
+        values, rest = values.double(), values[positions > 0].double()
+        first = values[positions == 0]
+        return cls(mean=float(values.mean()), median=float(values.median()), mean_no_sink=float(rest.mean()),
+                   median_no_sink=float(rest.median()), sink=float(first.mean()) if len(first) else math.nan)
+
+
+@dataclass
+class AtlasRecord:
+    model: str
+    num_layers: int
+    """L + 1"""
+    measurement: Measurement
+    last_step: dict[str, TokenStats]
+    """``block`` (pre-norm D_L), ``norm`` (the final norm's rotation), ``normed`` (normed D_L)"""
+    norm_share: TokenStats
+    top_channel: dict[str, Any]
+    """``layers`` (-1..L), ``share_median_no_sink`` and ``share_sink`` per layer (normed h_L last), ``pre_norm_last``
+    (the same for x_L), ``channel`` (the channel most often largest in x_L, position 0 excluded) and its final-norm
+    ``gain`` and median ``share`` of x_L"""
+    evaluation: dict[str, Any]
+    init: dict[str, Any]
+    settings: dict[str, Any]
+    provenance: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def D_L(self) -> dict[str, float]:
+        return {c: self.measurement.D[c][-1] for c in LAST_STATES}
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def summary(self) -> dict[str, Any]:
+        """The headline numbers (what the atlas figure's JSON and RESULTS.md show); undefined values are None."""
+        m, z = self.measurement, self.init
+        return _finite({
+            "num_layers": self.num_layers, "tokens": m.n_tokens, "S": m.S, "S_median_curve": m.S_median,
+            "D_L": self.D_L, "D_L_over_D_L_minus_1": m.last_layer_ratio, "D": m.D,
+            "last_step": {k: asdict(v) for k, v in self.last_step.items()}, "norm_share": asdict(self.norm_share),
+            "top_channel": self.top_channel, "evaluation": self.evaluation,
+            "init": {k: z[k] for k in ("tokens", "zeta1", "alpha_zeta2", "grad_norms", "cosine", "tied_embeddings")}})
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> AtlasRecord:
+        values = {k: data[k] for k in cls.__dataclass_fields__ if k in data}
+        values["measurement"] = Measurement.from_dict(data["measurement"])
+        values["last_step"] = {k: TokenStats(**v) for k, v in data["last_step"].items()}
+        values["norm_share"] = TokenStats(**data["norm_share"])
+        return cls(**values)
+
+
+def _finite(obj: Any) -> Any:
+    """NaN and infinities as None, recursively (JSON that any reader accepts)."""
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
+class _TokenObserver:
+    """Collects the atlas's per-token quantities from every batch of the measurement pass."""
+
+    def __init__(self) -> None:
+        self.block, self.norm, self.normed, self.share = [], [], [], []
+        self.top_share: list[torch.Tensor] = []  # [L + 3, tokens]: h_-1..h_L (normed), then x_L
+        self.top_index: list[torch.Tensor] = []  # [tokens]: x_L's largest channel
+        self.positions: list[torch.Tensor] = []
+
+    def __call__(self, states: HiddenStates, ids: torch.Tensor, moved: dict[str, torch.Tensor]) -> None:
+        x_prev, x_last, h_last = states.h(states.L - 1), states.pre_norm_last, states.normed_last
+        block, norm, normed = movement(x_prev, x_last), movement(x_last, h_last), movement(x_prev, h_last)
+        angle_block, angle_norm = (torch.arccos((1 - 2 * d.double()).clamp(-1, 1)) for d in (block, norm))
+        share = angle_norm / (angle_block + angle_norm).clamp_min(1e-12)
+        shares = []
+        for h in (*states.normed, x_last):
+            energy = h.float().pow(2)
+            shares.append((energy.max(-1).values / energy.sum(-1).clamp_min(1e-30)).flatten().cpu())
+        self.top_share.append(torch.stack(shares))
+        self.top_index.append(x_last.float().abs().argmax(-1).flatten().cpu())
+        for store, value in ((self.block, block), (self.norm, norm), (self.normed, normed), (self.share, share)):
+            store.append(value.flatten().cpu())
+        self.positions.append(torch.arange(ids.shape[1]).expand(ids.shape[0], -1).flatten())
+
+    def summarise(self, gain: torch.Tensor) -> tuple[dict[str, TokenStats], TokenStats, dict[str, Any]]:
+        pos = torch.cat(self.positions)
+        last_step = {name: TokenStats.of(torch.cat(values), pos)
+                     for name, values in (("block", self.block), ("norm", self.norm), ("normed", self.normed))}
+        top = torch.cat(self.top_share, dim=1)  # [L + 3, tokens]
+        rest, first = top[:, pos > 0], top[:, pos == 0]
+        index = torch.cat(self.top_index)[pos > 0]
+        channel = int(torch.mode(index).values) if len(index) else int(torch.mode(torch.cat(self.top_index)).values)
+        n_states = top.shape[0] - 1
+        top_channel = {
+            "layers": list(range(-1, n_states - 1)),
+            "share_median_no_sink": rest[:-1].median(dim=1).values.tolist(),
+            "share_sink": first[:-1].mean(dim=1).tolist() if first.shape[1] else [],
+            "pre_norm_last": {"share_median_no_sink": float(rest[-1].median()),
+                              "share_sink": float(first[-1].mean()) if first.shape[1] else math.nan},
+            "channel": channel, "gain": float(gain[channel]),
+            "channel_fraction": float((index == channel).double().mean()) if len(index) else math.nan,
+        }
+        return last_step, TokenStats.of(torch.cat(self.share), pos), top_channel
+
+
+def init_gradients(model: nn.Module, tokenizer, settings: AtlasSettings) -> dict[str, Any]:
+    """zeta1 and alpha * zeta2 per layer at initialisation (student = teacher = ``model``) on
+    ``settings.init_sequences`` training sequences, and their gradients' norms per parameter group with the
+    cosine between them, for zeta2 in both conventions. zeta1 is exact (every lens layer)."""
+    from sdlib.data import PackedSequences, training_documents
+    from sdlib.loss import TeacherHead, _flat, layer_weights, self_distillation_loss, zeta2_terms
+    from sdlib.models import decoder_parts
+    from sdlib.states import forward_states
+
+    parts = decoder_parts(model)
+    documents, data = training_documents(settings.data)
+    stream = PackedSequences(documents, tokenizer, settings.init_seq_len)
+    device = next(model.parameters()).device
+    ids = stream.batch(0, settings.init_sequences).to(device)
+    groups = parts.parameter_groups()
+    params = [p for ps in groups.values() for p in ps]
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        teacher = parts.backbone(input_ids=ids, use_cache=False).last_hidden_state
+    with torch.enable_grad():
+        states = forward_states(model, ids).pre_norm
+        head = TeacherHead(teacher, parts.lm_head.weight, parts.lm_head.bias, parts.transform)
+        z1 = self_distillation_loss(states, parts.norm, parts.lm_head, head, alpha=0.0, k=settings.k,
+                                    chunk_size=256, logit_transform=parts.transform)
+        grads = {"zeta1": torch.autograd.grad(z1.total, params, retain_graph=True, allow_unused=True)}
+        flat = [_flat(h, None) for h in states]
+        weights = layer_weights(len(states) - 1, settings.k).to(flat[0].device)
+        zeta2, per_layer = {}, {}
+        for last_state in LAST_STATES:
+            value, terms = zeta2_terms(flat, parts.norm(flat[-1]), weights, last_state)
+            grads[f"zeta2_{last_state}"] = torch.autograd.grad(settings.alpha * value, params, retain_graph=True,
+                                                               allow_unused=True)
+            zeta2[last_state] = settings.alpha * float(value.detach())
+            per_layer[last_state] = (settings.alpha * weights[1:] * terms.detach()).tolist()
+    model.train(was_training)
+
+    def by_group(flat_grads):
+        out, start = {}, 0
+        for name, ps in groups.items():
+            chunk = flat_grads[start:start + len(ps)]
+            out[name] = [g if g is not None else torch.zeros_like(p) for g, p in zip(chunk, ps)]
+            start += len(ps)
+        return out
+
+    grouped = {name: by_group(g) for name, g in grads.items()}
+
+    def norm(gs):
+        return float(torch.sqrt(sum(g.double().pow(2).sum() for g in gs)))
+
+    def cosine(a, b):
+        dot = sum((x.double() * y.double()).sum() for x, y in zip(a, b))
+        na, nb = norm(a), norm(b)
+        return float(dot) / (na * nb) if na > 0 and nb > 0 else math.nan
+
+    grad_norms = {name: {group: norm(gs) for group, gs in g.items()} | {"all": norm([x for gs in g.values() for x in gs])}
+                  for name, g in grouped.items()}
+    cosines = {}
+    for last_state in LAST_STATES:
+        other = grouped[f"zeta2_{last_state}"]
+        cosines[last_state] = {group: cosine(grouped["zeta1"][group], other[group]) for group in groups}
+        cosines[last_state]["all"] = cosine([x for gs in grouped["zeta1"].values() for x in gs],
+                                            [x for gs in other.values() for x in gs])
+    weights_l = layer_weights(len(states) - 1, settings.k).tolist()
+    return {"tokens": int(ids.numel()), "zeta1": float(z1.zeta1), "kl_per_layer": z1.kl_per_layer.tolist(),
+            "layer_weights": weights_l,
+            "weighted_kl_per_layer": [w * kl for w, kl in zip(weights_l, z1.kl_per_layer.tolist())],
+            "alpha": settings.alpha, "alpha_zeta2": zeta2, "alpha_zeta2_per_layer": per_layer,
+            "grad_norms": grad_norms, "cosine": cosines,
+            "groups": {name: sum(p.numel() for p in ps) for name, ps in groups.items()},
+            "tied_embeddings": parts.lm_head.weight is getattr(parts.embed, "weight", None), "data": data}
+
+
+def evaluation_summary(model_name: str, model: nn.Module, tokenizer, subset: str) -> dict[str, Any]:
+    """Per-layer LAMBADA accuracy and WikiText word perplexity on an evaluation subset (cached)."""
+    from sdlib.evaluation.layers import evaluate_cached, load_subset
+
+    device = str(next(model.parameters()).device)
+    settings = load_subset(subset, device)
+    table, _ = evaluate_cached(model_name, ["lambada_openai", "wikitext"], settings, device=device,
+                               loaded=(model, tokenizer), progress=True)
+
+    def column(task, metric):
+        rows = table[(table.task == task) & (table.metric == metric)].sort_values("layer")
+        return rows["layer"].tolist(), rows["value"].tolist(), int(rows["n"].iloc[0])
+
+    layers, acc, n_lambada = column("lambada_openai", "acc")
+    _, ppl, n_wiki = column("wikitext", "word_perplexity")
+    return {"layers": layers, "lambada_acc": acc, "lambada_n": n_lambada, "wikitext_word_ppl": ppl,
+            "wikitext_n": n_wiki, "subset": settings.subset, "max_length": settings.max_length,
+            "limit": settings.limit}
+
+
+def atlas(model_name: str, settings: AtlasSettings = AtlasSettings(), *, device: str | None = None,
+          use_cache: bool = True, loaded: tuple[nn.Module, Any] | None = None, progress: bool = True) -> AtlasRecord:
+    """The atlas record of ``model_name`` (cached by the model's weights and ``settings``)."""
+    from sdlib.cache import cached_record, model_fingerprint
+    from sdlib.measure import measure_text
+    from sdlib.models import decoder_parts, default_device, load
+    from sdlib.paths import results_dir, slug
+    from sdlib.provenance import provenance
+
+    device = default_device(device)
+    model, tokenizer = loaded or load(model_name, device=device)
+
+    def compute() -> dict[str, Any]:
+        observer = _TokenObserver()
+        m = measure_text(model, tokenizer, settings.text, settings.windows, settings.window_len,
+                         settings.batch_size, progress=progress, observers=[observer])
+        parts = decoder_parts(model)
+        last_step, share, top = observer.summarise(parts.norm_gain().cpu())
+        record = AtlasRecord(model=model_name, num_layers=parts.num_layers, measurement=m, last_step=last_step,
+                             norm_share=share, top_channel=top,
+                             evaluation=evaluation_summary(model_name, model, tokenizer, settings.eval_subset),
+                             init=init_gradients(model, tokenizer, settings), settings=asdict(settings),
+                             provenance=provenance(device=device, data=m.info.get("data"), limits=asdict(settings)))
+        return record.to_dict()
+
+    key = {"fingerprint": model_fingerprint(model, tokenizer), **asdict(settings)}
+    return AtlasRecord.from_dict(cached_record(results_dir() / slug(model_name) / "atlas", "atlas", key, compute,
+                                               use_cache))
+
+
+def format_atlas(r: AtlasRecord) -> str:
+    """The atlas numbers as plain text (``sdlib analyze``)."""
+    m = r.measurement
+    lines = [f"{r.model}: {r.num_layers} decoder layers; {m.n_tokens:,} tokens ({m.n_windows} windows of {m.window_len})",
+             f"{'':22s} {'normed':>10s} {'pre_norm':>10s}"]
+    for name, values in (("S", m.S), ("S (median curve)", m.S_median), ("D_L", r.D_L),
+                         ("D_L / D_L-1", m.last_layer_ratio)):
+        lines.append(f"{name:22s} {values['normed']:10.4f} {values['pre_norm']:10.4f}")
+    lines.append("last step per token:   mean   median  mean(no pos 0) median(no pos 0)  pos 0")
+    for name, label in (("block", "last block (pre-norm)"), ("norm", "final norm's rotation"),
+                        ("normed", "normed D_L")):
+        s = r.last_step[name]
+        lines.append(f"  {label:22s} {s.mean:.4f} {s.median:.4f} {s.mean_no_sink:14.4f} {s.median_no_sink:16.4f} "
+                     f"{s.sink:8.4f}")
+    s = r.norm_share
+    lines.append(f"  final-norm share of the last step's angle: median {s.median:.3f} (no pos 0: "
+                 f"{s.median_no_sink:.3f}), mean {s.mean:.3f}")
+    t = r.top_channel
+    lines.append(f"largest channel of x_L: {t['channel']} (largest in {t['channel_fraction']:.0%} of tokens), final-norm "
+                 f"gain {t['gain']:+.3f}; median share of ||x_L||^2 {t['pre_norm_last']['share_median_no_sink']:.1%}, "
+                 f"at position 0 {t['pre_norm_last']['share_sink']:.1%}")
+    e = r.evaluation
+    lines.append(f"per layer ({e['subset']}: LAMBADA n={e['lambada_n']}, WikiText pages n={e['wikitext_n']}):")
+    lines.append(f"{'layer':>5s} {'D normed':>9s} {'top share':>9s} {'LAMBADA':>8s} {'WikiText ppl':>13s}")
+    for i, layer in enumerate(e["layers"]):
+        lines.append(f"{layer:5d} {m.D['normed'][i]:9.4f} {t['share_median_no_sink'][i + 1]:9.3f} "
+                     f"{e['lambada_acc'][i]:8.3f} {e['wikitext_word_ppl'][i]:13.4g}")
+    z = r.init
+    lines.append(f"at initialisation ({z['tokens']} tokens): zeta1 {z['zeta1']:.4f}, alpha zeta2 normed "
+                 f"{z['alpha_zeta2']['normed']:.4f}, pre_norm {z['alpha_zeta2']['pre_norm']:.4f}")
+    groups = list(z["grad_norms"]["zeta1"])
+    lines.append(f"{'gradient norm':22s} " + " ".join(f"{g:>11s}" for g in groups))
+    for name in z["grad_norms"]:
+        lines.append(f"{name:22s} " + " ".join(f"{z['grad_norms'][name][g]:11.3g}" for g in groups))
+    for last_state, cos in z["cosine"].items():
+        lines.append(f"{'cos(zeta1, zeta2 ' + last_state + ')':22s} " + " ".join(f"{cos[g]:11.3f}" for g in groups))
+    return "\n".join(lines)
