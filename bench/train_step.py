@@ -28,6 +28,7 @@ from sdlib import models
 from sdlib.config import TrainConfig
 from sdlib.loss import reference_self_distillation_loss, self_distillation_loss
 from sdlib.provenance import device_name
+from sdlib.studies.throughput import model_flops_per_token, peak_flops
 from sdlib.train import distillation_loss
 
 SHAPES = {  # the paper models' configurations (from their config.json), for random-init timing
@@ -59,27 +60,6 @@ def step_fn(student, teacher, ids, loss_fn, autocast, config):
         parts = distillation_loss(student, teacher, ids, None, config, loss_fn=loss_fn)
         parts.total.backward()
     return float(parts.total.detach())
-
-
-PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12}
-
-
-def model_flops_per_token(student) -> float:
-    """6 x non-embedding params + 6 x (L + 1) x d x V + 2 x params, per token (see the module doc)."""
-    access = models.decoder_parts(student)
-    vocab, d = access.lm_head.weight.shape
-    params = sum(p.numel() for p in student.parameters())
-    non_embedding = params - access.embed.weight.numel()
-    if access.lm_head.weight is not access.embed.weight:
-        non_embedding -= access.lm_head.weight.numel()
-    return 6 * non_embedding + 6 * access.num_layers * d * vocab + 2 * params
-
-
-def peak_flops(dev: torch.device) -> float | None:
-    if dev.type != "cuda":
-        return None
-    name = torch.cuda.get_device_name(dev)
-    return next((v for k, v in PEAK_BF16_FLOPS.items() if k in name), None)
 
 
 def _rss_gb() -> float:

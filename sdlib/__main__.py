@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 
@@ -126,6 +127,29 @@ def _models(args: argparse.Namespace, extra: Sequence[str]) -> int:
     return 0
 
 
+def _gpu_study(args: argparse.Namespace, extra: Sequence[str]) -> int:
+    from sdlib.studies import gpu_study
+
+    if args.action == "run":
+        results = gpu_study.Study(args.out, args.work, args.budget, dry_run=args.dry_run).run(args.stages)
+        print("\n".join(gpu_study.summary_lines(results)))
+    elif args.action == "prepare":
+        models = [m for m in args.models.split(",") if m]
+        manifest = gpu_study.prepare(models)
+        print(f"prepared {gpu_study.CARRY_DIR}/: {len(manifest['wheels'])} wheels, data, "
+              + ", ".join(f"{m} in {len(v['parts'])} parts" for m, v in manifest["models"].items()))
+        print(gpu_study.format_plan(gpu_study.plan(budget_s=args.budget)))
+    elif args.action == "plan":
+        print(gpu_study.format_plan(gpu_study.plan(budget_s=args.budget)))
+    elif args.action == "import":
+        if not args.source:
+            raise SdlibError("name the folder the device returned: `sdlib gpu-study import FOLDER`")
+        path = gpu_study.import_results(args.source)
+        print("\n".join(gpu_study.summary_lines(json.loads(path.read_text()))))
+        print(f"written: {path}; draw it with `sdlib figures --profile gpu`")
+    return 0
+
+
 def lm_eval_main(argv: Sequence[str]) -> int:
     """lm-eval's own command line with sdlib's ``sdlib-layer`` model registered and the offline tasks on
     its include path (the plain ``lm_eval`` command imports no plugins)."""
@@ -204,6 +228,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("action", nargs="?", default="list", choices=("list", "install"))
     p.add_argument("names", nargs="*", help="with install: model names (comma- or space-separated)")
     p.set_defaults(func=_models)
+    p = sub.add_parser("gpu-study", help="the paper's recipe on a GPU in one short window: prepare the carried files, "
+                                         "print the device calls, run the stages, import the results")
+    p.add_argument("action", choices=("prepare", "plan", "run", "import"))
+    p.add_argument("source", nargs="?", help="with import: the folder the device returned")
+    p.add_argument("--models", default="qwen2.5-coder-0.5b,smollm2-135m", help="with prepare: the GGUFs to carry")
+    p.add_argument("--budget", type=float, default=540, help="seconds the run may use (default 540)")
+    p.add_argument("--out", default=os.environ.get("OUT", "build/gpu-study"), help="with run: what comes back ($OUT)")
+    p.add_argument("--work", default="/tmp/sdlib-gpu", help="with run: the machine's working folder (kept while warm)")
+    p.add_argument("--stages", nargs="*", default=None, help="with run: only these stages")
+    p.add_argument("--dry-run", action="store_true", help="with run: every stage on the CPU with tiny models")
+    p.set_defaults(func=_gpu_study)
     sub.add_parser("lm-eval", help="lm-eval's CLI with the sdlib-layer model (--model_args pretrained=...,layer=N)",
                    add_help=False)
     return parser

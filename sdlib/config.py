@@ -42,6 +42,8 @@ class TrainConfig:
     max_tokens: int = _f(10_000_000, "token budget; optimizer steps = max_tokens // (batch_size * seq_len)")
     batch_size: int = _f(128, "sequences per optimizer step, all processes together")
     micro_batch: int = _f(8, "sequences per forward pass on each process (gradient accumulation fills the rest)")
+    shuffle: bool = _f(False, "read the training sequences in an order drawn from the seed (a new order each pass over "
+                              "a finite text; a shuffle buffer for a stream) instead of in text order")
     # loss
     alpha: float = _f(1.0, "weight of zeta2 (the movement term)")
     k: float = _f(0.25, "layer-weight slope: w_l = softmax(k * l)")
@@ -57,6 +59,8 @@ class TrainConfig:
                              "micro-batch with probability w_l (faster, noisier)")
     # optimizer
     lr: float = _f(1e-4, "peak AdamW learning rate")
+    lr_multipliers: dict = _f({}, "learning-rate factors per parameter group, e.g. {final_norm: 100}; groups: "
+                                  "embeddings, blocks, last_block, final_norm, lm_head, other")
     weight_decay: float = _f(0.0, "AdamW weight decay")
     beta1: float = _f(0.9, "AdamW beta1")
     beta2: float = _f(0.999, "AdamW beta2")
@@ -72,6 +76,8 @@ class TrainConfig:
                         choices=("auto", "fp32", "bf16"))
     log_every: int = _f(1, "print a progress line every this many steps (every step is in log.jsonl)")
     save_every: int = _f(0, "checkpoint every this many steps (0 = only at the end)")
+    max_minutes: float = _f(0.0, "stop after the step that reaches this many minutes of training in this call, with "
+                                 "a checkpoint (--resume continues); 0 = no limit")
     eval_every: int = _f(0, "measure the D curve and S on held-out text every this many steps (0 = start and end only)")
     eval_text: str = _f("wikitext-valid", "held-out text for those measurements: wikitext-valid, wikitext-test or a file")
     eval_windows: int = _f(8, "windows of held-out text per measurement")
@@ -96,11 +102,18 @@ class TrainConfig:
         require(self.grad_clip >= 0 and math.isfinite(self.grad_clip), f"grad_clip must be >= 0, got {self.grad_clip}")
         require(0 <= self.beta1 < 1 and 0 <= self.beta2 < 1, "beta1 and beta2 must be in [0, 1)")
         require(self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}")
+        require(self.max_minutes >= 0 and math.isfinite(self.max_minutes),
+                f"max_minutes must be >= 0, got {self.max_minutes}")
         require(min(self.warmup_steps, self.save_every, self.eval_every, self.log_every) >= 0,
                 "warmup_steps, save_every, eval_every and log_every must be >= 0")
         require(self.eval_windows >= 1 and self.eval_window_len >= 2,
                 "eval_windows must be >= 1 and eval_window_len >= 2")
         require(self.device in ("auto", "cpu", "cuda"), f"device must be auto, cpu or cuda, got {self.device!r}")
+        groups = ("embeddings", "blocks", "last_block", "final_norm", "lm_head", "other")
+        for group, factor in self.lr_multipliers.items():
+            require(group in groups, f"lr_multipliers: unknown group {group!r}; use {', '.join(groups)}")
+            require(isinstance(factor, (int, float)) and not isinstance(factor, bool) and math.isfinite(factor)
+                    and factor > 0, f"lr_multipliers: {group} must be a finite number > 0, got {factor!r}")
         for f_ in fields(self):
             choices, value = f_.metadata.get("choices"), getattr(self, f_.name)
             require(not choices or value in choices, f"{f_.name} must be one of {', '.join(choices or ())}, got {value!r}")

@@ -103,12 +103,13 @@ def text_windows(tokenizer, text: str, n_windows: int, window_len: int) -> torch
 
 # --- the training stream ----------------------------------------------------------------------------------
 
-def training_documents(source: str, text_field: str = "text") -> tuple[Iterator[str], dict[str, str]]:
+def training_documents(source: str, text_field: str = "text", shuffle_seed: int | None = None
+                       ) -> tuple[Iterator[str], dict[str, str]]:
     """Documents of a training source and a provenance entry.
 
-    ``fineweb-edu``: the FineWeb-Edu ``sample-10BT`` stream, or its offline sample (one document: the
-    sample's boundaries are lost). A ``.txt`` file is one document, a ``.jsonl`` file one per line (field
-    ``text``), a folder all such files in name order.
+    ``fineweb-edu``: the FineWeb-Edu ``sample-10BT`` stream (with ``shuffle_seed``: through a 10,000-document
+    shuffle buffer), or its offline sample (one document: the sample's boundaries are lost). A ``.txt`` file is
+    one document, a ``.jsonl`` file one per line (field ``text``), a folder all such files in name order.
     """
     from sdlib.provenance import file_sha256
 
@@ -117,6 +118,8 @@ def training_documents(source: str, text_field: str = "text") -> tuple[Iterator[
         path = offline_file(rel, "FineWeb-Edu")
         if path is None:
             stream = _hf_dataset(hf_path, config, split, streaming=True)
+            if shuffle_seed is not None:
+                stream = stream.shuffle(seed=shuffle_seed, buffer_size=10_000)
             return (row[text_field] for row in stream), {source: f"hf:{hf_path}/{config}/{split}"}
         return iter([path.read_text(encoding="utf-8")]), {source: f"sha256:{file_sha256(path)}"}
     root = Path(source).expanduser()
@@ -150,11 +153,15 @@ class PackedSequences:
 
     ``sequence(i)`` is deterministic in i, so a resumed run continues at the exact position. Tokens are
     produced lazily from the document stream; when the stream ends, the token array repeats (``epochs``
-    tells how often it has been read).
+    tells how often it has been read). With ``shuffle_seed``, a finite text is cut into its whole sequences
+    and each pass over it reads them in a new order drawn from the seed and the pass number.
     """
 
-    def __init__(self, documents: Iterator[str], tokenizer, seq_len: int, batch_docs: int = 64, eager: bool = False):
+    def __init__(self, documents: Iterator[str], tokenizer, seq_len: int, batch_docs: int = 64, eager: bool = False,
+                 shuffle_seed: int | None = None):
         self.documents, self.tokenizer, self.seq_len, self.batch_docs = documents, tokenizer, seq_len, batch_docs
+        self.shuffle_seed = shuffle_seed
+        self._orders: dict[int, list[int]] = {}
         self.eos = tokenizer.eos_token_id
         if self.eos is None:
             raise SdlibError("the tokenizer has no EOS token to separate documents")
@@ -176,6 +183,14 @@ class PackedSequences:
             raise SdlibError(f"the training data has {len(self.tokens)} tokens, fewer than one sequence ({self.seq_len})")
 
     def sequence(self, index: int) -> torch.Tensor:
+        if self.shuffle_seed is not None and self.exhausted:
+            count = len(self.tokens) // self.seq_len
+            epoch, position = divmod(index, count)
+            if epoch not in self._orders:
+                g = torch.Generator().manual_seed(self.shuffle_seed * 1_000_003 + epoch)
+                self._orders = {epoch: torch.randperm(count, generator=g).tolist()}
+            start = self._orders[epoch][position] * self.seq_len
+            return torch.tensor(self.tokens[start: start + self.seq_len], dtype=torch.long)
         start = index * self.seq_len
         self._fill(start + self.seq_len)
         n = len(self.tokens)

@@ -64,18 +64,23 @@ def movement_sums(hidden_states: Sequence[torch.Tensor], attention_mask: torch.T
     return (per_token.double() * mask).sum(dim=(1, 2)), count
 
 
-def monotonicity(D: Sequence[float] | torch.Tensor) -> float:
-    """Definition 2: S = 1 - sum_{l=1..L} max(0, D_l - D_{l-1}) / sum_{l=1..L} |D_l - D_{l-1}|.
+def monotonicity_batched(D: torch.Tensor) -> torch.Tensor:
+    """Definition 2 for a batch of curves: S = 1 - sum_{l=1..L} max(0, D_l - D_{l-1}) / sum_{l=1..L} |D_l - D_{l-1}|.
 
-    D: [L + 1] movements D_0..D_L -> float in [0, 1]. S = 1 when D never rises, 0 when it never falls.
-    When the denominator is 0 (D constant, or a single layer) nothing rises, so S = 1.
+    D: [..., L + 1] movements D_0..D_L -> [...] float64 in [0, 1]. S = 1 when D never rises, 0 when it never
+    falls; when the denominator is 0 (D constant, or a single layer) nothing rises, so S = 1. The only
+    implementation of S in sdlib: everything else calls it.
     """
-    d = torch.as_tensor(D, dtype=torch.float64).flatten()
-    diffs = d[1:] - d[:-1]
-    total = diffs.abs().sum()
-    if total == 0:
-        return 1.0
-    return float(1.0 - diffs.clamp(min=0).sum() / total)
+    d = torch.as_tensor(D, dtype=torch.float64)
+    diffs = d[..., 1:] - d[..., :-1]
+    total = diffs.abs().sum(-1)
+    rises = diffs.clamp(min=0).sum(-1)
+    return torch.where(total > 0, 1 - rises / total.clamp_min(1e-300), torch.ones_like(total))
+
+
+def monotonicity(D: Sequence[float] | torch.Tensor) -> float:
+    """S of one curve D_0..D_L ([L + 1]) as a float; see ``monotonicity_batched``."""
+    return float(monotonicity_batched(torch.as_tensor(D, dtype=torch.float64).flatten()))
 
 
 def last_layer_ratio(D: Sequence[float] | torch.Tensor) -> float:
@@ -101,15 +106,6 @@ def bootstrap_monotonicity(per_window_D: Sequence[Sequence[float]] | torch.Tenso
     per_window_D: [n_windows, L + 1] mean movement of each window (``Measurement.per_window_D``). Each
     replicate resamples windows with replacement, averages their curves and computes S. -> (low, high).
     """
-    d = torch.as_tensor(per_window_D, dtype=torch.float64)
-    if d.ndim != 2 or d.shape[0] < 2:
-        raise SdlibError(f"need per-window curves [n_windows >= 2, L + 1] for a bootstrap, got shape {tuple(d.shape)}")
-    g = torch.Generator().manual_seed(seed)
-    idx = torch.randint(0, d.shape[0], (n_boot, d.shape[0]), generator=g)
-    curves = d[idx].mean(dim=1)  # [n_boot, L + 1]
-    diffs = curves[:, 1:] - curves[:, :-1]
-    total = diffs.abs().sum(-1)
-    s = torch.where(total > 0, 1 - diffs.clamp(min=0).sum(-1) / total.clamp_min(1e-300), torch.ones_like(total))
-    lo, hi = torch.quantile(s, torch.tensor([(1 - level) / 2, (1 + level) / 2], dtype=torch.float64))
-    return float(lo), float(hi)
+    from sdlib.stats import bootstrap_windows
 
+    return bootstrap_windows([per_window_D], lambda curves: monotonicity_batched(curves[0]), n_boot, level, seed)[1:]

@@ -160,6 +160,27 @@ def installed(model: PackagedModel) -> bool:
     return all(importlib.util.find_spec(p.module) is not None for p in model.parts)
 
 
+def carried_gguf(model: PackagedModel) -> Path | None:
+    """The whole GGUF under ``SDLIB_GGUF_DIR`` (a machine without the wheels, e.g. a GPU machine the file was
+    carried to), or None."""
+    folder = os.environ.get("SDLIB_GGUF_DIR")
+    path = Path(folder) / model.gguf_file if folder else None
+    return path if path is not None and path.is_file() else None
+
+
+def cached_dir(name: str) -> Path:
+    from sdlib.paths import cache_dir
+
+    model = packaged(name)
+    return cache_dir() / "models" / f"{name}-{model.sha256[:12]}"
+
+
+def available(name: str) -> bool:
+    """True when ``name`` can be loaded here: dequantized already, carried as a GGUF, or its wheels installed."""
+    model = packaged(name)
+    return (cached_dir(name) / "config.json").exists() or carried_gguf(model) is not None or installed(model)
+
+
 def _copy_checked(sources: list[Path], target: Path, model: PackagedModel) -> Path:
     """Concatenate ``sources`` into ``target`` (atomically), checking the size and sha256 on the way."""
     digest, size = hashlib.sha256(), 0
@@ -192,13 +213,13 @@ def gguf_path(model: PackagedModel, folder: Path) -> Path:
 
 def model_dir(name: str) -> Path:
     """A dequantized fp32 safetensors copy of the built-in model ``name``, made once and cached."""
-    from sdlib.paths import cache_dir
-
     model = packaged(name)
-    target = cache_dir() / "models" / f"{name}-{model.sha256[:12]}"
+    target = cached_dir(name)
     if (target / "config.json").exists():
         return target
-    sources = [part_path(p, model) for p in model.parts]  # a missing package fails here, before any work
+    carried = carried_gguf(model)
+    # a missing package fails here, before any work
+    sources = [carried] if carried is not None else [part_path(p, model) for p in model.parts]
     target.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".tmp-{name}-", dir=target.parent))
     try:
@@ -257,11 +278,9 @@ def install(names: list[str], python: str = sys.executable) -> None:
 
 def status_lines() -> list[str]:
     """One line per built-in model: installed or not, cached or not, and what it is."""
-    from sdlib.paths import cache_dir
-
     lines = []
     for m in PACKAGED.values():
-        cached = (cache_dir() / "models" / f"{m.name}-{m.sha256[:12]}" / "config.json").exists()
+        cached = (cached_dir(m.name) / "config.json").exists()
         state = "cached" if cached else ("installed" if installed(m) else f"not installed ({m.install_command})")
         lines.append(f"{m.name:20s} {state:12s} {m.title}" if cached or installed(m) else
                      f"{m.name:20s} {state}\n{'':20s} {m.title}")

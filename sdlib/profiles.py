@@ -78,6 +78,11 @@ class Profile:
     """settings of the pruning / early-exit study (notebooks/ext_pruning.ipynb)"""
     atlas: dict[str, Any] = field(default_factory=dict)
     """the convergence atlas (notebooks/atlas.ipynb): ``models`` and any ``AtlasSettings`` field"""
+    notebooks: list[str] = field(default_factory=list)
+    """the notebooks this profile draws (empty: every figure notebook but the GPU study's)"""
+    figures: str = ""
+    """where its figures go, relative to the committed figures folder (``""``: that folder itself for the default
+    profile, the build folder for the others; ``gpu``: figures/gpu)"""
 
     def atlas_models(self) -> list[str]:
         return list(self.atlas.get("models") or [])
@@ -102,6 +107,8 @@ class Profile:
         """figures/ for the default profile (the committed figures); build/figures for the others."""
         from sdlib.paths import build_dir, figures_dir
 
+        if self.figures:
+            return figures_dir() / self.figures
         return figures_dir() if self.name == DEFAULT_PROFILE else build_dir() / "figures"
 
 
@@ -117,7 +124,7 @@ def load_profile(name: str = DEFAULT_PROFILE, trained: str | list[str] | None = 
     if name not in profiles:
         raise SdlibError(f"unknown profile {name!r}: use one of {', '.join(profiles)}")
     entry = profiles[name]
-    paths = configs or entry["configs"]
+    paths = configs or entry.get("configs") or []
     overrides = [trained] if isinstance(trained, str) else list(trained or [])
     if overrides and len(overrides) != len(paths):
         raise SdlibError(f"{len(overrides)} trained checkpoint(s) given for {len(paths)} config(s) of profile {name}")
@@ -131,5 +138,6 @@ def load_profile(name: str = DEFAULT_PROFILE, trained: str | list[str] | None = 
             raise SdlibError(f"profile {name} has no config named {', '.join(unknown)}: "
                              f"use {', '.join(p.name for p in pairs)}")
         pairs = [p for p in pairs if p.name in only]
-    return Profile(name, pairs, entry["eval_subset"], dict(entry.get("measure") or {}),
-                   dict(entry.get("quickstart") or {}), dict(entry.get("pruning") or {}), dict(entry.get("atlas") or {}))
+    return Profile(name, pairs, entry.get("eval_subset", "full"), dict(entry.get("measure") or {}),
+                   dict(entry.get("quickstart") or {}), dict(entry.get("pruning") or {}), dict(entry.get("atlas") or {}),
+                   list(entry.get("notebooks") or []), entry.get("figures", ""))

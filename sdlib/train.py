@@ -137,7 +137,7 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> P
         if student.config.tie_word_embeddings:
             student.tie_weights()
 
-    optimizer = torch.optim.AdamW(student.parameters(), lr=config.lr, betas=(config.beta1, config.beta2),
+    optimizer = torch.optim.AdamW(optimizer_groups(student, config), lr=config.lr, betas=(config.beta1, config.beta2),
                                   weight_decay=config.weight_decay)
     scheduler = get_cosine_schedule_with_warmup(optimizer, config.warmup_steps, total_steps)
     if checkpoint is not None:
@@ -150,9 +150,10 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> P
     if checkpoint is not None:
         set_rng_state(state["rng"])
 
-    documents, data_hashes = training_documents(config.data)
+    documents, data_hashes = training_documents(config.data, shuffle_seed=config.seed if config.shuffle else None)
     stream = PackedSequences(documents, tokenizer, config.seq_len, eager=config.data != "fineweb-edu" or
-                             data_hashes.get("fineweb-edu", "").startswith("sha256:"))
+                             data_hashes.get("fineweb-edu", "").startswith("sha256:"),
+                             shuffle_seed=config.seed if config.shuffle else None)
     eval_body, eval_hashes = read_text(config.eval_text)
     eval_windows = text_windows(tokenizer, eval_body, config.eval_windows, config.eval_window_len)
 
@@ -190,6 +191,7 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> P
     bar = tqdm(total=total_steps, initial=step, desc=f"train {config.name}", unit="step",
                disable=not (progress and main), dynamic_ncols=True)
     skipped = state.get("skipped_steps", 0)
+    started = time.monotonic()
     while step < total_steps:
         t0 = time.perf_counter()
         sums = None  # loss, zeta1, zeta2, per-layer KL, summed over micro-batches on the device (no host sync)
@@ -213,7 +215,7 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> P
         if problem is None and not torch.isfinite(torch.as_tensor(grad_norm)):
             problem = (f"step {step + 1}: the gradient is not finite (norm {float(grad_norm)}) although this "
                        f"process's loss is finite (zeta1={float(parts.zeta1):.6g}, zeta2={float(parts.zeta2):.6g})")
-        lr = scheduler.get_last_lr()[0]
+        lr = scheduler.get_last_lr()[0] / optimizer.param_groups[0]["lr_multiplier"]  # the base schedule
         if problem is not None:
             optimizer.zero_grad(set_to_none=True)
             if config.on_nonfinite == "stop":
@@ -242,11 +244,12 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> P
         bar.update(1)
         bar.set_postfix(loss=f"{record['loss']:.4f}", z1=f"{record['zeta1']:.4f}", z2=f"{record['zeta2']:.4f}",
                         tok_s=f"{record['tokens_per_s']:.0f}")
-        if main and (config.eval_every and step % config.eval_every == 0 or step == total_steps):
+        out_of_time = _out_of_time(accelerator, started, config.max_minutes)
+        if main and (config.eval_every and step % config.eval_every == 0 or step == total_steps or out_of_time):
             last_eval = evaluate(step)
             bar.write(f"step {step}: S normed {last_eval['eval']['S']['normed']:.4f}, "
                       f"pre_norm {last_eval['eval']['S']['pre_norm']:.4f}")
-        if config.save_every and step % config.save_every == 0 or step == total_steps:
+        if config.save_every and step % config.save_every == 0 or step == total_steps or out_of_time:
             accelerator.wait_for_everyone()
             if main:
                 training_state = {"step": step, "optimizer": optimizer.state_dict(),
@@ -257,8 +260,30 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> P
                                 {"step": step, "last_step": record, "last_eval": last_eval,
                                  **provenance(seed=config.seed, device=accelerator.device, data=data_hashes)})
             accelerator.wait_for_everyone()
+        if out_of_time and step < total_steps:
+            log({"step": step, "stopped": f"max_minutes {config.max_minutes} reached after step {step} of "
+                                          f"{total_steps}; --resume continues"})
+            bar.write(f"stopped after step {step} of {total_steps}: max_minutes {config.max_minutes} reached "
+                      "(a checkpoint is saved; --resume continues)")
+            break
     bar.close()
     return run_dir
+
+
+def _out_of_time(accelerator, started: float, max_minutes: float) -> bool:
+    """True on every process once the main process has trained for ``max_minutes`` (0 = never)."""
+    if not max_minutes:
+        return False
+    late = torch.tensor(float((time.monotonic() - started) / 60 >= max_minutes), device=accelerator.device)
+    return bool(accelerator.reduce(late, "max") > 0)
+
+
+def optimizer_groups(model, config: TrainConfig) -> list[dict[str, Any]]:
+    """AdamW parameter groups, one per part of the model (``DecoderParts.parameter_groups``), each with its
+    learning rate lr x ``config.lr_multipliers[part]`` (1 when not given)."""
+    groups = decoder_parts(model).parameter_groups()
+    return [{"params": params, "name": name, "lr_multiplier": float(config.lr_multipliers.get(name, 1.0)),
+             "lr": config.lr * float(config.lr_multipliers.get(name, 1.0))} for name, params in groups.items()]
 
 
 def finished(config: TrainConfig) -> bool:

@@ -192,7 +192,7 @@ def evaluate_cached(source: str, tasks, settings: EvalSettings, *, device: str |
     out_dir = Path(out_dir) if out_dir else results_dir() / slug(source) / "eval"
     fingerprint = model_fingerprint(model, tokenizer)
     data = data_provenance(names)
-    rows, records = [], {}
+    rows, records, greedy = [], {}, {}
     for name in names:
         def compute(name=name):
             result = evaluate_layers(model, tokenizer, [name], settings, batch_size=batch_size, progress=progress)[name]
@@ -205,9 +205,12 @@ def evaluate_cached(source: str, tasks, settings: EvalSettings, *, device: str |
         key = {"task": name, "fingerprint": fingerprint, "settings": settings.__dict__,
                "lm_eval": _lm_eval_version(), "data": {k: v for k, v in data.items() if k.startswith(name + "/")}}
         record = cached_record(out_dir, name, key, compute, use_cache)
-        rows += record["rows"]
+        if record.get("greedy") is not None:
+            greedy[name] = np.asarray(record["greedy"], dtype=bool)  # [n_docs, n_layers]
+        rows += with_intervals(record["rows"], greedy.get(name))
         records[name] = {k: record[k] for k in ("rows", "provenance", "settings", "fingerprint")}
     table = pd.DataFrame(rows)
+    table.attrs["greedy"] = greedy  # per-document 0/1 outcomes, for paired comparisons (sdlib.stats)
     if not all(math.isfinite(v) for v in table["value"]):
         bad = table[~table["value"].map(math.isfinite)].iloc[0]
         print(f"warning: non-finite {bad['metric']} at layer {bad['layer']} of {bad['task']}")
@@ -216,6 +219,20 @@ def evaluate_cached(source: str, tasks, settings: EvalSettings, *, device: str |
         table.to_csv(tmp, index=False)
     write_json(out_dir / "results.json", {"model": str(source), "checkpoint": checkpoint, "tasks": records})
     return table, csv_path
+
+
+def with_intervals(rows: list[dict], greedy: np.ndarray | None, level: float = 0.95) -> list[dict]:
+    """The rows with ``lo``/``hi``: a percentile bootstrap interval over documents for each accuracy (from the
+    per-document greedy outcomes [n_docs, n_layers]); None for the other metrics."""
+    from sdlib.stats import accuracy_interval
+
+    out = []
+    for row in rows:
+        lo = hi = None
+        if greedy is not None and row["metric"] == "acc" and len(greedy) >= 2:
+            _, lo, hi = accuracy_interval(greedy[:, row["layer"]].astype(float), level=level)
+        out.append({**row, "lo": lo, "hi": hi})
+    return out
 
 
 def format_table(table) -> str:

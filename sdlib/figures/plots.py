@@ -256,3 +256,50 @@ def atlas_figure(records: Sequence[Any], title: str = "Convergence atlas") -> go
     fig.update_layout(title=title, template="plotly_white", width=1500, height=900, barmode="group",
                       legend={"orientation": "h", "y": -0.1, "x": 0})
     return fig
+
+
+def gpu_study_figure(study: dict[str, Any], title: str | None = None) -> go.Figure:
+    """The GPU study (``sdlib.studies.gpu_study``): for each distilled model (the recipe, the second model), the
+    movement curve before (dashed) and after (solid) in both conventions, S over training, and LAMBADA accuracy
+    (with its 95% interval) and WikiText word perplexity per layer before and after."""
+    stages = study["stages"]
+    runs = [stages[name] for name in ("recipe", "second") if stages.get(name, {}).get("done")]
+    env = study.get("environment", {})
+    fig = make_subplots(rows=len(runs) or 1, cols=4, horizontal_spacing=0.06, vertical_spacing=0.16,
+                        subplot_titles=[t for s in runs for t in (
+                            f"{s['config']['model']}: D_l (normed ●, pre_norm ◆)", "S over training",
+                            "LAMBADA accuracy per layer [95%]", "WikiText word perplexity per layer")])
+    for row, s in enumerate(runs, start=1):
+        curves = [("pretrained", s["before"], "dash"), ("self-distilled", s["after"], "solid")]
+        for role, rec, dash in curves:
+            for last_state, symbol, color in zip(LAST_STATES, ("circle", "diamond"), PALETTE):
+                D = rec["D"][last_state]
+                fig.add_trace(go.Scatter(x=list(range(len(D))), y=D, mode="lines+markers", marker={"symbol": symbol},
+                                         line={"dash": dash, "color": color}, showlegend=row == 1,
+                                         name=f"{role}, {last_state}: S = {rec['S'][last_state]:.3f}"), row=row, col=1)
+            layers = list(range(len(rec["lambada_acc"])))
+            acc = rec["lambada_acc"]
+            fig.add_trace(go.Scatter(x=layers, y=acc, mode="lines+markers", showlegend=False,
+                                     line={"dash": dash, "color": PALETTE[2]}, name=f"{role}: LAMBADA",
+                                     error_y={"type": "data", "symmetric": False,
+                                              "array": [h - v for h, v in zip(rec["lambada_hi"], acc)],
+                                              "arrayminus": [v - lo for v, lo in zip(acc, rec["lambada_lo"])]}),
+                          row=row, col=3)
+            fig.add_trace(go.Scatter(x=layers, y=rec["wikitext_word_ppl"], mode="lines+markers", showlegend=False,
+                                     line={"dash": dash, "color": PALETTE[3]}, name=f"{role}: WikiText"), row=row, col=4)
+        for last_state, color in zip(LAST_STATES, PALETTE):
+            points = s["S_over_training"]
+            fig.add_trace(go.Scatter(x=[p["step"] * s["config"]["batch_size"] * s["config"]["seq_len"] for p in points],
+                                     y=[p[last_state] for p in points], mode="lines+markers", showlegend=False,
+                                     line={"color": color}, name=f"S {last_state}"), row=row, col=2)
+        fig.update_xaxes(title_text="layer l", row=row, col=1)
+        fig.update_xaxes(title_text="training tokens (held-out WikiText-2 valid)", row=row, col=2)
+        fig.update_xaxes(title_text="layer l", row=row, col=3)
+        fig.update_xaxes(title_text="layer l", row=row, col=4)
+        fig.update_yaxes(type="log", row=row, col=4)
+    tokens = ", ".join(f"{s['config']['model']}: {s['tokens']:,} tokens ({s['fraction_of_paper_tokens']:.1%} of the "
+                       f"paper's 10M), zeta1 {s['zeta1']}" for s in runs)
+    fig.update_layout(title=title or f"GPU study on {env.get('device', '?')}<br><sup>{tokens}</sup>",
+                      template="plotly_white", width=1700, height=480 * max(1, len(runs)) + 80,
+                      legend={"orientation": "h", "y": -0.12, "x": 0})
+    return fig

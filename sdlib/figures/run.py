@@ -10,7 +10,9 @@ from sdlib.errors import SdlibError
 from sdlib.profiles import WHICH, load_profile
 
 NOTEBOOKS = ("00_quickstart", "fig03_movement", "fig04_pca", "fig05_lambada", "fig06_wikitext", "fig07_logit_lens",
-             "table_summary", "ext_pruning", "atlas")
+             "table_summary", "ext_pruning", "atlas", "gpu_study")
+# what a profile draws unless it names its notebooks (configs/profiles.yaml)
+DEFAULT_NOTEBOOKS = tuple(n for n in NOTEBOOKS if n != "gpu_study")
 KERNEL = "sdlib"
 
 
@@ -49,7 +51,8 @@ def run_notebooks(profile_name: str, names: list[str] | None = None, parameters:
 
     from sdlib.paths import absolute_path_variables, build_dir
 
-    names = list(names or NOTEBOOKS)
+    profile = load_profile(profile_name)
+    names = list(names or profile.notebooks or DEFAULT_NOTEBOOKS)
     unknown = [n for n in names if n not in NOTEBOOKS]
     if unknown:
         raise SdlibError(f"unknown notebook(s) {', '.join(unknown)}: use {', '.join(NOTEBOOKS)}")
@@ -57,7 +60,6 @@ def run_notebooks(profile_name: str, names: list[str] | None = None, parameters:
     out_dir.mkdir(parents=True, exist_ok=True)
     kernel = _kernel_name()
     absolute_path_variables()  # the kernels run in notebooks/: a relative SDLIB_DATA_DIR would point elsewhere
-    profile = load_profile(profile_name)
     timings = {}
     for name in names:
         src = notebooks_dir() / f"{name}.ipynb"

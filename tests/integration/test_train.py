@@ -102,3 +102,53 @@ def test_seq_len_above_model_maximum(text_file, tmp_path):
     cfg = _config(text_file, tmp_path, model_options={"num_layers": 2, "max_position_embeddings": 32})
     with pytest.raises(SdlibError, match="above tiny-llama's maximum of 32"):
         train(cfg, progress=False)
+
+
+def test_lr_multipliers_scale_the_first_adam_step(text_file, tmp_path):
+    """Adam's first step moves every weight by about lr (m / sqrt(v) = g / |g|), so a group's multiplier shows
+    up as the same factor in how far its weights moved; the other groups move as without it."""
+    from sdlib.models import load
+
+    base, _ = load("tiny-llama", num_layers=4, hidden_size=64, vocab_size=512, seed=0)
+    moved = {}
+    for name, factor in (("plain", 1), ("x30", 30)):
+        run = train(_config(text_file, tmp_path, name, max_tokens=512, grad_clip=0, lr=1e-4,
+                            lr_multipliers={"final_norm": factor}), progress=False)
+        w = _weights(run)
+        moved[name] = {k: (w[k] - base.state_dict()[k]).abs().mean().item() for k in ("model.norm.weight",
+                                                                                   "model.layers.0.mlp.up_proj.weight")}
+    assert moved["plain"]["model.norm.weight"] == pytest.approx(1e-4, rel=0.1)
+    assert moved["x30"]["model.norm.weight"] == pytest.approx(30 * moved["plain"]["model.norm.weight"], rel=0.1)
+    assert moved["x30"]["model.layers.0.mlp.up_proj.weight"] == pytest.approx(
+        moved["plain"]["model.layers.0.mlp.up_proj.weight"], rel=1e-6)
+
+
+def test_shuffle_reads_every_sequence_once_per_pass_in_a_seeded_order(text_file):
+    from sdlib.data import PackedSequences, training_documents
+    from sdlib.models import byte_tokenizer
+
+    tok = byte_tokenizer()
+
+    def stream(seed):
+        return PackedSequences(training_documents(str(text_file))[0], tok, 32, eager=True, shuffle_seed=seed)
+
+    plain, a, a2, b = stream(None), stream(0), stream(0), stream(1)
+    n = len(a.tokens) // 32
+    first_pass = [tuple(a.sequence(i).tolist()) for i in range(n)]
+    in_order = [tuple(a.tokens[i * 32:(i + 1) * 32]) for i in range(n)]
+    assert sorted(first_pass) == sorted(in_order) and first_pass != in_order  # a permutation of the whole sequences
+    assert [tuple(a.sequence(i).tolist()) for i in range(n, 2 * n)] != first_pass  # a new order in the next pass
+    assert [tuple(a2.sequence(i).tolist()) for i in range(n)] == first_pass  # the seed decides it
+    assert [tuple(b.sequence(i).tolist()) for i in range(n)] != first_pass
+    assert tuple(plain.sequence(1).tolist()) == in_order[1]  # without a seed: text order, as before
+
+
+def test_max_minutes_stops_with_a_checkpoint_and_resume_finishes(text_file, tmp_path):
+    cfg = _config(text_file, tmp_path, "timed", max_minutes=1e-9)  # stops after the first step
+    run = train(cfg, progress=False)
+    assert [s for s, _ in list_checkpoints(run)] == [1]
+    assert "max_minutes" in _log(run)[-1]["stopped"]
+    full = train(_config(text_file, tmp_path, "timed", max_minutes=0), resume=True, progress=False)
+    assert [s for s, _ in list_checkpoints(full)][-1] == 16
+    reference = train(_config(text_file, tmp_path, "reference"), progress=False)
+    assert all(torch.equal(a, b) for a, b in zip(_weights(full).values(), _weights(reference).values()))

@@ -88,3 +88,14 @@ def test_loader_accepts_only_valid_configs(values):
     assert c.batch_size % c.micro_batch == 0 and c.total_steps >= 1
     assert isinstance(c.seq_len, int) and isinstance(c.name, str)
     assert yaml.safe_load(yaml.safe_dump(c.to_dict())) == c.to_dict()
+
+
+def test_lr_multipliers_and_shuffle_are_validated():
+    from sdlib.config import load_config
+
+    c = load_config(None, {"lr_multipliers": {"final_norm": 100}, "shuffle": True})
+    assert c.lr_multipliers == {"final_norm": 100} and c.shuffle is True
+    for bad, message in (({"final_nrom": 2}, "unknown group 'final_nrom'"), ({"final_norm": 0}, "finite number > 0"),
+                         ({"final_norm": "x"}, "finite number > 0")):
+        with pytest.raises(SdlibError, match=message):
+            load_config(None, {"lr_multipliers": bad})

@@ -1,0 +1,60 @@
+"""Intervals that hold up: percentile bootstraps over the units a number is averaged over (measurement windows,
+LAMBADA passages), paired whenever two models are compared on the same units.
+
+A paired bootstrap resamples the units once per replicate and evaluates both models on the same draw, so the
+interval of a difference or a ratio reflects how the two models differ on the same text, not how much each
+varies on its own (overlapping separate intervals say little about a difference).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+
+from sdlib.errors import SdlibError
+
+
+def bootstrap_windows(per_unit: Sequence[Sequence | torch.Tensor], statistic: Callable[[list[torch.Tensor]], torch.Tensor],
+                      n_boot: int = 2000, level: float = 0.95, seed: int = 0) -> tuple[float, float, float]:
+    """Paired percentile bootstrap of ``statistic`` over units shared by every array of ``per_unit``.
+
+    per_unit: arrays [n_units, ...] (the same units in the same order); statistic: a function of the list of
+    unit-averaged arrays [n_boot, ...] (one per input) -> [n_boot]. Each replicate draws n_units units with
+    replacement (the same draw for every array) and averages over them. -> (point estimate on all units, low, high).
+    """
+    arrays = [torch.as_tensor(a, dtype=torch.float64) for a in per_unit]
+    n = arrays[0].shape[0]
+    if n < 2 or any(a.shape[0] != n for a in arrays):
+        raise SdlibError(f"a paired bootstrap needs at least two units, the same number in every array; got "
+                         f"{[tuple(a.shape) for a in arrays]}")
+    g = torch.Generator().manual_seed(seed)
+    idx = torch.randint(0, n, (n_boot, n), generator=g)
+    replicates = statistic([a[idx].mean(dim=1) for a in arrays])
+    point = float(statistic([a.mean(dim=0, keepdim=True) for a in arrays])[0])
+    lo, hi = torch.quantile(replicates.double(), torch.tensor([(1 - level) / 2, (1 + level) / 2], dtype=torch.float64))
+    return point, float(lo), float(hi)
+
+
+def paired_S_difference(per_window_a, per_window_b, n_boot: int = 2000, level: float = 0.95, seed: int = 0
+                        ) -> tuple[float, float, float]:
+    """S(b) - S(a) with its paired interval: two models' per-window curves [n_windows, L + 1] on the same windows."""
+    from sdlib.metrics import monotonicity_batched
+
+    return bootstrap_windows([per_window_a, per_window_b],
+                             lambda c: monotonicity_batched(c[1]) - monotonicity_batched(c[0]), n_boot, level, seed)
+
+
+def accuracy_interval(correct, n_boot: int = 2000, level: float = 0.95, seed: int = 0) -> tuple[float, float, float]:
+    """Accuracy of 0/1 outcomes [n] with its percentile bootstrap interval over the items."""
+    return bootstrap_windows([correct], lambda c: c[0], n_boot, level, seed)
+
+
+def paired_ratio(correct_a, correct_b, n_boot: int = 2000, level: float = 0.95, seed: int = 0
+                 ) -> tuple[float, float, float]:
+    """acc(b) / acc(a) with its paired interval: two models' 0/1 outcomes [n] on the same items (b's accuracy
+    as a fraction of a's, e.g. self-distilled over pretrained)."""
+    def ratio(c):
+        return torch.where(c[0] > 0, c[1] / c[0].clamp_min(1e-300), torch.full_like(c[0], float("nan")))
+
+    return bootstrap_windows([correct_a, correct_b], ratio, n_boot, level, seed)
