@@ -25,11 +25,11 @@ import time
 import torch
 
 from sdlib import models
-from sdlib.config import TrainConfig
 from sdlib.loss import reference_self_distillation_loss, self_distillation_loss
 from sdlib.provenance import device_name
 from sdlib.studies.throughput import model_flops_per_token, peak_flops
 from sdlib.train import distillation_loss
+from sdlib.train.config import TrainConfig
 
 SHAPES = {  # the paper models' configurations (from their config.json), for random-init timing
     "llama-3.2-1b": dict(model_type="llama", hidden_size=2048, intermediate_size=8192, num_hidden_layers=16,

@@ -8,10 +8,12 @@ import hashlib
 import json
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from torch import nn
+
+R = TypeVar("R")
 
 
 def model_fingerprint(model: nn.Module, tokenizer) -> str:
@@ -37,6 +39,13 @@ def model_fingerprint(model: nn.Module, tokenizer) -> str:
 def cache_path(folder: str | Path, name: str, key: dict[str, Any]) -> Path:
     digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:20]
     return Path(folder) / "cache" / f"{name}-{digest}.json"
+
+
+def cached(cls: type[R], folder: str | Path, name: str, key: dict[str, Any], compute: Callable[[], R],
+           use_cache: bool = True) -> R:
+    """A typed record (``cls`` with ``to_dict``/``from_dict``) for ``key`` under ``folder/cache``: read and rebuilt
+    when present, else computed and written; either way the same object comes back."""
+    return cls.from_dict(cached_record(folder, name, key, lambda: compute().to_dict(), use_cache))
 
 
 def cached_record(folder: str | Path, name: str, key: dict[str, Any], compute: Callable[[], dict[str, Any]],

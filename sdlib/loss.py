@@ -90,7 +90,7 @@ class LossParts:
     zeta1: torch.Tensor
     zeta2: torch.Tensor
     kl_per_layer: torch.Tensor  # [L + 1]: mean-over-tokens KL of layers 0..L
-    movement_per_layer: torch.Tensor  # [L]: the zeta2 form's per-layer terms, l = 1..L
+    zeta2_per_layer: torch.Tensor  # [L]: the zeta2 form's per-layer terms, l = 1..L
     computed_layers: torch.Tensor | None = None  # [L + 1] bool: lens layers in a sampled zeta1 (None = all)
 
     def sampled_out(self, layer: int) -> bool:
@@ -262,7 +262,7 @@ def self_distillation_loss(pre_norm_states: Sequence[torch.Tensor], final_norm: 
                            attention_mask: torch.Tensor | None = None, last_state: LastState | str = "normed",
                            kl_direction: KLDirection | str = "forward", chunk_size: int = 1024,
                            compute_dtype: torch.dtype | None = None, zeta2_form: Zeta2Form | str = "relative_step",
-                           lens_layers: int = 0, generator: torch.Generator | None = None,
+                           lens_samples: int = 0, generator: torch.Generator | None = None,
                            logit_transform: LogitTransform = IDENTITY) -> LossParts:
     """zeta for one batch (see the module doc), chunked: O(chunk x vocab) extra memory.
 
@@ -273,7 +273,7 @@ def self_distillation_loss(pre_norm_states: Sequence[torch.Tensor], final_norm: 
     attention_mask: [batch, seq], 1 = token counts in the means; None = all tokens.
     compute_dtype: matmul dtype of the lens (default: lm_head's dtype, or the autocast dtype when active).
     zeta2_form: ``relative_step`` (the paper), ``cosine`` or ``monotonicity`` (see ``zeta2_terms``).
-    lens_layers: 0 = every layer (exact zeta1); m > 0 = an unbiased estimate from m layers drawn with
+    lens_samples: 0 = every layer (exact zeta1); m > 0 = an unbiased estimate from m layers drawn with
         replacement with probability w_l (``sample_lens_weights``); the others are not computed and their
         ``kl_per_layer`` entries are NaN.
     logit_transform: what the model applies to lm_head's output (``sdlib.models.DecoderParts.transform``).
@@ -292,11 +292,11 @@ def self_distillation_loss(pre_norm_states: Sequence[torch.Tensor], final_norm: 
         compute_dtype = (torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type)
                          else lm_head.weight.dtype)
     teacher_fn = _teacher_logprobs_fn(teacher, valid, compute_dtype)
-    lens_weights = weights if not lens_layers else sample_lens_weights(weights, lens_layers, generator)
+    lens_weights = weights if not lens_samples else sample_lens_weights(weights, lens_samples, generator)
     zeta1, kl_per_layer = LensKL.apply(lens_weights, lm_head.weight, lm_head.bias, teacher_fn, kl_direction,
                                        chunk_size, compute_dtype, logit_transform, *normed)
     return _loss_parts(zeta1, kl_per_layer, flat, normed[-1], weights, alpha, last_state, zeta2_form,
-                       None if not lens_layers else (lens_weights > 0).cpu())
+                       None if not lens_samples else (lens_weights > 0).cpu())
 
 
 def sample_lens_weights(weights: torch.Tensor, m: int, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -307,7 +307,7 @@ def sample_lens_weights(weights: torch.Tensor, m: int, generator: torch.Generato
     Uses the CPU generator (the global one by default, so a resumed run draws the same layers).
     """
     if m < 1:
-        raise SdlibError(f"lens_layers must be >= 1 to subsample (0 = all layers), got {m}")
+        raise SdlibError(f"lens_samples must be >= 1 to subsample (0 = all layers), got {m}")
     probs = weights.detach().to("cpu", torch.float64)
     draws = torch.multinomial(probs, m, replacement=True, generator=generator)
     counts = torch.bincount(draws, minlength=len(probs)).to(weights.dtype)
@@ -320,7 +320,7 @@ def _loss_parts(zeta1: torch.Tensor, kl_per_layer: torch.Tensor, flat: Sequence[
     """Add alpha * zeta2 to zeta1 and package the parts (shared by the chunked and the reference loss)."""
     zeta2, per_layer = zeta2_terms(flat, normed_last, weights, last_state, zeta2_form)
     return LossParts(total=zeta1 + alpha * zeta2, zeta1=zeta1.detach(), zeta2=zeta2.detach(),
-                     kl_per_layer=kl_per_layer.detach(), movement_per_layer=per_layer.detach(),
+                     kl_per_layer=kl_per_layer.detach(), zeta2_per_layer=per_layer.detach(),
                      computed_layers=computed_layers)
 
 
@@ -364,12 +364,12 @@ def reference_self_distillation_loss(pre_norm_states: Sequence[torch.Tensor], fi
                                      k: float = 0.25, attention_mask: torch.Tensor | None = None,
                                      last_state: LastState | str = "normed", kl_direction: KLDirection | str = "forward",
                                      chunk_size: int | None = None, compute_dtype: torch.dtype | None = None,
-                                     zeta2_form: Zeta2Form | str = "relative_step", lens_layers: int = 0,
+                                     zeta2_form: Zeta2Form | str = "relative_step", lens_samples: int = 0,
                                      generator: torch.Generator | None = None,
                                      logit_transform: LogitTransform = IDENTITY) -> LossParts:
     """The plain version of ``self_distillation_loss``: every layer's logits materialized, fp32 log-softmax,
     autograd keeps everything. For tests and benchmarks only; same arguments (``chunk_size``,
-    ``compute_dtype``, ``lens_layers`` and ``generator`` are accepted and ignored: zeta1 is always exact) and
+    ``compute_dtype``, ``lens_samples`` and ``generator`` are accepted and ignored: zeta1 is always exact) and
     result."""
     kl_direction, last_state, zeta2_form = _check_options(alpha, kl_direction, last_state, zeta2_form)
     num_layers = len(pre_norm_states) - 1

@@ -218,7 +218,7 @@ def resolve_checkpoint(path: str | os.PathLike) -> Path:
             raise SdlibError(f"checkpoint {path} has a config.json but no weights (*.safetensors): "
                              "it is incomplete; use an earlier checkpoint or retrain")
         return path
-    from sdlib.checkpoint import latest_checkpoint
+    from sdlib.train.checkpoint import latest_checkpoint
 
     latest = latest_checkpoint(path)
     if latest is None:

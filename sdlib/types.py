@@ -77,7 +77,7 @@ def parse(kind: type[E], value: object, what: str | None = None) -> E:
         return kind(value)
     except ValueError:
         name = what or kind.__name__
-        raise SdlibError(f"unknown {name} {value!r}: use one of {', '.join(m.value for m in kind)}") from None
+        raise SdlibError(f"{name} must be one of {', '.join(m.value for m in kind)}, got {value!r}") from None
 
 
 LAST_STATES: tuple[LastState, ...] = tuple(LastState)

@@ -1,4 +1,5 @@
-"""Plotly figures from the records of ``sdlib.figures.compute``: drawing only, no computation."""
+"""Plotly figures drawn from the typed records of ``sdlib.studies``: drawing only, no computation. A series' role
+(pretrained dashed, self-distilled solid) comes from the record's ``role`` field."""
 
 from __future__ import annotations
 
@@ -9,10 +10,10 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from sdlib.types import LAST_STATES
+from sdlib.types import LAST_STATES, Role
 
 PALETTE = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#17becf"]
-STYLE = {"baseline": "dash", "trained": "solid"}
+DASH = {str(Role.PRETRAINED): "dash", str(Role.SELF_DISTILLED): "solid", None: "solid"}
 
 
 def show_token(token: str) -> str:
@@ -20,32 +21,35 @@ def show_token(token: str) -> str:
     return token.replace(" ", "␣").replace("\n", "⏎") or "∅"
 
 
-def _style(label: str) -> str:
-    return STYLE["baseline"] if "pretrained" in label else STYLE["trained"]
+def _colors(models: Sequence[str]) -> dict[str, str]:
+    return {m: PALETTE[i % len(PALETTE)] for i, m in enumerate(dict.fromkeys(models))}
 
 
-def movement_figure(records: Sequence[dict[str, Any]], title: str = "Hidden-state movement per layer") -> go.Figure:
-    """D_l against layer, one panel per last-state convention; S in each legend entry. Records: label, D, S."""
+def movement_figure(records: Sequence[Any], title: str = "Hidden-state movement per layer") -> go.Figure:
+    """D_l against layer, one panel per last-state convention; S in each legend entry. Records:
+    ``sdlib.studies.measure.MeasureRecord`` (label, model, role, D, S)."""
     fig = make_subplots(rows=1, cols=len(LAST_STATES), shared_yaxes=True,
                         subplot_titles=[f"last state: {c}" for c in LAST_STATES])
-    models = list(dict.fromkeys(r["label"].split(" (")[0] for r in records))
+    colors = _colors([r.model for r in records])
     for col, convention in enumerate(LAST_STATES, start=1):
         for r in records:
-            color = PALETTE[models.index(r["label"].split(" (")[0]) % len(PALETTE)]
-            D = r["D"][convention]
+            D = r.D[convention]
             fig.add_trace(go.Scatter(x=list(range(len(D))), y=D, mode="lines+markers",
-                                     name=f"{r['label']}: S = {r['S'][convention]:.3f}",
+                                     name=f"{r.label}: S = {r.S[convention]:.3f}",
                                      legendgroup=convention, legendgrouptitle_text=convention,
-                                     line={"color": color, "dash": _style(r["label"])}), row=1, col=col)
+                                     line={"color": colors[r.model], "dash": DASH[r.role]}), row=1, col=col)
         fig.update_xaxes(title_text="layer l", row=1, col=col)
     fig.update_yaxes(title_text="D_l = 1 - (1 + cos(h_{l-1}, h_l)) / 2", row=1, col=1)
     fig.update_layout(title=title, template="plotly_white", width=1200, height=500, legend={"groupclick": "toggleitem"})
     return fig
 
 
-def pca_figure(df, explained: Sequence[float], max_tokens: int = 40,
-               title: str = "PCA trajectories of the hidden states, input to last layer") -> go.Figure:
-    """3-D trajectories (one line per token, markers coloured by layer), one scene per model, shared axes."""
+def pca_figure(pca, max_tokens: int = 40, title: str | None = None) -> go.Figure:
+    """Trajectories of token directions from input to last layer (``sdlib.studies.lens.PcaTrajectories``), one
+    3-D scene per model on shared axes: one line per token, markers coloured by layer, ◆ the input (h_-1) and
+    ■ the last layer (h_L). Positions left out of the PCA fit are not drawn (the subtitle says which)."""
+    df = pca.frame()
+    df = df[df["fitted"]]
     labels = list(dict.fromkeys(df["label"]))
     fig = make_subplots(rows=1, cols=len(labels), specs=[[{"type": "scene"}] * len(labels)], subplot_titles=labels)
     ranges = {c: [df[c].min(), df[c].max()] for c in ("pc1", "pc2", "pc3")}
@@ -56,29 +60,43 @@ def pca_figure(df, explained: Sequence[float], max_tokens: int = 40,
             path = part[part["token_index"] == t].sort_values("layer")
             fig.add_trace(go.Scatter3d(
                 x=path["pc1"], y=path["pc2"], z=path["pc3"], mode="lines+markers", showlegend=False,
-                name=str(path["token"].iloc[0]), line={"color": "rgba(120,120,120,0.5)", "width": 2},
-                marker={"size": 3, "color": path["layer"], "colorscale": "Viridis", "cmin": -1, "cmax": n_layers,
+                name=str(path["token"].iloc[0]), line={"color": "rgba(120,120,120,0.45)", "width": 2},
+                marker={"size": 2.5, "color": path["layer"], "colorscale": "Viridis", "cmin": -1, "cmax": n_layers,
                         "showscale": col == len(labels), "colorbar": {"title": "layer"}},
                 hovertext=[f"{path['token'].iloc[0]!r} layer {l}" for l in path["layer"]], hoverinfo="text"),
                 row=1, col=col)
-    axes = {f"{a}axis": {"range": ranges[pc], "title": f"{pc.upper()} ({explained[i]:.0%})"}
+        for layer, symbol, name in ((-1, "diamond", "input h_-1"), (n_layers, "square", "last layer h_L")):
+            ends = part[part["layer"] == layer]
+            fig.add_trace(go.Scatter3d(x=ends["pc1"], y=ends["pc2"], z=ends["pc3"], mode="markers", name=name,
+                                       showlegend=col == 1, legendgroup=name,
+                                       marker={"size": 3.5, "symbol": symbol, "color": "black" if layer < 0 else "#d62728"}),
+                          row=1, col=col)
+    axes = {f"{a}axis": {"range": ranges[pc], "title": f"{pc.upper()} ({pca.explained[i]:.0%})"}
             for i, (a, pc) in enumerate(zip("xyz", ("pc1", "pc2", "pc3")))}
     fig.update_scenes(**axes)
-    fig.update_layout(title=title, template="plotly_white", width=1300, height=650)
+    left_out = ", ".join(str(p) for p in pca.excluded_positions) or "none"
+    fig.update_layout(title=title or ("PCA of the hidden-state directions h_l / ||h_l||, input to last layer<br><sup>"
+                                      f"explained variance {', '.join(f'{v:.0%}' for v in pca.explained)}; position(s) "
+                                      f"{left_out} left out of the fit and the plot</sup>"),
+                      template="plotly_white", width=1300, height=650, legend={"x": 0, "y": 1})
     return fig
 
 
 def layer_metric_figure(table, task: str, metric: str, log_y: bool = False, title: str | None = None,
                         y_title: str | None = None) -> go.Figure:
-    """One line per model (baseline dashed) of ``metric`` against layer, from the tidy evaluation table."""
+    """One line per model (pretrained dashed) of ``metric`` against layer, from the tidy evaluation table (with
+    ``role`` and ``label`` columns); accuracies carry their 95% interval (``lo``/``hi``) as error bars."""
     part = table[(table["task"] == task) & (table["metric"] == metric)]
     fig = go.Figure()
-    models = list(dict.fromkeys(l.split(" (")[0] for l in part["label"]))
+    colors = _colors(list(part["base_model"]))
     for label in dict.fromkeys(part["label"]):
         rows = part[part["label"] == label].sort_values("layer")
-        color = PALETTE[models.index(label.split(" (")[0]) % len(PALETTE)]
-        fig.add_trace(go.Scatter(x=rows["layer"], y=rows["value"], mode="lines+markers", name=label,
-                                 line={"color": color, "dash": _style(label)}))
+        bars = None
+        if "lo" in rows and rows["lo"].notna().all():
+            bars = {"type": "data", "symmetric": False, "array": (rows["hi"] - rows["value"]).tolist(),
+                    "arrayminus": (rows["value"] - rows["lo"]).tolist(), "thickness": 1}
+        fig.add_trace(go.Scatter(x=rows["layer"], y=rows["value"], mode="lines+markers", name=label, error_y=bars,
+                                 line={"color": colors[rows["base_model"].iloc[0]], "dash": DASH[rows["role"].iloc[0]]}))
     n = int(part["n"].iloc[0]) if len(part) else 0
     max_length = part["max_length"].iloc[0] if len(part) else None
     fig.update_layout(title=title or f"{task}: {metric} per layer (logit lens; {n} documents, max_length {max_length})",
@@ -87,26 +105,25 @@ def layer_metric_figure(table, task: str, metric: str, log_y: bool = False, titl
     return fig
 
 
-def lens_figure(grids: Sequence[dict[str, Any]], title: str = "Logit lens: top-1 token and probability per layer"
-                ) -> go.Figure:
-    """Per model: a heatmap (layers x positions; text = top-1 token, colour = its probability) above the
-    movement curves D_l of the positions predicting the last tokens."""
+def lens_figure(grids: Sequence[Any], title: str = "Logit lens: top-1 token and probability per layer") -> go.Figure:
+    """Per model (``sdlib.studies.lens.LensGrid``): a heatmap (layers x positions; text = top-1 token, colour =
+    its probability) above the movement curves D_l of the positions predicting the last tokens."""
     fig = make_subplots(rows=2, cols=len(grids), row_heights=[0.72, 0.28], vertical_spacing=0.08,
-                        subplot_titles=[g["label"] for g in grids] + [""] * len(grids))
+                        subplot_titles=[g.label for g in grids] + [""] * len(grids))
     for col, g in enumerate(grids, start=1):
-        prob = np.asarray(g["top_prob"])
-        cols = [f"{i}: {show_token(inp)} → {show_token(tgt)}" for i, (inp, tgt) in enumerate(zip(g["inputs"], g["targets"]))]
-        text = [[f"{show_token(tok)}<br>{p:.2f}" for tok, p in zip(row, prow)] for row, prow in zip(g["top_tokens"], prob)]
+        prob = np.asarray(g.top_prob)
+        cols = [f"{i}: {show_token(inp)} → {show_token(tgt)}" for i, (inp, tgt) in enumerate(zip(g.inputs, g.targets))]
+        text = [[f"{show_token(tok)}<br>{p:.2f}" for tok, p in zip(row, prow)] for row, prow in zip(g.top_tokens, prob)]
         fig.add_trace(go.Heatmap(z=prob, x=cols, y=list(range(prob.shape[0])), text=text, texttemplate="%{text}",
                                  textfont={"size": 8}, colorscale="Blues", zmin=0, zmax=1,
                                  showscale=col == len(grids), colorbar={"title": "p(top-1)", "len": 0.65, "y": 0.68}),
                       row=1, col=col)
         fig.update_yaxes(title_text="layer", row=1, col=col)
         for j, convention in enumerate(LAST_STATES):
-            for k, curve in enumerate(g["movement_last"][convention]):
-                target = show_token(g["targets"][len(g["targets"]) - g["last"] + k])
+            for k, curve in enumerate(g.movement_last[convention]):
+                target = show_token(g.targets[len(g.targets) - g.last + k])
                 fig.add_trace(go.Scatter(x=list(range(len(curve))), y=curve, mode="lines",
-                                         name=f"{g['label']}: predicting {target} ({convention})", showlegend=True,
+                                         name=f"{g.label}: predicting {target} ({convention})", showlegend=True,
                                          line={"color": PALETTE[k % len(PALETTE)], "dash": "solid" if j == 0 else "dot"}),
                               row=2, col=col)
         fig.update_xaxes(title_text="layer l", row=2, col=col)
@@ -116,23 +133,20 @@ def lens_figure(grids: Sequence[dict[str, Any]], title: str = "Logit lens: top-1
     return fig
 
 
-def table_figure(df, title: str = "Summary", digits: int = 3) -> go.Figure:
-    """A plotly table of a DataFrame (numbers rounded, blanks for missing), sized so nothing is cut off in the
-    PNG: each column as wide as its longest entry, every row one line high."""
-    def fmt(v):
-        if v is None or (isinstance(v, float) and not np.isfinite(v)):
-            return ""
-        return f"{v:.{digits}g}" if isinstance(v, float) else str(v)
-
-    cells = [[fmt(v) for v in df[c]] for c in df.columns]
+def table_figure(df, title: str = "Summary") -> go.Figure:
+    """A plotly table of a DataFrame of strings (metrics in rows, one column per model), sized so nothing is cut
+    off in the PNG: each column as wide as its longest entry, every row one line high."""
+    cells = [["" if v is None else str(v) for v in df[c]] for c in df.columns]
     chars = [max([len(str(c))] + [len(v) for v in col]) for c, col in zip(df.columns, cells)]
-    widths = [8 * n + 24 for n in chars]  # ~8 px per character at plotly's default 12 px font, plus padding
-    row = 28
+    widths = [7 * n + 20 for n in chars]  # ~7 px per character at a 12 px font, plus padding
+    row = 26
     fig = go.Figure(go.Table(columnwidth=widths,
-                             header={"values": list(df.columns), "align": "left", "height": row},
-                             cells={"values": cells, "align": "left", "height": row}))
-    fig.update_layout(title=title, width=sum(widths) + 80, height=row * (len(df) + 1) + 140,
-                      margin={"l": 40, "r": 40, "t": 70, "b": 30})
+                             header={"values": [f"<b>{c}</b>" for c in df.columns], "align": "left", "height": row,
+                                     "fill_color": "#e8eef7"},
+                             cells={"values": cells, "align": ["left"] + ["right"] * (len(cells) - 1), "height": row,
+                                    "fill_color": [["#ffffff", "#f6f8fb"] * (len(df) // 2 + 1)]}))
+    fig.update_layout(title=title, width=sum(widths) + 60, height=row * (len(df) + 1) + 120,
+                      margin={"l": 30, "r": 30, "t": 70, "b": 20})
     return fig
 
 
@@ -150,7 +164,7 @@ def pruning_figure(studies: Sequence[dict[str, Any]], title: str = "Early exit a
             if method != "early_exit":
                 base = next(r for r in study["rows"] if r["method"] == "early_exit" and r["layers_removed"] == 0)
                 rows = [base, *rows]
-            line = {"color": PALETTE[i], "dash": _style(study["label"])}
+            line = {"color": PALETTE[i], "dash": DASH[study.get("role")]}
             label = f"{study['label']}: {name}"
             x = [r["layers_removed"] for r in rows]
             fig.add_trace(go.Scatter(x=x, y=[r["lambada_acc"] for r in rows], mode="lines+markers", name=label,
@@ -174,7 +188,7 @@ def ablation_figure(table, title: str = "One-factor grid", target_S: float = 0.8
                     ) -> go.Figure:
     """Per grid cell: S in both conventions with its bootstrap interval (the pretrained model's S dashed, the
     target dotted), and final-layer LAMBADA accuracy relative to the pretrained model (the 95% bar dotted).
-    ``table``: the rows of ``sdlib.figures.ablation.collect``, the pretrained model first."""
+    ``table``: the rows of ``sdlib.studies.grid.collect``, the pretrained model first."""
     base, cells = table.iloc[0], table.iloc[1:]
     fig = make_subplots(rows=1, cols=2, subplot_titles=["monotonicity S [95% bootstrap interval]",
                                                         "final-layer LAMBADA accuracy / pretrained"])

@@ -1,19 +1,43 @@
-"""Regenerate the figures of a profile: compute (cached) what they need, then execute every notebook with
-papermill on the project's Jupyter kernel. Executed notebooks go to ``<build>/notebooks/<profile>/``."""
+"""Figure notebooks: what each one needs (``FigureRun``), and running them with papermill on the project's
+Jupyter kernel after computing (cached) what they draw. Executed notebooks go to
+``<build>/notebooks/<profile>/``.
+
+A notebook opened by hand writes its figures under ``<build>/figures/<profile>/``; only ``sdlib figures``
+(what ``run_all.sh`` runs), or an explicit ``output`` option, writes into the profile's figures folder (for the
+default profile the committed ``figures/``)."""
 
 from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any
 
 from sdlib.errors import SdlibError
-from sdlib.profiles import WHICH, load_profile
 
 NOTEBOOKS = ("00_quickstart", "fig03_movement", "fig04_pca", "fig05_lambada", "fig06_wikitext", "fig07_logit_lens",
              "table_summary", "ext_pruning", "atlas", "gpu_study")
 # what a profile draws unless it names its notebooks (configs/profiles.yaml)
 DEFAULT_NOTEBOOKS = tuple(n for n in NOTEBOOKS if n != "gpu_study")
 KERNEL = "sdlib"
+
+
+class FigureRun:
+    """A notebook's context: the profile (optionally with other trained runs or fewer pairs), the device, and the
+    folder its figures go to."""
+
+    def __init__(self, profile: str = "smol", trained: str | list[str] | None = None, models: list[str] | None = None,
+                 device: str | None = None, output: str | None = None):
+        from sdlib.paths import build_dir
+        from sdlib.studies.profiles import load_profile
+
+        self.profile = load_profile(profile, trained=trained, only=models)
+        self.device = device
+        self.output = Path(output) if output else build_dir() / "figures" / profile
+
+    def save(self, fig, name: str, numbers: dict[str, Any], provenance: dict[str, Any] | None = None) -> dict[str, Path]:
+        from sdlib.figures.output import save_figure
+
+        return save_figure(fig, name, numbers, self.output, provenance)
 
 
 def notebooks_dir() -> Path:
@@ -23,18 +47,19 @@ def notebooks_dir() -> Path:
 
 
 def prepare(profile_name: str, device: str | None = None) -> dict[str, float]:
-    """Measure and evaluate every baseline and self-distilled model of the profile (cached); -> timings (s)."""
-    from sdlib.figures import compute
+    """Measure and evaluate every model of the profile's pairs (cached); -> timings (s)."""
+    from sdlib.studies import compare
+    from sdlib.studies.profiles import ROLES, load_profile
 
     profile = load_profile(profile_name)
     timings = {}
     for pair in profile.pairs:
-        for which in WHICH:
-            for what, fn in (("measure", compute.movement), ("evaluate", compute.layer_scores)):
+        for role in ROLES:
+            for what, fn in (("measure", compare.movement), ("evaluate", compare.layer_scores)):
                 t0 = time.perf_counter()
-                print(f"== {what} {pair.label(which)}", flush=True)
-                fn(profile, pair, which, device=device)
-                timings[f"{what} {pair.name} {which}"] = time.perf_counter() - t0
+                print(f"== {what} {pair.label(role)}", flush=True)
+                fn(profile, pair, role, device=device)
+                timings[f"{what} {pair.name} {role}"] = time.perf_counter() - t0
     return timings
 
 
@@ -44,12 +69,13 @@ def _kernel_name() -> str | None:
     return KERNEL if KERNEL in KernelSpecManager().find_kernel_specs() else None
 
 
-def run_notebooks(profile_name: str, names: list[str] | None = None, parameters: dict | None = None,
+def run_notebooks(profile_name: str, names: list[str] | None = None, options: dict | None = None,
                   progress: bool = True) -> dict[str, float]:
-    """Execute the notebooks (all, or ``names``) for a profile; -> wall time per notebook (s)."""
+    """Execute the notebooks (the profile's, or ``names``) into the profile's figures folder; -> seconds each."""
     import papermill
 
     from sdlib.paths import absolute_path_variables, build_dir
+    from sdlib.studies.profiles import load_profile
 
     profile = load_profile(profile_name)
     names = list(names or profile.notebooks or DEFAULT_NOTEBOOKS)
@@ -65,8 +91,10 @@ def run_notebooks(profile_name: str, names: list[str] | None = None, parameters:
         src = notebooks_dir() / f"{name}.ipynb"
         t0 = time.perf_counter()
         print(f"== notebook {name} ({profile_name})", flush=True)
-        values = {"profile": profile_name, **(profile.quickstart if name == "00_quickstart" else {}),
-                  **(parameters or {})}
+        values: dict[str, Any] = {"profile": profile_name,
+                                  "options": {"output": str(profile.figures_dir()), **(options or {})}}
+        if name == "00_quickstart":
+            values.update(profile.quickstart)
         try:
             papermill.execute_notebook(src, out_dir / f"{name}.ipynb", parameters=values,
                                        kernel_name=kernel, cwd=str(notebooks_dir()), progress_bar=progress)

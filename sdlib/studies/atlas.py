@@ -24,9 +24,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from sdlib.measure import Measurement
 from sdlib.metrics import movement
 from sdlib.states import HiddenStates
+from sdlib.studies.measure import Measurement
 from sdlib.types import LAST_STATES
 
 
@@ -263,10 +263,10 @@ def atlas(model_name: str, settings: AtlasSettings = AtlasSettings(), *, device:
           use_cache: bool = True, loaded: tuple[nn.Module, Any] | None = None, progress: bool = True) -> AtlasRecord:
     """The atlas record of ``model_name`` (cached by the model's weights and ``settings``)."""
     from sdlib.cache import cached_record, model_fingerprint
-    from sdlib.measure import measure_text
     from sdlib.models import decoder_parts, default_device, load
     from sdlib.paths import results_dir, slug
     from sdlib.provenance import provenance
+    from sdlib.studies.measure import measure_text
 
     device = default_device(device)
     model, tokenizer = loaded or load(model_name, device=device)

@@ -93,8 +93,8 @@ class Study:
         os.replace(tmp, self.out / "records.tar.gz")
 
     def config(self, which: str):
-        from sdlib.config import load_config
         from sdlib.paths import project_root
+        from sdlib.train.config import load_config
 
         overrides = dict(self.spec.get(f"{which}_overrides") or {})
         overrides.setdefault("output_dir", str(self.work / "runs" / which))
@@ -141,18 +141,18 @@ class Study:
 
         config = self.config("recipe")
         model, _ = load(config.model, device=self.device, **config.model_options)
-        timings = measure_step(model, config, lens_layers=(0, 4))
+        timings = measure_step(model, config, lens_samples=(0, 4))
         for t in timings:
-            self.log(f"throughput: lens_layers {t.lens_layers}: micro-batch {t.micro_batch} x {t.seq_len}, "
+            self.log(f"throughput: lens_samples {t.lens_samples}: micro-batch {t.micro_batch} x {t.seq_len}, "
                      f"{t.tokens_per_s:,.0f} tokens/s, step {t.step_seconds:.1f} s, MFU {t.mfu}")
         return {"done": True, "model": config.model, "timings": [t.to_dict() for t in timings]}
 
     def _measure_and_evaluate(self, source: str, label: str, model=None, tokenizer=None, **options) -> dict[str, Any]:
         """S (both conventions, median curve) and the per-layer evaluation of one model; records kept."""
         from sdlib.evaluation.layers import evaluate_cached, load_subset
-        from sdlib.measure import measure_text
         from sdlib.models import load
         from sdlib.provenance import write_json
+        from sdlib.studies.measure import measure_text
 
         if model is None:
             model, tokenizer = load(source, device=self.device, **options)
@@ -184,6 +184,8 @@ class Study:
     def _train_sized(self, which: str, reserve_s: float) -> dict[str, Any]:
         """Train ``which`` for as many steps as the time left allows (up to the config's budget)."""
         from sdlib.train import LOG_FILE, train
+        from sdlib.train.runlog import StopRecord, evals, read_log
+        from sdlib.train.runlog import steps as steps_of
 
         config = self.config(which)
         timing = self._timing(config, which)
@@ -193,29 +195,29 @@ class Study:
         use = exact if available / exact["step_seconds"] >= steps_full or exact is sampled else sampled
         steps = max(1, min(steps_full, int(available // use["step_seconds"])))
         tokens_per_step = config.batch_size * config.seq_len
-        config = replace(config, micro_batch=use["micro_batch"], lens_layers=use["lens_layers"],
+        config = replace(config, micro_batch=use["micro_batch"], lens_samples=use["lens_samples"],
                          max_tokens=steps * tokens_per_step, max_minutes=max(available, 1) / 60)
         config.validate()
         self.log(f"{which}: {steps} steps x {tokens_per_step:,} tokens = {steps * tokens_per_step:,} "
-                 f"({steps * tokens_per_step / PAPER_TOKENS:.1%} of the paper's 10M), lens_layers {config.lens_layers}, "
+                 f"({steps * tokens_per_step / PAPER_TOKENS:.1%} of the paper's 10M), lens_samples {config.lens_samples}, "
                  f"micro-batch {config.micro_batch}, about {steps * use['step_seconds']:.0f} s")
         run = train(config, resume=True, progress=False)
-        log = [json.loads(line) for line in (run / LOG_FILE).read_text().splitlines() if line.strip()]
+        log = read_log(run)
         (self.records() / which).mkdir(exist_ok=True)
         shutil.copyfile(run / LOG_FILE, self.records() / which / LOG_FILE)
         shutil.copyfile(run / "run.json", self.records() / which / "run.json")
-        trained = [r for r in log if "loss" in r]
+        trained = steps_of(log)
+        last = trained[-1] if trained else None
         return {"config": config.to_dict(), "steps": len(trained), "planned_steps": steps,
-                "tokens": trained[-1]["tokens"] if trained else 0,
-                "fraction_of_paper_tokens": (trained[-1]["tokens"] if trained else 0) / PAPER_TOKENS,
-                "epochs_of_data": trained[-1].get("epochs") if trained else None,
-                "zeta1": "exact (every lens layer)" if config.lens_layers == 0 else
-                         f"estimated from {config.lens_layers} lens layers sampled per micro-batch",
-                "train_seconds": sum(r["seconds"] for r in trained),
-                "tokens_per_s": [r["tokens_per_s"] for r in trained],
-                "S_over_training": [{"step": r["step"], **r["eval"]["S"]} for r in log if "eval" in r],
-                "loss": [{k: r[k] for k in ("step", "loss", "zeta1", "zeta2")} for r in trained],
-                "stopped": next((r["stopped"] for r in log if "stopped" in r), None), "run_dir": str(run)}
+                "tokens": last.tokens if last else 0,
+                "fraction_of_paper_tokens": (last.tokens if last else 0) / PAPER_TOKENS,
+                "epochs_of_data": last.epochs if last else None,
+                "zeta1": "exact (every lens layer)" if config.lens_samples == 0 else
+                         f"estimated from {config.lens_samples} lens layers sampled per micro-batch",
+                "train_seconds": sum(r.seconds for r in trained), "tokens_per_s": [r.tokens_per_s for r in trained],
+                "S_over_training": [{"step": r.step, **r.S} for r in evals(log)],
+                "loss": [{"step": r.step, "loss": r.loss, "zeta1": r.zeta1, "zeta2": r.zeta2} for r in trained],
+                "stopped": next((r.reason for r in log if isinstance(r, StopRecord)), None), "run_dir": str(run)}
 
     def _timing(self, config, which: str) -> tuple[dict, dict]:
         """(exact, sampled) step timings for ``config``: the throughput stage's for the recipe, measured here for
@@ -228,9 +230,9 @@ class Study:
             from sdlib.studies.throughput import measure_step
 
             model, _ = load(config.model, device=self.device, **config.model_options)
-            timings = [t.to_dict() for t in measure_step(model, config, lens_layers=(0, 4))]
+            timings = [t.to_dict() for t in measure_step(model, config, lens_samples=(0, 4))]
             del model
-        by_lens = {t["lens_layers"]: t for t in timings}
+        by_lens = {t["lens_samples"]: t for t in timings}
         return by_lens[0], by_lens.get(4, by_lens[0])
 
     def recipe(self) -> dict[str, Any]:
@@ -319,7 +321,7 @@ def summary_lines(results: dict[str, Any]) -> list[str]:
         elif name == "throughput":
             for t in s["timings"]:
                 mfu = "n/a" if t["mfu"] is None else f"{t['mfu']:.1%}"
-                lines.append(f"throughput ({s['model']}): lens_layers {t['lens_layers']}: "
+                lines.append(f"throughput ({s['model']}): lens_samples {t['lens_samples']}: "
                              f"{t['tokens_per_s']:,.0f} tokens/s, step {t['step_seconds']:.1f} s, MFU {mfu}")
         elif name == "baseline":
             lines.append(f"baseline ({s['model']}): S normed {s['S']['normed']:.4f}, pre_norm {s['S']['pre_norm']:.4f}; "

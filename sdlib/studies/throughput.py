@@ -15,9 +15,9 @@ from torch import nn
 PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12}
 
 
-def model_flops_per_token(model: nn.Module, lens_layers: int = 0) -> float:
+def model_flops_per_token(model: nn.Module, lens_samples: int = 0) -> float:
     """Training FLOPs per token: 6 x non-embedding params (student forward + backward) + 6 x n x d x V (the
-    lenses; n = L + 1 layers, or the ``lens_layers`` sampled ones) + 2 x params (the teacher's forward)."""
+    lenses; n = L + 1 layers, or the ``lens_samples`` sampled ones) + 2 x params (the teacher's forward)."""
     from sdlib.models import decoder_parts
 
     parts = decoder_parts(model)
@@ -26,7 +26,7 @@ def model_flops_per_token(model: nn.Module, lens_layers: int = 0) -> float:
     non_embedding = params - parts.embed.weight.numel()
     if parts.lm_head.weight is not parts.embed.weight:
         non_embedding -= parts.lm_head.weight.numel()
-    lenses = min(lens_layers, parts.num_layers) if lens_layers else parts.num_layers
+    lenses = min(lens_samples, parts.num_layers) if lens_samples else parts.num_layers
     return 6 * non_embedding + 6 * lenses * d * vocab + 2 * params
 
 
@@ -42,7 +42,7 @@ def peak_flops(device: torch.device | str) -> float | None:
 class StepTiming:
     micro_batch: int
     seq_len: int
-    lens_layers: int
+    lens_samples: int
     seconds_per_micro_batch: float
     tokens_per_s: float
     step_seconds: float
@@ -96,16 +96,16 @@ def largest_micro_batch(student: nn.Module, teacher: nn.Module, config, candidat
     raise RuntimeError("not even a micro-batch of one sequence fits in memory")
 
 
-def measure_step(model: nn.Module, config, lens_layers: tuple[int, ...] = (0, 4), micro_batch: int | None = None
+def measure_step(model: nn.Module, config, lens_samples: tuple[int, ...] = (0, 4), micro_batch: int | None = None
                  ) -> list[StepTiming]:
-    """Time the config's training step on ``model``'s device for each ``lens_layers`` setting (0 = exact zeta1),
+    """Time the config's training step on ``model``'s device for each ``lens_samples`` setting (0 = exact zeta1),
     with the largest micro-batch that fits for the first setting (or ``micro_batch``)."""
     device = next(model.parameters()).device
     student = model.train()
     teacher = copy.deepcopy(model).requires_grad_(False)
     out = []
-    for lens in lens_layers:
-        cfg = replace(config, lens_layers=lens)
+    for lens in lens_samples:
+        cfg = replace(config, lens_samples=lens)
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats()
         if micro_batch is None:
@@ -115,7 +115,7 @@ def measure_step(model: nn.Module, config, lens_layers: tuple[int, ...] = (0, 4)
         tokens = micro_batch * cfg.seq_len
         flops = model_flops_per_token(student, lens)
         peak = peak_flops(device)
-        out.append(StepTiming(micro_batch=micro_batch, seq_len=cfg.seq_len, lens_layers=lens,
+        out.append(StepTiming(micro_batch=micro_batch, seq_len=cfg.seq_len, lens_samples=lens,
                               seconds_per_micro_batch=seconds, tokens_per_s=tokens / seconds,
                               step_seconds=seconds * cfg.batch_size / micro_batch, flops_per_token=flops,
                               mfu=tokens / seconds * flops / peak if peak else None,

@@ -59,8 +59,8 @@ def test_offline_data_dir_missing_file(tmp_path):
 @pytest.mark.slow
 def test_smollm2_movement_and_monotonicity(tmp_path):
     """Opt-in: SmolLM2-135M's last-layer jump is much larger in the normed convention."""
-    from sdlib.measure import measure_text
     from sdlib.models import decoder_parts, load
+    from sdlib.studies.measure import measure_text
 
     model, tokenizer = load("smollm2-135m")
     assert decoder_parts(model).num_layers == 30

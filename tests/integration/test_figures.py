@@ -5,7 +5,7 @@ import json
 import pytest
 
 from sdlib.figures.output import finite_numbers
-from sdlib.figures.run import NOTEBOOKS
+from sdlib.figures.run import DEFAULT_NOTEBOOKS
 from tests.integration.test_cli import _sdlib
 
 
@@ -17,7 +17,7 @@ def test_tiny_profile_regenerates_every_figure(tmp_path):
     done = _sdlib("figures", "--profile", "tiny", env_extra=env)
     assert done.returncode == 0, done.stderr[-3000:]
     out = tmp_path / "build" / "figures"
-    for name in NOTEBOOKS:
+    for name in DEFAULT_NOTEBOOKS:
         for ext in ("png", "html", "json"):
             assert (out / f"{name}.{ext}").stat().st_size > 0, f"{name}.{ext} missing"
         record = json.loads((out / f"{name}.json").read_text())
@@ -37,5 +37,5 @@ def test_a_notebook_pointed_at_a_missing_checkpoint_fails_in_one_line(tmp_path):
     from sdlib.figures.run import run_notebooks
 
     with pytest.raises(SdlibError, match=r"notebook fig03_movement failed .*trained checkpoint .*does not exist"):
-        run_notebooks("tiny", ["fig03_movement"], parameters={"trained": str(tmp_path / "no-such-run")},
+        run_notebooks("tiny", ["fig03_movement"], options={"trained": str(tmp_path / "no-such-run")},
                       progress=False)

@@ -14,12 +14,13 @@ import pytest
 import torch
 
 from sdlib import models
-from sdlib.checkpoint import latest_checkpoint, list_checkpoints
 from sdlib.errors import SdlibError
 from sdlib.train import train
+from sdlib.train.checkpoint import latest_checkpoint, list_checkpoints
+from sdlib.train.runlog import SkipRecord
 from tests.conftest import ROOT
 from tests.integration.test_cli import _sdlib
-from tests.integration.test_train import _config, _log, _weights
+from tests.integration.test_train import _config, _log, _steps, _weights
 
 TOTAL_STEPS = 16  # configs/tiny.yaml
 
@@ -27,7 +28,7 @@ TOTAL_STEPS = 16  # configs/tiny.yaml
 # can pause inside the save of one checkpoint (after the weights are written, before the folder is renamed).
 CHILD = textwrap.dedent("""
     import os, sys, time, pathlib, torch
-    import sdlib.train as t
+    import sdlib.train.recipe as t
     original = t.distillation_loss
     def slow(*a, **k):
         time.sleep(0.15)
@@ -39,11 +40,11 @@ CHILD = textwrap.dedent("""
         def paused_save(obj, f, *a, **k):
             save(obj, f, *a, **k)
             path = pathlib.Path(str(f))
-            if path.name == "training_state.pt" and f"step-{int(pause):06d}" in path.parent.name:
-                (path.parent.parent.parent / "PAUSED").write_text(str(path.parent))
+            if path.name == "optimizer.bin" and f"step-{int(pause):06d}" in path.parent.parent.name:
+                (path.parent.parent.parent.parent / "PAUSED").write_text(str(path.parent.parent))
                 time.sleep(120)
         torch.save = paused_save
-    from sdlib.__main__ import main
+    from sdlib.cli import main
     sys.exit(main(sys.argv[1:]))
 """)
 
@@ -96,7 +97,7 @@ def test_sigkill_at_a_random_step_then_resume_is_bit_exact(text_file, tmp_path):
     resumed = _sdlib(*_train_args(text_file, run_dir), "--resume")
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     _assert_same_weights(reference, run_dir)
-    steps = [r["step"] for r in _log(run_dir) if "loss" in r]
+    steps = [r.step for r in _steps(run_dir)]
     assert steps == list(range(1, TOTAL_STEPS + 1)), f"killed after step {kill_after}: log steps {steps}"
 
 
@@ -119,7 +120,7 @@ def test_sigkill_while_writing_a_checkpoint_keeps_the_previous_one(text_file, tm
 
 
 def _nan_at(step_to_break: int, monkeypatch):
-    import sdlib.train as t
+    import sdlib.train.recipe as t
 
     original, calls = t.distillation_loss, {"n": 0}
 
@@ -140,25 +141,24 @@ def test_nonfinite_loss_stops_naming_step_and_part_and_keeps_the_checkpoint(text
     with pytest.raises(SdlibError, match=r"step 5: the loss is not finite .*zeta1 \(layer 2 KL=nan\).*checkpoint is kept"):
         train(config, progress=False)
     assert [s for s, _ in list_checkpoints(config.run_dir())] == [2, 4]
-    assert max(r["step"] for r in _log(config.run_dir()) if "loss" in r) == 4
+    assert max(r.step for r in _steps(config.run_dir())) == 4
 
 
 def test_nonfinite_loss_can_be_skipped_and_counted(text_file, tmp_path, monkeypatch):
     _nan_at(5, monkeypatch)
     config = _config(text_file, tmp_path, "skip", on_nonfinite="skip")
     run = train(config, progress=False)
-    log = _log(run)
-    skipped = [r for r in log if "skipped" in r]
-    assert len(skipped) == 1 and skipped[0]["step"] == 5 and "layer 2" in skipped[0]["skipped"]
-    last = [r for r in log if "loss" in r][-1]
-    assert last["step"] == TOTAL_STEPS and last["skipped_steps"] == 1
+    skipped = [r for r in _log(run) if isinstance(r, SkipRecord)]
+    assert len(skipped) == 1 and skipped[0].step == 5 and "layer 2" in skipped[0].reason
+    last = _steps(run)[-1]
+    assert last.step == TOTAL_STEPS and last.skipped_steps == 1
     assert all(torch.isfinite(w).all() for w in _weights(run).values())
 
 
 def test_same_seed_gives_the_same_step_log(text_file, tmp_path):
     def steps(name):
         run = train(_config(text_file, tmp_path, name), progress=False)
-        return [{k: v for k, v in r.items() if k not in ("tokens_per_s", "seconds")} for r in _log(run)]
+        return [{k: v for k, v in vars(r).items() if k not in ("tokens_per_s", "seconds")} for r in _log(run)]
 
     assert steps("first") == steps("second")
 
@@ -275,3 +275,24 @@ def test_eval_limit_zero_and_short_text(tmp_path):
     short = tmp_path / "one.txt"
     short.write_text("a")
     _one_line_error(_sdlib("measure", "tiny-llama", "--text", str(short)), "at least two")
+
+
+class _Payload:
+    """Stands for any object a pickle could carry (and run code while being rebuilt)."""
+
+    def __reduce__(self):
+        return (print, ("this ran while loading",))
+
+
+@pytest.mark.parametrize("target", ["optimizer.bin", "random_states_0.pkl"])
+def test_a_state_file_carrying_a_pickled_object_is_refused(text_file, tmp_path, target):
+    run_dir = tmp_path / "run"
+    done = _sdlib(*_train_args(text_file, run_dir)[:-2], "--save_every", "4", "--max_tokens", "4096")
+    assert done.returncode == 0, done.stderr[-2000:]
+    state = latest_checkpoint(run_dir) / "state" / target
+    torch.save({"state": _Payload()}, state)
+    resumed = _sdlib(*_train_args(text_file, run_dir)[:-2], "--save_every", "4", "--max_tokens", "8192", "--resume")
+    lines = resumed.stderr.strip().splitlines()
+    assert resumed.returncode == 2 and len(lines) == 1, resumed.stderr[-2000:]
+    assert lines[0].startswith("sdlib: error:") and f"state/{target}" in lines[0] and "could run code" in lines[0]
+    assert "this ran while loading" not in resumed.stdout + resumed.stderr

@@ -8,10 +8,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from sdlib.checkpoint import list_checkpoints
-from sdlib.config import load_config
 from sdlib.errors import SdlibError
 from sdlib.train import LOG_FILE, train
+from sdlib.train.checkpoint import list_checkpoints
+from sdlib.train.config import load_config
+from sdlib.train.runlog import StopRecord, evals, read_log, steps
 from tests.conftest import ROOT
 
 
@@ -22,7 +23,11 @@ def _config(text_file, tmp_path, name="run", **extra):
 
 
 def _log(run_dir):
-    return [json.loads(line) for line in (run_dir / LOG_FILE).read_text().splitlines()]
+    return read_log(run_dir)
+
+
+def _steps(run_dir):
+    return steps(read_log(run_dir))
 
 
 def _weights(run_dir):
@@ -32,13 +37,13 @@ def _weights(run_dir):
 @pytest.mark.parametrize("model", ["tiny-llama", "tiny-qwen2"])
 def test_tiny_training_lowers_loss_and_writes_checkpoints(text_file, tmp_path, model):
     run = train(_config(text_file, tmp_path, model=model), progress=False)
-    steps = [r for r in _log(run) if "loss" in r]
-    assert len(steps) == 16
-    assert steps[-1]["loss"] < 0.5 * steps[0]["loss"]
-    assert all(r["epochs"] > 0 for r in steps)
-    evals = [r for r in _log(run) if "eval" in r]
-    assert [r["step"] for r in evals] == [0, 8, 16]
-    assert set(evals[-1]["eval"]["S"]) == {"normed", "pre_norm"}
+    done = _steps(run)
+    assert len(done) == 16
+    assert done[-1].loss < 0.5 * done[0].loss
+    assert all(r.epochs > 0 for r in done) and len(done[0].zeta2_per_layer) == 3 and len(done[0].kl_per_layer) == 4
+    measured = evals(_log(run))
+    assert [r.step for r in measured] == [0, 8, 16]
+    assert set(measured[-1].S) == {"normed", "pre_norm"}
     assert [s for s, _ in list_checkpoints(run)] == [8, 16]
     from transformers import AutoModelForCausalLM  # plain transformers loads a checkpoint
 
@@ -62,8 +67,8 @@ def test_resume_equals_uninterrupted(text_file, tmp_path):
     train(part_cfg, resume=True, progress=False)
     a, b = _weights(full), _weights(part)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    log_full = [(r["step"], r["loss"]) for r in _log(full) if "loss" in r]
-    log_part = [(r["step"], r["loss"]) for r in _log(part) if "loss" in r]
+    log_full = [(r.step, r.loss) for r in _steps(full)]
+    log_part = [(r.step, r.loss) for r in _steps(part)]
     assert log_full == log_part
     # resuming a finished run touches nothing (and does not load the models to find that out)
     files = {p: p.stat().st_mtime_ns for p in part.rglob("*") if p.is_file()}
@@ -85,7 +90,7 @@ def test_two_processes_match_one(text_file, tmp_path):
     a, b = _weights(one), _weights(two)
     for k in a:
         assert torch.allclose(a[k], b[k], rtol=1e-4, atol=1e-6), k
-    losses = lambda run: [r["loss"] for r in _log(run) if "loss" in r]  # noqa: E731
+    losses = lambda run: [r.loss for r in _steps(run)]  # noqa: E731
     assert losses(one) == pytest.approx(losses(two), rel=1e-4)
 
 
@@ -95,7 +100,7 @@ def test_tiny_profile_on_offline_fineweb(tmp_path):
     info = json.loads((run / "run.json").read_text())
     assert info["data"]["fineweb-edu"] == "sha256:898138edfad3ff17d91697ee8c758d64b79356720c427accddbbdf6612bb5a6e"
     assert info["data"]["wikitext-valid"].startswith("sha256:4cd0f687")
-    assert _log(run)[-2]["loss"] < _log(run)[1]["loss"]
+    assert _steps(run)[-1].loss < _steps(run)[0].loss
 
 
 def test_seq_len_above_model_maximum(text_file, tmp_path):
@@ -147,7 +152,7 @@ def test_max_minutes_stops_with_a_checkpoint_and_resume_finishes(text_file, tmp_
     cfg = _config(text_file, tmp_path, "timed", max_minutes=1e-9)  # stops after the first step
     run = train(cfg, progress=False)
     assert [s for s, _ in list_checkpoints(run)] == [1]
-    assert "max_minutes" in _log(run)[-1]["stopped"]
+    assert isinstance(_log(run)[-1], StopRecord) and "max_minutes" in _log(run)[-1].reason
     full = train(_config(text_file, tmp_path, "timed", max_minutes=0), resume=True, progress=False)
     assert [s for s, _ in list_checkpoints(full)][-1] == 16
     reference = train(_config(text_file, tmp_path, "reference"), progress=False)

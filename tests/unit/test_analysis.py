@@ -4,9 +4,15 @@ import numpy as np
 import pytest
 import torch
 
-from sdlib.analysis import channel_energy_share, final_norm_rotation, final_norm_weight, last_layer_report, max_last_movement
 from sdlib.metrics import monotonicity, movement
 from sdlib.models import decoder_parts, load
+from sdlib.studies.last_layer import (
+    channel_energy_share,
+    final_norm_rotation,
+    final_norm_weight,
+    last_layer_report,
+    max_last_movement,
+)
 
 
 @pytest.mark.parametrize("seed", range(30))

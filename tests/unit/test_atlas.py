@@ -55,8 +55,8 @@ def test_atlas_agrees_with_the_measurement_and_round_trips(tiny_model, text_file
 
 def test_a_uniform_gain_does_not_rotate(text_file):
     from sdlib.data import read_text, text_windows
-    from sdlib.measure import measure_windows
     from sdlib.studies.atlas import _TokenObserver
+    from sdlib.studies.measure import measure_windows
 
     model, tok = load("tiny-llama", num_layers=2, hidden_size=32)
     with torch.no_grad():

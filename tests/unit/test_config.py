@@ -5,8 +5,8 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sdlib.config import TrainConfig, config_from_dict, load_config, parse_overrides
 from sdlib.errors import SdlibError
+from sdlib.train.config import TrainConfig, config_from_dict, load_config, parse_overrides
 
 ROOT_CONFIGS = ["configs/tiny.yaml", "configs/smol.yaml"]
 
@@ -43,7 +43,8 @@ def test_unknown_key_is_an_error(tmp_path):
     (["--lr", "0"], "lr must be"), (["--lr", "-1e-4"], "lr must be"), (["--alpha", "-1"], "alpha must be"),
     (["--k", ".nan"], "k must be finite"), (["--k", ".inf"], "k must be finite"),
     (["--seq_len", "abc"], "must be int"), (["--batch_size", "12", "--micro_batch", "5"], "multiple"),
-    (["--kl_direction", "up"], "kl_direction must be"), (["--last_state", "x"], "last_state must be"),
+    (["--kl_direction", "up"], "'kl_direction' in overrides must be one of forward, reverse"),
+        (["--last_state", "x"], "'last_state' in overrides must be one of normed, pre_norm"),
     (["--max_tokens", "10"], "below one step"), (["--lr"], "needs a value"),
 ])
 def test_bad_values(override, message):
@@ -91,7 +92,7 @@ def test_loader_accepts_only_valid_configs(values):
 
 
 def test_lr_multipliers_and_shuffle_are_validated():
-    from sdlib.config import load_config
+    from sdlib.train.config import load_config
 
     c = load_config(None, {"lr_multipliers": {"final_norm": 100}, "shuffle": True})
     assert c.lr_multipliers == {"final_norm": 100} and c.shuffle is True
@@ -99,3 +100,13 @@ def test_lr_multipliers_and_shuffle_are_validated():
                          ({"final_norm": "x"}, "finite number > 0")):
         with pytest.raises(SdlibError, match=message):
             load_config(None, {"lr_multipliers": bad})
+
+
+@pytest.mark.parametrize("name", ["../escape", "a/b", "..", "run name"])
+def test_a_run_name_cannot_leave_the_runs_folder(name):
+    with pytest.raises(SdlibError, match="may hold only letters"):
+        load_config(None, {"name": name})
+
+
+def test_renamed_key_still_reads():
+    assert load_config(None, {"lens_layers": 4}).lens_samples == 4

@@ -57,7 +57,7 @@ def test_chunked_loss_equals_reference(name, direction, last_state):
         got, grads = _run(self_distillation_loss, student, teacher, ids, mask, chunk_size=chunk, **kw)
         assert got.total.item() == pytest.approx(ref.total.item(), rel=1e-5)
         assert torch.allclose(got.kl_per_layer, ref.kl_per_layer, rtol=1e-5, atol=1e-12)
-        assert torch.allclose(got.movement_per_layer, ref.movement_per_layer, rtol=1e-5)
+        assert torch.allclose(got.zeta2_per_layer, ref.zeta2_per_layer, rtol=1e-5)
         assert set(grads) == set(ref_grads)
         for n in ref_grads:
             scale = ref_grads[n].abs().max().clamp_min(1e-30)
@@ -94,7 +94,7 @@ def test_zeta2_sums_layers_1_to_L_only():
     parts = self_distillation_loss(states, norm, head, teacher, alpha=1.0, k=0.5, last_state="pre_norm")
     w = layer_weights(4, 0.5).double()
     terms = [relative_step(states[l], states[l + 1]).mean() for l in range(1, 4)]  # l = 1..3
-    assert parts.movement_per_layer.shape == (3,)
+    assert parts.zeta2_per_layer.shape == (3,)
     assert parts.zeta2.item() == pytest.approx(sum(w[l] * terms[l - 1] for l in range(1, 4)).item(), rel=1e-10)
     # changing the embedding h_-1 changes nothing in zeta2
     states2 = [torch.randn_like(states[0])] + states[1:]
@@ -109,8 +109,8 @@ def test_normed_convention_uses_final_norm_in_zeta2():
         acc.norm.weight.mul_(3.0)  # makes normed and raw h_L differ in scale
     a, _ = _run(self_distillation_loss, student, teacher, ids, mask, last_state="normed")
     b, _ = _run(self_distillation_loss, student, teacher, ids, mask, last_state="pre_norm")
-    assert torch.allclose(a.movement_per_layer[:-1], b.movement_per_layer[:-1])
-    assert not torch.isclose(a.movement_per_layer[-1], b.movement_per_layer[-1])
+    assert torch.allclose(a.zeta2_per_layer[:-1], b.zeta2_per_layer[:-1])
+    assert not torch.isclose(a.zeta2_per_layer[-1], b.zeta2_per_layer[-1])
 
 
 def test_bad_options():
@@ -154,7 +154,7 @@ def test_sampled_zeta1_is_unbiased():
     student, teacher, ids, mask = _setup("tiny-llama")
     exact, _ = _run(self_distillation_loss, student, teacher, ids, mask, alpha=0.0)
     g = torch.Generator().manual_seed(0)
-    draws = torch.tensor([_run(self_distillation_loss, student, teacher, ids, mask, alpha=0.0, lens_layers=2,
+    draws = torch.tensor([_run(self_distillation_loss, student, teacher, ids, mask, alpha=0.0, lens_samples=2,
                                generator=g)[0].zeta1.item() for _ in range(400)], dtype=torch.float64)
     stderr = draws.std() / 400 ** 0.5
     assert abs(draws.mean().item() - exact.zeta1.item()) < 4 * stderr.item()
@@ -163,7 +163,7 @@ def test_sampled_zeta1_is_unbiased():
     w = layer_weights(3, 0.25).double()
     counts = torch.stack([sample_lens_weights(w, 3, g) for _ in range(20000)]).mean(0)
     assert torch.allclose(counts, w, atol=0.01)
-    one, _ = _run(self_distillation_loss, student, teacher, ids, mask, alpha=0.0, lens_layers=1, generator=g)
+    one, _ = _run(self_distillation_loss, student, teacher, ids, mask, alpha=0.0, lens_samples=1, generator=g)
     assert one.computed_layers.sum() == 1 and one.kl_per_layer.isnan().sum() == 2
     layer = int(one.computed_layers.nonzero())
     assert one.zeta1.item() == pytest.approx(exact.kl_per_layer[layer].item(), rel=1e-9)

@@ -1,7 +1,8 @@
 """Typed training configuration: YAML file + ``--key value`` overrides; unknown keys are errors.
 
-Each field's ``help`` is the CLI help (``python -m sdlib train --help-config``). The config travels inside
-every checkpoint (``sdlib_config.yaml``), so a checkpoint always says how it was made.
+Each field's ``help`` is its command-line help (``sdlib train --help`` lists them). Choices are the enums of
+``sdlib.types``: a word that is not one of them is refused when the config is built, once. The config travels
+inside every checkpoint (``sdlib_config.yaml``), so a checkpoint always says how it was made.
 """
 
 from __future__ import annotations
@@ -12,18 +13,24 @@ import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from sdlib.errors import SdlibError
+from sdlib.types import Device, KLDirection, LastState, OnNonFinite, Precision, ReportTo, Zeta2Form, parse
+
+PARAMETER_GROUPS = ("embeddings", "blocks", "last_block", "final_norm", "lm_head", "other")
+# keys renamed since: old configs and checkpoints still read
+RENAMED = {"lens_layers": "lens_samples"}
 
 
-def _f(default: Any, help: str, **kw: Any) -> Any:
+def _f(default: Any, help: str) -> Any:
     if isinstance(default, (dict, list)):
-        return field(default_factory=lambda: type(default)(default), metadata={"help": help, **kw})
-    return field(default=default, metadata={"help": help, **kw})
+        return field(default_factory=lambda: type(default)(default), metadata={"help": help})
+    return field(default=default, metadata={"help": help})
 
 
 @dataclass
@@ -31,49 +38,46 @@ class TrainConfig:
     """Everything that decides a self-distillation run."""
 
     # what to train
-    name: str = _f("run", "run name; the run folder is <build>/runs/<name> unless output_dir is set")
-    model: str = _f("tiny-llama", "model to distil: smollm2-135m, tiny-llama, tiny-qwen2, a hub id or a folder")
+    name: str = _f("run", "run name (letters, digits, '.', '_', '-'); the run folder is <build>/runs/<name> unless "
+                          "output_dir is set")
+    model: str = _f("tiny-llama", "model to distil: smollm2-135m, qwen2.5-coder-0.5b, tiny-llama, a hub id or a folder")
     model_options: dict = _f({}, "options for built-in tiny models (num_layers, hidden_size, vocab_size, seed, ...)")
     output_dir: str = _f("", "run folder (default: <build>/runs/<name>)")
     # data
     data: str = _f("fineweb-edu", "training text: fineweb-edu (HF stream, or its sample under SDLIB_DATA_DIR), "
                                   "or a local .txt/.jsonl file or folder")
+    shuffle: bool = _f(False, "read the training sequences in an order drawn from the seed (a new order each pass over "
+                              "a finite text; a shuffle buffer for a stream) instead of in text order")
     seq_len: int = _f(1024, "tokens per packed training sequence (EOS between documents)")
     max_tokens: int = _f(10_000_000, "token budget; optimizer steps = max_tokens // (batch_size * seq_len)")
     batch_size: int = _f(128, "sequences per optimizer step, all processes together")
     micro_batch: int = _f(8, "sequences per forward pass on each process (gradient accumulation fills the rest)")
-    shuffle: bool = _f(False, "read the training sequences in an order drawn from the seed (a new order each pass over "
-                              "a finite text; a shuffle buffer for a stream) instead of in text order")
     # loss
     alpha: float = _f(1.0, "weight of zeta2 (the movement term)")
     k: float = _f(0.25, "layer-weight slope: w_l = softmax(k * l)")
-    kl_direction: str = _f("forward", "forward = KL(teacher || lens_l) (paper), reverse = KL(lens_l || teacher)",
-                           choices=("forward", "reverse"))
-    last_state: str = _f("normed", "h_L inside zeta2: normed (after the final norm) or pre_norm",
-                         choices=("normed", "pre_norm"))
+    kl_direction: KLDirection = _f(KLDirection.FORWARD, "forward = KL(teacher || lens_l), reverse = KL(lens_l || "
+                                   "teacher); the paper writes KL(q_l, q_target), read literally the reverse")
+    last_state: LastState = _f(LastState.NORMED, "h_L inside zeta2: normed (after the final norm) or pre_norm")
     chunk_size: int = _f(1024, "tokens per chunk of the all-layer lens KL (memory O(chunk x vocab))")
-    zeta2_form: str = _f("relative_step", "zeta2: relative_step (the paper), cosine (mean D_l: directions only) or "
-                                          "monotonicity (1 - soft S of the batch's D curve)",
-                         choices=("relative_step", "cosine", "monotonicity"))
-    lens_layers: int = _f(0, "0 = zeta1 over every layer; m > 0 = an unbiased estimate from m layers drawn per "
-                             "micro-batch with probability w_l (faster, noisier)")
+    zeta2_form: Zeta2Form = _f(Zeta2Form.RELATIVE_STEP, "zeta2: relative_step (the paper), cosine (mean D_l: "
+                               "directions only) or monotonicity (1 - soft S of the batch's D curve)")
+    lens_samples: int = _f(0, "0 = zeta1 over every layer; m > 0 = an unbiased estimate from m lens layers drawn per "
+                              "micro-batch with probability w_l (faster, noisier)")
     # optimizer
     lr: float = _f(1e-4, "peak AdamW learning rate")
     lr_multipliers: dict = _f({}, "learning-rate factors per parameter group, e.g. {final_norm: 100}; groups: "
-                                  "embeddings, blocks, last_block, final_norm, lm_head, other")
+                                  + ", ".join(PARAMETER_GROUPS))
     weight_decay: float = _f(0.0, "AdamW weight decay")
     beta1: float = _f(0.9, "AdamW beta1")
     beta2: float = _f(0.999, "AdamW beta2")
     warmup_steps: int = _f(0, "linear warm-up steps before the cosine decay")
     grad_clip: float = _f(1.0, "clip the global gradient norm to this (0 = off)")
-    on_nonfinite: str = _f("stop", "a non-finite loss or gradient: stop (name the step and the loss part, keep the "
-                                   "last checkpoint, exit non-zero) or skip the step (counted in log.jsonl)",
-                           choices=("stop", "skip"))
+    on_nonfinite: OnNonFinite = _f(OnNonFinite.STOP, "a non-finite loss or gradient: stop (name the step and the loss "
+                                   "part, keep the last checkpoint, exit non-zero) or skip the step (counted in log.jsonl)")
     # run
-    seed: int = _f(0, "one seed for everything (python, numpy, torch)")
-    device: str = _f("auto", "auto (accelerate's choice), cpu or cuda")
-    precision: str = _f("auto", "auto = bf16 autocast on CUDA, fp32 on CPU; or fp32, bf16",
-                        choices=("auto", "fp32", "bf16"))
+    seed: int = _f(0, "one seed for everything (python, numpy, torch; and the data order with shuffle)")
+    device: Device = _f(Device.AUTO, "auto (accelerate's choice), cpu or cuda")
+    precision: Precision = _f(Precision.AUTO, "auto = bf16 autocast on CUDA, fp32 on CPU; or fp32, bf16")
     log_every: int = _f(1, "print a progress line every this many steps (every step is in log.jsonl)")
     save_every: int = _f(0, "checkpoint every this many steps (0 = only at the end)")
     max_minutes: float = _f(0.0, "stop after the step that reaches this many minutes of training in this call, with "
@@ -82,6 +86,15 @@ class TrainConfig:
     eval_text: str = _f("wikitext-valid", "held-out text for those measurements: wikitext-valid, wikitext-test or a file")
     eval_windows: int = _f(8, "windows of held-out text per measurement")
     eval_window_len: int = _f(256, "tokens per held-out window")
+    report_to: ReportTo = _f(ReportTo.NONE, "also log to none, tensorboard (offline, under the run folder) or wandb, "
+                             "through accelerate's trackers")
+    push_to_hub: str = _f("", "a hub repository id to push the final checkpoint and its model card to (needs network)")
+
+    def __post_init__(self) -> None:
+        for f_ in fields(self):  # every choice is parsed here, once
+            kind = _ENUMS.get(str(f_.type))
+            if kind is not None:
+                setattr(self, f_.name, parse(kind, getattr(self, f_.name), f_.name))
 
     def validate(self) -> TrainConfig:
         def require(ok: bool, message: str) -> None:
@@ -98,7 +111,7 @@ class TrainConfig:
         require(self.max_tokens >= self.batch_size * self.seq_len, f"max_tokens ({self.max_tokens}) is below one "
                 f"step (batch_size x seq_len = {self.batch_size * self.seq_len})")
         require(self.chunk_size >= 1, f"chunk_size must be >= 1, got {self.chunk_size}")
-        require(self.lens_layers >= 0, f"lens_layers must be >= 0 (0 = all layers), got {self.lens_layers}")
+        require(self.lens_samples >= 0, f"lens_samples must be >= 0 (0 = all layers), got {self.lens_samples}")
         require(self.grad_clip >= 0 and math.isfinite(self.grad_clip), f"grad_clip must be >= 0, got {self.grad_clip}")
         require(0 <= self.beta1 < 1 and 0 <= self.beta2 < 1, "beta1 and beta2 must be in [0, 1)")
         require(self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}")
@@ -108,15 +121,13 @@ class TrainConfig:
                 "warmup_steps, save_every, eval_every and log_every must be >= 0")
         require(self.eval_windows >= 1 and self.eval_window_len >= 2,
                 "eval_windows must be >= 1 and eval_window_len >= 2")
-        require(self.device in ("auto", "cpu", "cuda"), f"device must be auto, cpu or cuda, got {self.device!r}")
-        groups = ("embeddings", "blocks", "last_block", "final_norm", "lm_head", "other")
+        require(re.fullmatch(r"[A-Za-z0-9._-]+", self.name) is not None and self.name not in (".", ".."),
+                f"name {self.name!r} may hold only letters, digits, '.', '_' and '-' (it names a folder under the runs "
+                "folder); use output_dir for a folder elsewhere")
         for group, factor in self.lr_multipliers.items():
-            require(group in groups, f"lr_multipliers: unknown group {group!r}; use {', '.join(groups)}")
+            require(group in PARAMETER_GROUPS, f"lr_multipliers: unknown group {group!r}; use {', '.join(PARAMETER_GROUPS)}")
             require(isinstance(factor, (int, float)) and not isinstance(factor, bool) and math.isfinite(factor)
                     and factor > 0, f"lr_multipliers: {group} must be a finite number > 0, got {factor!r}")
-        for f_ in fields(self):
-            choices, value = f_.metadata.get("choices"), getattr(self, f_.name)
-            require(not choices or value in choices, f"{f_.name} must be one of {', '.join(choices or ())}, got {value!r}")
         return self
 
     @property
@@ -129,14 +140,20 @@ class TrainConfig:
         return Path(self.output_dir).expanduser().resolve() if self.output_dir else runs_dir() / self.name
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """Plain values only (enums as their words): what YAML, JSON and checkpoints hold."""
+        return {k: (str(v) if isinstance(v, StrEnum) else v) for k, v in dataclasses.asdict(self).items()}
+
+
+_ENUMS: dict[str, type[StrEnum]] = {e.__name__: e for e in (KLDirection, LastState, Zeta2Form, OnNonFinite, Device,
+                                                            Precision, ReportTo)}
 
 
 def config_help(cls: type = TrainConfig) -> str:
     lines = []
     for f_ in fields(cls):
         default = f_.default if f_.default is not dataclasses.MISSING else f_.default_factory()
-        lines.append(f"  --{f_.name:<16} {f_.metadata['help']} (default: {default!r})")
+        shown = str(default) if isinstance(default, StrEnum) else repr(default)
+        lines.append(f"  --{f_.name:<16} {f_.metadata['help']} (default: {shown})")
     return "\n".join(lines)
 
 
@@ -153,7 +170,10 @@ def _yaml(text: str) -> Any:
 
 
 def _coerce(name: str, value: Any, kind: type, source: str) -> Any:
-    """``value`` as ``kind``: ints widen to float, integral floats (``1e6``) narrow to int, bools stay bools."""
+    """``value`` as ``kind``: ints widen to float, integral floats (``1e6``) narrow to int, bools stay bools,
+    words become their enum."""
+    if isinstance(kind, type) and issubclass(kind, StrEnum):
+        return parse(kind, value, f"config key {name!r} in {source}")
     if isinstance(value, bool) != (kind is bool):
         pass  # True is an int in Python, never a number here
     elif kind is int and isinstance(value, float) and value.is_integer():
@@ -169,11 +189,13 @@ _TYPES = {"int": int, "float": float, "str": str, "bool": bool, "dict": dict}
 
 
 def config_from_dict(values: dict[str, Any], source: str = "config", cls: type = TrainConfig) -> Any:
+    values = {RENAMED.get(k, k): v for k, v in values.items()}
     known = {f_.name: f_ for f_ in fields(cls)}
     unknown = sorted(set(values) - set(known))
     if unknown:
         raise SdlibError(f"unknown config key {unknown[0]!r} in {source}; valid keys: {', '.join(known)}")
-    kwargs = {name: _coerce(name, value, _TYPES[str(known[name].type)], source) for name, value in values.items()}
+    types = {**_TYPES, **_ENUMS}
+    kwargs = {name: _coerce(name, value, types[str(known[name].type)], source) for name, value in values.items()}
     return cls(**kwargs).validate()
 
 

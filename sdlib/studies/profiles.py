@@ -1,7 +1,8 @@
-"""Profiles (configs/profiles.yaml): which baseline/self-distilled pairs a run of the figures covers.
+"""Profiles (configs/profiles.yaml): which pretrained / self-distilled pairs, evaluation subset and studies a
+run of the figures covers.
 
-A ``Pair`` is one training config: its base model (the baseline, loaded with the config's model options) and
-its run folder's latest checkpoint (the self-distilled model). Models are loaded once per process.
+A ``Pair`` is one training config: its base model (``Role.PRETRAINED``, loaded with the config's model options)
+and its run folder's latest checkpoint (``Role.SELF_DISTILLED``). Models are loaded once per process.
 """
 
 from __future__ import annotations
@@ -9,14 +10,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-from sdlib.config import TrainConfig, load_config
 from sdlib.errors import SdlibError
+from sdlib.train.config import TrainConfig, load_config
+from sdlib.types import Role
 
-Which = Literal["baseline", "trained"]
-WHICH: tuple[Which, ...] = ("baseline", "trained")
 DEFAULT_PROFILE = "smol"
+ROLES: tuple[Role, ...] = tuple(Role)
 
 
 @dataclass
@@ -33,30 +34,28 @@ class Pair:
     def model(self) -> str:
         return self.config.model
 
-    def source(self, which: Which) -> str:
+    def source(self, role: Role) -> str:
         """What the model is, for tables and legends: the base model name, or the trained checkpoint folder."""
-        if which == "baseline":
-            return self.config.model
-        return str(self.trained_dir())
+        return self.config.model if role == Role.PRETRAINED else str(self.trained_dir())
 
     def trained_dir(self) -> Path:
         return Path(self.trained_override).expanduser().resolve() if self.trained_override else self.config.run_dir()
 
-    def label(self, which: Which) -> str:
-        return f"{self.model} ({'pretrained' if which == 'baseline' else 'self-distilled'})"
+    def label(self, role: Role) -> str:
+        return f"{self.model} ({Role(role).label})"
 
-    def load(self, which: Which, device: str | None = None):
-        """(model, tokenizer); the trained one must exist (a clear error says how to make it)."""
-        if which == "trained":
+    def load(self, role: Role, device: str | None = None):
+        """(model, tokenizer); the self-distilled one must exist (a clear error says how to make it)."""
+        if role == Role.SELF_DISTILLED:
             from sdlib.models import resolve_checkpoint
 
             folder = self.trained_dir()
             if not folder.exists():
                 raise SdlibError(f"trained checkpoint {folder} does not exist: train it with "
-                                 f"`python -m sdlib train {self.config_path}` or pass an existing run folder")
+                                 f"`sdlib train {self.config_path}` or pass an existing run folder")
             resolve_checkpoint(folder)
-        return _load(self.source(which) if which == "trained" else self.config.model,
-                     tuple(sorted(self.config.model_options.items())) if which == "baseline" else (), device)
+            return _load(self.source(role), (), device)
+        return _load(self.config.model, tuple(sorted(self.config.model_options.items())), device)
 
 
 @lru_cache(maxsize=4)

@@ -100,6 +100,57 @@ def measure_text(model: nn.Module, tokenizer, text: str = "wikitext-test", n_win
     return result
 
 
+@dataclass(frozen=True)
+class MeasureSettings:
+    """What changes a measurement's numbers (part of its cache key and its provenance)."""
+
+    text: str = "wikitext-test"
+    windows: int = 64
+    window_len: int = 512
+    batch_size: int = 8
+    dtype: str = "float32"
+
+    def __post_init__(self) -> None:
+        from sdlib.errors import SdlibError
+
+        if self.windows < 1 or self.window_len < 2 or self.batch_size < 1:
+            raise SdlibError("windows and batch size must be >= 1 and the window length >= 2")
+
+
+@dataclass
+class MeasureRecord(Measurement):
+    """A ``Measurement`` of one model with what it is (``model``, ``source``, ``label``, ``role``) and how it was
+    made (``provenance``): what ``sdlib measure`` writes and the movement figures draw."""
+
+    model: str = ""
+    source: str = ""
+    label: str = ""
+    role: str | None = None
+    """``pretrained`` or ``self_distilled`` in a comparison (``sdlib.types.Role``), None on its own"""
+    provenance: dict[str, Any] = field(default_factory=dict)
+
+    def summary(self) -> dict[str, Any]:
+        """The numbers a figure shows (no per-window or per-token arrays)."""
+        return {"label": self.label, "role": self.role, "S": self.S, "S_median_curve": self.S_median, "D": self.D,
+                "last_layer_ratio": self.last_layer_ratio, "n_tokens": self.n_tokens}
+
+
+def measure_model(model: nn.Module, tokenizer, settings: MeasureSettings = MeasureSettings(), *, name: str,
+                  source: str | None = None, label: str | None = None, role=None, progress: bool = False,
+                  observers: Sequence[BatchObserver] = ()) -> MeasureRecord:
+    """Measure a loaded model on ``settings.text``; -> its record with provenance (the one place it is built)."""
+    from dataclasses import asdict
+
+    from sdlib.provenance import provenance
+
+    m = measure_text(model, tokenizer, settings.text, settings.windows, settings.window_len, settings.batch_size,
+                     progress=progress, observers=observers)
+    return MeasureRecord(**{k: getattr(m, k) for k in Measurement.__dataclass_fields__}, model=name,
+                         source=source or name, label=label or name, role=None if role is None else str(role),
+                         provenance=provenance(device=next(model.parameters()).device, data=m.info.get("data"),
+                                               limits=asdict(settings)))
+
+
 def format_measurement(m: Measurement) -> str:
     """A plain-text table of D per layer in both conventions, then S."""
     lines = [f"{'layer':>5}  {'D normed':>10}  {'D pre_norm':>10}"]

@@ -6,12 +6,11 @@ so D_L holds two rotations: the last block's (x_{L-1} -> x_L, the ``pre_norm`` D
 (x_L -> g * x_L; RMSNorm's scaling does not rotate). When a few channels carry most of the residual stream's
 energy (massive activations), the weight on those channels sets the direction of the normed state.
 
-    python -m sdlib.analysis smollm2-135m                 # -> build/results/<model>/last_layer.json + a table
+    sdlib analyze smollm2-135m --edits                    # the atlas, then this report and the final-norm edits
 """
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -144,38 +143,3 @@ def format_report(report: dict[str, Any]) -> str:
     lines += [f"{e['final_norm_weight']:30s} {e['S_normed']:8.3f} {e['D_L']:6.3f} {e['next_token_ce']:13.3f}"
               for e in report["edits"]]
     return "\n".join(lines)
-
-
-def main(argv: list[str]) -> int:
-    import argparse
-
-    from sdlib.data import read_text, text_windows
-    from sdlib.errors import SdlibError
-    from sdlib.models import load
-    from sdlib.paths import results_dir, slug
-    from sdlib.provenance import provenance, write_json
-
-    parser = argparse.ArgumentParser(prog="python -m sdlib.analysis", description=__doc__.split("\n")[0])
-    parser.add_argument("model", help="a built-in name, a checkpoint folder or a hub id")
-    parser.add_argument("--text", default="wikitext-test")
-    parser.add_argument("--windows", type=int, default=8)
-    parser.add_argument("--window-len", type=int, default=512)
-    parser.add_argument("--target", type=float, default=0.85, help="the S to compute the largest D_L for")
-    args = parser.parse_args(argv)
-    try:
-        model, tokenizer = load(args.model)
-        body, hashes = read_text(args.text)
-        report = last_layer_report(model, text_windows(tokenizer, body, args.windows, args.window_len), args.target)
-    except SdlibError as err:
-        print(f"sdlib: error: {err}", file=sys.stderr)
-        return 2
-    out = results_dir() / slug(args.model) / "last_layer.json"
-    write_json(out, {**report, "model": args.model, "text": args.text, "windows": args.windows,
-                     "window_len": args.window_len, "data": hashes, "provenance": provenance()})
-    print(format_report(report))
-    print(f"written: {out}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))

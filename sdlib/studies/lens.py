@@ -1,0 +1,149 @@
+"""One sentence through a pair of models: the logit lens of its last positions (paper Fig. 7) and the PCA
+trajectories of its hidden states (Fig. 4)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from sdlib.studies.profiles import ROLES, Pair
+from sdlib.types import LAST_STATES, Role
+
+# Paper, Fig. 7's sentence (the default text of the lens and PCA figures and of the quickstart).
+FIG7_SENTENCE = ("The curious cat climbed up the tall tree, carefully balancing on each thin branch, until it "
+                 "suddenly noticed a small bird sitting quietly at the top.")
+
+_BYTE_DECODER: dict[str, int] | None = None
+
+
+def readable_token(tokenizer, token_id: int) -> str:
+    """A token as the tokenizer would print it; a token that is only part of a UTF-8 character (byte-level BPE)
+    shows its bytes (``\\xe2\\x80``) instead of a replacement character."""
+    text = tokenizer.decode([int(token_id)])
+    if "\ufffd" not in text:
+        return text
+    piece = tokenizer.convert_ids_to_tokens(int(token_id))
+    global _BYTE_DECODER
+    if _BYTE_DECODER is None:
+        from tokenizers import pre_tokenizers
+
+        alphabet = sorted(pre_tokenizers.ByteLevel.alphabet(), key=ord)
+        _BYTE_DECODER = _gpt2_byte_decoder(alphabet)
+    if piece and all(ch in _BYTE_DECODER for ch in piece):
+        return bytes(_BYTE_DECODER[ch] for ch in piece).decode("utf-8", errors="backslashreplace")
+    return piece or text  # SentencePiece byte fallback pieces read "<0xE2>" already
+
+
+def _gpt2_byte_decoder(alphabet: list[str]) -> dict[str, int]:
+    """GPT-2's byte -> printable character table, inverted (the table byte-level BPE tokenizers use)."""
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    cs, n = bs[:], 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return {chr(c): b for b, c in zip(bs, cs)}
+
+
+@dataclass
+class LensGrid:
+    """Top-1 lens token and probability at every layer for the positions predicting the last tokens of a text,
+    and the movement D_l (both conventions) of the positions predicting the last ``last`` tokens."""
+
+    label: str
+    role: str | None
+    inputs: list[str]
+    targets: list[str]
+    top_tokens: list[list[str]]
+    """[L + 1][positions]"""
+    top_prob: list[list[float]]
+    last: int
+    movement_last: dict[str, list[list[float]]]
+    """{last_state: [last positions][L + 1]}"""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@torch.no_grad()
+def lens_grid_of(model, tok, text: str = FIG7_SENTENCE, label: str = "", role: Role | None = None,
+                 n_positions: int = 8, n_last: int = 3) -> LensGrid:
+    from sdlib.errors import SdlibError
+    from sdlib.lens import lens_top1
+    from sdlib.metrics import token_movement
+    from sdlib.states import forward_states
+
+    ids = tok(text, return_tensors="pt")["input_ids"].to(next(model.parameters()).device)
+    T = ids.shape[1]
+    if T < 2:
+        raise SdlibError(f"the text has {T} token(s): at least two are needed for the lens grid")
+    n_positions = min(n_positions, T - 1)
+    positions = torch.arange(T - 1 - n_positions, T - 1, device=ids.device)  # position p predicts token p + 1
+    states = forward_states(model, ids)
+    top_ids, top_p = lens_top1(model, states.normed, positions)
+    tokens = [readable_token(tok, i) for i in ids[0].tolist()]
+    movement = {c: token_movement(states[c])[:, 0, positions[-n_last:]].double().cpu().numpy().T.tolist()
+                for c in LAST_STATES}
+    return LensGrid(label=label, role=None if role is None else str(role),
+                    inputs=[tokens[p] for p in positions.tolist()], targets=[tokens[p + 1] for p in positions.tolist()],
+                    top_tokens=[[readable_token(tok, int(i)) for i in row] for row in top_ids.cpu().tolist()],
+                    top_prob=top_p.cpu().numpy().tolist(), last=n_last, movement_last=movement)
+
+
+def lens_grid(pair: Pair, role: Role, text: str = FIG7_SENTENCE, device: str | None = None, **kw) -> LensGrid:
+    return lens_grid_of(*pair.load(role, device), text, pair.label(role), role, **kw)
+
+
+@dataclass
+class PcaTrajectories:
+    """Every token's states h_{-1}..h_L of a text in both models of a pair, as unit vectors (directions: the
+    geometry D measures), projected on one PCA fitted to all of them except the excluded positions."""
+
+    points: list[dict[str, Any]]
+    """role, label, token_index, token, layer, pc1..pcK (excluded positions too, projected, flagged ``fitted``)"""
+    explained: list[float]
+    excluded_positions: list[int] = field(default_factory=list)
+    """positions left out of the fit (position 0: an attention sink whose state dwarfs the others)"""
+    text: str = ""
+    last_state: str = "normed"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def frame(self):
+        import pandas as pd
+
+        return pd.DataFrame(self.points)
+
+
+@torch.no_grad()
+def pca_trajectories(pair: Pair, text: str = FIG7_SENTENCE, last_state: str = "normed", n_components: int = 3,
+                     exclude_positions: tuple[int, ...] = (0,), device: str | None = None) -> PcaTrajectories:
+    from sklearn.decomposition import PCA
+
+    from sdlib.states import hidden_states
+
+    per_model = {}
+    for role in ROLES:
+        model, tok = pair.load(role, device)
+        ids = tok(text, return_tensors="pt")["input_ids"].to(next(model.parameters()).device)
+        states = torch.stack([s[0] for s in hidden_states(model, ids, last_state=last_state)]).float()  # [L + 2, T, d]
+        directions = states / states.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+        per_model[role] = (directions.cpu().numpy(), [readable_token(tok, i) for i in ids[0].tolist()])
+    fit = np.concatenate([s[:, [t for t in range(s.shape[1]) if t not in exclude_positions]].reshape(-1, s.shape[-1])
+                          for s, _ in per_model.values()])
+    pca = PCA(n_components=n_components, random_state=0).fit(fit)
+    points = []
+    for role, (s, tokens) in per_model.items():
+        proj = pca.transform(s.reshape(-1, s.shape[-1])).reshape(s.shape[0], s.shape[1], n_components)
+        for layer in range(s.shape[0]):
+            for t, token in enumerate(tokens):
+                points.append({"role": str(role), "label": pair.label(role), "token_index": t, "token": token,
+                               "layer": layer - 1, "fitted": t not in exclude_positions,
+                               **{f"pc{i + 1}": float(proj[layer, t, i]) for i in range(n_components)}})
+    return PcaTrajectories(points=points, explained=[float(v) for v in pca.explained_variance_ratio_],
+                           excluded_positions=list(exclude_positions), text=text, last_state=last_state)

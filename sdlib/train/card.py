@@ -1,0 +1,65 @@
+"""Model cards: every checkpoint folder holds a ``README.md`` with the Hugging Face metadata header (base model,
+datasets, tags), the sdlib config that made it, S before and after in both last-state conventions, and the
+per-layer evaluation table when there is one, so a checkpoint pushed to the hub explains itself."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+DATASETS = {"fineweb-edu": "HuggingFaceFW/fineweb-edu"}
+
+
+def model_card(config, first_eval: dict[str, Any] | None, last_eval: dict[str, Any] | None, step: int,
+               evaluation=None) -> str:
+    """The README.md text. ``first_eval``/``last_eval``: the run's measurements at step 0 and now ({"S": ...});
+    ``evaluation``: a tidy per-layer table (``sdlib.evaluation``) or None."""
+    header = {"library_name": "transformers", "tags": ["sdlib", "self-distillation", "hidden-state-convergence"],
+              "base_model": config.model if "/" in config.model and not Path(config.model).exists() else None,
+              "datasets": [DATASETS[config.data]] if config.data in DATASETS else None}
+    header = {k: v for k, v in header.items() if v}
+    tokens = step * config.batch_size * config.seq_len
+    lines = ["---", yaml.safe_dump(header, sort_keys=False).strip(), "---", "",
+             f"# {config.name}: {config.model} after self-distillation (sdlib)", "",
+             f"Trained with [sdlib](https://github.com/) for {step} optimizer steps ({tokens:,} tokens of {config.data}) "
+             f"with the loss zeta = zeta1 + {config.alpha} zeta2 (k = {config.k}, {config.kl_direction} KL, zeta2 on the "
+             f"{config.last_state} last state, form {config.zeta2_form}); the teacher is the frozen starting model.", ""]
+    if first_eval and last_eval:
+        lines += ["## Monotonicity S of the hidden-state movement (held-out text)", "",
+                  "| last state | before | after |", "|---|---|---|"]
+        lines += [f"| {c} | {first_eval['S'][c]:.4f} | {last_eval['S'][c]:.4f} |" for c in ("normed", "pre_norm")]
+        lines.append("")
+    if evaluation is not None and len(evaluation):
+        wide = evaluation.pivot_table(index="layer", columns=["task", "metric"], values="value")
+        lines += ["## Per-layer evaluation (logit lens, scored as lm-eval does)", "",
+                  wide.to_markdown(floatfmt=".4g") if _has_tabulate() else wide.to_string(), ""]
+    lines += ["## The config that made it", "", "```yaml", yaml.safe_dump(config.to_dict(), sort_keys=False).strip(),
+              "```", ""]
+    return "\n".join(lines)
+
+
+def _has_tabulate() -> bool:
+    try:
+        import tabulate  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def push_to_hub(checkpoint: Path, repo_id: str) -> str:
+    """Upload a checkpoint folder (weights, tokenizer, config, card) to the hub; one clear error offline."""
+    from sdlib.errors import SdlibError
+
+    try:
+        from huggingface_hub import HfApi
+
+        api = HfApi()
+        api.create_repo(repo_id, exist_ok=True)
+        api.upload_folder(folder_path=str(checkpoint), repo_id=repo_id, ignore_patterns=["state/*", "*.json.tmp"])
+    except Exception as err:  # noqa: BLE001 (no network, no token, no access: all one line)
+        raise SdlibError(f"could not push {checkpoint} to the hub as {repo_id} ({type(err).__name__}: "
+                         f"{str(err).splitlines()[0][:160] if str(err) else ''}); the checkpoint is kept, push it "
+                         "later with `huggingface-cli upload`") from None
+    return f"https://huggingface.co/{repo_id}"

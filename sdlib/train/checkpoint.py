@@ -1,0 +1,121 @@
+"""Checkpoint folders that describe themselves, written atomically.
+
+``<run>/checkpoints/step-000042/`` holds the ``save_pretrained`` weights (safetensors; plain transformers
+loads them) and tokenizer, ``sdlib_config.yaml`` (the config that made it), ``metrics.json``, a model card
+(``README.md``), ``training_state.json`` (step, data position, skipped steps: plain JSON) and ``state/``:
+accelerate's optimizer, scheduler and RNG files (``save_accelerator_state``), read back with
+``weights_only=True`` and accelerate's short allow-list of numpy types, so a state file cannot run code. The
+folder is written under a temporary name and renamed into place, so a kill during a save never damages the
+last good checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from sdlib.errors import SdlibError
+
+_STEP_DIR = re.compile(r"^step-(\d+)$")
+STATE_FILE = "training_state.json"
+STATE_DIR = "state"
+CONFIG_FILE = "sdlib_config.yaml"
+
+
+def checkpoints_dir(run_dir: str | os.PathLike) -> Path:
+    return Path(run_dir) / "checkpoints"
+
+
+def list_checkpoints(run_dir: str | os.PathLike) -> list[tuple[int, Path]]:
+    """Complete checkpoints of a run, oldest first (temporary folders of interrupted saves are ignored)."""
+    root = checkpoints_dir(run_dir)
+    if not root.is_dir():
+        return []
+    found = []
+    for child in root.iterdir():
+        match = _STEP_DIR.match(child.name)
+        if match and (child / STATE_FILE).exists() and (child / "config.json").exists():
+            found.append((int(match.group(1)), child))
+    return sorted(found)
+
+
+def remove_partial_saves(run_dir: str | os.PathLike) -> list[Path]:
+    """Delete the temporary folders of saves that were killed mid-write (only call with no save running)."""
+    root = checkpoints_dir(run_dir)
+    partial = sorted(root.glob(".tmp-step-*")) if root.is_dir() else []
+    for path in partial:
+        shutil.rmtree(path, ignore_errors=True)
+    return partial
+
+
+def latest_checkpoint(run_dir: str | os.PathLike) -> Path | None:
+    found = list_checkpoints(run_dir)
+    return found[-1][1] if found else None
+
+
+def save_checkpoint(run_dir: str | os.PathLike, step: int, model, tokenizer, optimizer, scheduler,
+                    training_state: dict[str, Any], config, metrics: dict[str, Any], card: str) -> Path:
+    """Write ``step-<step>`` atomically (main process only). -> its path."""
+    from accelerate.checkpointing import save_accelerator_state
+
+    from sdlib.provenance import write_json
+    from sdlib.train.config import save_config
+
+    root = checkpoints_dir(run_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / f"step-{step:06d}"
+    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-step-{step:06d}-", dir=root))
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        save_config(config, tmp / CONFIG_FILE)
+        write_json(tmp / "metrics.json", metrics)
+        (tmp / "README.md").write_text(card, encoding="utf-8")
+        (tmp / STATE_DIR).mkdir()
+        # every process starts from the same seed, so the main process's RNG stands for all (index 0)
+        save_accelerator_state(str(tmp / STATE_DIR), [], [optimizer], [scheduler], [], 0, step, None,
+                               safe_serialization=True)
+        write_json(tmp / STATE_FILE, training_state)
+        if final.exists():  # an earlier save of this step: replace it
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
+def load_training_state(checkpoint: str | os.PathLike) -> dict[str, Any]:
+    """The checkpoint's ``training_state.json`` (step, data position, skipped steps, config)."""
+    path = Path(checkpoint) / STATE_FILE
+    if not path.exists():
+        if (Path(checkpoint) / "training_state.pt").exists():
+            raise SdlibError(f"checkpoint {checkpoint} was written by an older sdlib (training_state.pt): it loads as a "
+                             "model, but its run cannot be resumed; start a new run from it")
+        raise SdlibError(f"checkpoint {checkpoint} has no {STATE_FILE}: it cannot be resumed from")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise SdlibError(f"{path} is not valid JSON ({err.msg}): the checkpoint is damaged; resume from an earlier "
+                         "one") from None
+
+
+def restore_training_state(checkpoint: str | os.PathLike, optimizer, scheduler) -> None:
+    """Restore the optimizer, the scheduler and the RNG from the checkpoint's ``state/``. Each file is read with
+    ``weights_only=True`` (accelerate's allow-list of numpy types); one holding anything else is refused."""
+    from accelerate.checkpointing import load_accelerator_state
+    from accelerate.utils import load as safe_load
+
+    folder = Path(checkpoint) / STATE_DIR
+    for file in sorted(folder.glob("*")):  # accelerate skips an unreadable RNG file silently: check each first
+        try:
+            safe_load(file, map_location="cpu")
+        except Exception:  # noqa: BLE001 (torch raises several types for a refused or damaged file)
+            raise SdlibError(f"checkpoint {checkpoint}: {STATE_DIR}/{file.name} holds something other than tensors "
+                             "and plain values (or is damaged); loading it could run code, so it is refused: resume "
+                             "only from checkpoints you made, or start a new run from its weights") from None
+    load_accelerator_state(str(folder), [], [optimizer], [scheduler], [], 0, None, map_location="cpu")

@@ -1,0 +1,358 @@
+"""The self-distillation recipe (``sdlib train CONFIG.yaml``): setup, one step, evaluate, save.
+
+AdamW (one parameter group per part of the model, each with its learning-rate multiplier), cosine schedule
+with optional warm-up, gradient accumulation to the global batch, clipping, bf16 autocast on CUDA and fp32 on
+CPU, one seed. Multi-process through ``accelerate launch``: each process takes its own micro-batches of every
+global batch and gradients are averaged, so N processes give the same update as one process with the same
+global batch. The teacher is a frozen copy of the starting weights (``config.model``, also on resume).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from sdlib.errors import SdlibError
+from sdlib.loss import LossParts, TeacherHead, self_distillation_loss
+from sdlib.models import decoder_parts, load, max_sequence_length
+from sdlib.states import forward_states
+from sdlib.train.checkpoint import (
+    CONFIG_FILE,
+    latest_checkpoint,
+    list_checkpoints,
+    load_training_state,
+    remove_partial_saves,
+    restore_training_state,
+    save_checkpoint,
+)
+from sdlib.train.config import TrainConfig, load_config
+from sdlib.train.runlog import EvalRecord, RunLog, SkipRecord, StepRecord, StopRecord
+from sdlib.types import OnNonFinite, Precision, ReportTo
+
+
+def distillation_loss(student, teacher, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
+                      config: TrainConfig, loss_fn=self_distillation_loss) -> LossParts:
+    """zeta for one micro-batch: teacher forward without autograd, student forward, chunked loss
+    (``loss_fn=reference_self_distillation_loss`` for the plain one)."""
+    teacher_parts = decoder_parts(teacher)
+    with torch.no_grad():
+        teacher_hidden = teacher_parts.backbone(input_ids=input_ids, attention_mask=attention_mask,
+                                                use_cache=False).last_hidden_state
+    states = forward_states(student, input_ids, attention_mask).pre_norm
+    parts = decoder_parts(student)
+    return loss_fn(
+        states, parts.norm, parts.lm_head,
+        TeacherHead(teacher_hidden, teacher_parts.lm_head.weight, teacher_parts.lm_head.bias, teacher_parts.transform),
+        alpha=config.alpha, k=config.k, attention_mask=attention_mask, last_state=config.last_state,
+        kl_direction=config.kl_direction, chunk_size=config.chunk_size, zeta2_form=config.zeta2_form,
+        lens_samples=config.lens_samples, logit_transform=parts.transform)
+
+
+class SelfDistillation:
+    """One training run: ``setup`` (models, optimizer, data, resume), ``train_step``, ``evaluate``, ``save``;
+    ``run`` loops them. Everything a step needs lives on the instance."""
+
+    def __init__(self, config: TrainConfig, resume: bool = False, progress: bool = True):
+        self.config, self.resume, self.progress = config.validate(), resume, progress
+        self.run_dir = config.run_dir()
+        self.first_eval: dict[str, Any] | None = None
+        self.last_eval: dict[str, Any] | None = None
+
+    # --- setup ------------------------------------------------------------------------------------------------
+
+    def setup(self) -> None:
+        from accelerate.utils import set_seed
+        from transformers import get_cosine_schedule_with_warmup
+
+        from sdlib.data import PackedSequences, read_text, text_windows, training_documents
+        from sdlib.provenance import provenance, write_json
+
+        config = self.config
+        self.accelerator = accelerator = self._accelerator()
+        self.world, self.rank, self.main = accelerator.num_processes, accelerator.process_index, accelerator.is_main_process
+        per_step = config.batch_size // config.micro_batch
+        if per_step % self.world:
+            raise SdlibError(f"batch_size / micro_batch = {per_step} micro-batches per step cannot be split over "
+                             f"{self.world} processes: make it a multiple of {self.world}")
+        self.accum = per_step // self.world
+        set_seed(config.seed)
+
+        student, self.tokenizer = load(config.model, **config.model_options)
+        if config.seq_len > max_sequence_length(student):
+            raise SdlibError(f"seq_len {config.seq_len} is above {config.model}'s maximum of "
+                             f"{max_sequence_length(student)} positions")
+        self.teacher = copy.deepcopy(student).requires_grad_(False)  # the frozen starting weights
+        if self.main:
+            remove_partial_saves(self.run_dir)
+        checkpoint = latest_checkpoint(self.run_dir)
+        if checkpoint is not None and not self.resume:
+            raise SdlibError(f"run folder {self.run_dir} already has checkpoints: pass --resume to continue it, "
+                             "or choose another --name / --output_dir")
+        state: dict[str, Any] = {"step": 0}
+        if checkpoint is not None:
+            state = load_training_state(checkpoint)
+            self._load_weights(student, checkpoint, state["config"])
+        optimizer = torch.optim.AdamW(optimizer_groups(student, config), lr=config.lr,
+                                      betas=(config.beta1, config.beta2), weight_decay=config.weight_decay)
+        self.scheduler = get_cosine_schedule_with_warmup(optimizer, config.warmup_steps, config.total_steps)
+        student.train()
+        self.model, self.optimizer = accelerator.prepare(student, optimizer)
+        self.teacher.to(accelerator.device)
+        self.unwrapped = accelerator.unwrap_model(self.model)
+        if checkpoint is not None:
+            restore_training_state(checkpoint, self.optimizer, self.scheduler)
+        self.step, self.skipped = state["step"], state.get("skipped_steps", 0)
+
+        shuffle = config.seed if config.shuffle else None
+        documents, self.data_hashes = training_documents(config.data, shuffle_seed=shuffle)
+        finite = config.data != "fineweb-edu" or self.data_hashes.get("fineweb-edu", "").startswith("sha256:")
+        self.stream = PackedSequences(documents, self.tokenizer, config.seq_len, eager=finite, shuffle_seed=shuffle)
+        eval_body, eval_hashes = read_text(config.eval_text)
+        self.eval_windows = text_windows(self.tokenizer, eval_body, config.eval_windows, config.eval_window_len)
+
+        self.log = RunLog(self.run_dir, enabled=self.main)
+        if self.main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            self.log.truncate(self.step)
+            write_json(self.run_dir / "run.json", {
+                "config": config.to_dict(), "total_steps": config.total_steps, "processes": self.world,
+                "accumulation": self.accum, **provenance(seed=config.seed, device=accelerator.device,
+                                                         data={**self.data_hashes, **eval_hashes},
+                                                         limits={"max_tokens": config.max_tokens})})
+        if config.report_to != ReportTo.NONE:
+            accelerator.init_trackers(config.name, config={k: v for k, v in config.to_dict().items()
+                                                           if isinstance(v, (int, float, str, bool))})
+
+    def _accelerator(self):
+        from accelerate import Accelerator
+
+        config = self.config
+        cpu = config.device == "cpu" or (config.device == "auto" and not torch.cuda.is_available())
+        if config.device == "cuda" and not torch.cuda.is_available():
+            raise SdlibError("config asks for device cuda but no CUDA device is visible: use --device cpu")
+        bf16 = config.precision == Precision.BF16 or (config.precision == Precision.AUTO and not cpu)
+        trackers = {} if config.report_to == ReportTo.NONE else {
+            "log_with": str(config.report_to), "project_dir": str(self.run_dir / "tracking")}
+        return Accelerator(cpu=cpu, mixed_precision="bf16" if bf16 else "no", **trackers)
+
+    def _load_weights(self, student, checkpoint: Path, saved: dict[str, Any]) -> None:
+        from safetensors.torch import load_file
+
+        config = self.config
+        if saved.get("model") != config.model or saved.get("model_options") != config.model_options:
+            raise SdlibError(f"checkpoint {checkpoint} was trained from {saved.get('model')!r}, "
+                             f"not {config.model!r}: resume with the same model, or start a new run")
+        weights = {}
+        for f in sorted(checkpoint.glob("*.safetensors")):
+            weights.update(load_file(f))
+        missing, unexpected = student.load_state_dict(weights, strict=False)
+        if unexpected or [m for m in missing if "lm_head" not in m]:
+            raise SdlibError(f"checkpoint {checkpoint} does not match {config.model}: resume with the same model")
+        if student.config.tie_word_embeddings:
+            student.tie_weights()
+
+    # --- one step -------------------------------------------------------------------------------------------
+
+    def train_step(self) -> StepRecord | SkipRecord:
+        """One optimizer step over the global batch (gradient accumulation); -> its log record."""
+        config, accelerator, step = self.config, self.accelerator, self.step
+        t0 = time.perf_counter()
+        sums = None  # loss, zeta1, zeta2, per-layer KL and zeta2 terms, summed over micro-batches (no host sync)
+        problem = None
+        for micro in range(self.accum):
+            first = step * config.batch_size + (self.rank * self.accum + micro) * config.micro_batch
+            input_ids = self.stream.batch(first, config.micro_batch).to(accelerator.device)
+            sync = nullcontext() if micro == self.accum - 1 else accelerator.no_sync(self.model)
+            with sync, accelerator.autocast():
+                parts = distillation_loss(self.model, self.teacher, input_ids, None, config)
+                if problem is None and not torch.isfinite(parts.total):
+                    problem = _nonfinite_message(step + 1, parts)
+                # backward even then: the non-finite gradient it makes reaches every process through the
+                # gradient all-reduce, so all of them stop (or skip) together instead of waiting on each other
+                accelerator.backward(parts.total / self.accum)
+            micro_stats = torch.cat([torch.stack([parts.total.detach(), parts.zeta1, parts.zeta2]),
+                                     parts.kl_per_layer, parts.zeta2_per_layer]).double()
+            sums = micro_stats if sums is None else sums + micro_stats
+        grad_norm = (accelerator.clip_grad_norm_(self.model.parameters(), config.grad_clip) if config.grad_clip > 0
+                     else _grad_norm(self.model))
+        if problem is None and not torch.isfinite(torch.as_tensor(grad_norm)):
+            problem = (f"step {step + 1}: the gradient is not finite (norm {float(grad_norm)}) although this "
+                       f"process's loss is finite (zeta1={float(parts.zeta1):.6g}, zeta2={float(parts.zeta2):.6g})")
+        lr = self.scheduler.get_last_lr()[0] / self.optimizer.param_groups[0]["lr_multiplier"]  # the base schedule
+        tokens_per_step = config.batch_size * config.seq_len
+        if problem is not None:
+            self.optimizer.zero_grad(set_to_none=True)
+            if config.on_nonfinite == OnNonFinite.STOP:
+                raise SdlibError(f"{problem}; the last good checkpoint is kept: lower lr or check the data, then "
+                                 "--resume (or set on_nonfinite: skip)")
+            self.skipped += 1
+            self.step += 1
+            self.scheduler.step()
+            return SkipRecord(step=self.step, reason=problem, skipped_steps=self.skipped,
+                              tokens=self.step * tokens_per_step)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        stats = accelerator.reduce(sums, "mean").cpu() / self.accum
+        n_layers = len(parts.kl_per_layer)
+        elapsed = time.perf_counter() - t0
+        return StepRecord(step=self.step, tokens=self.step * tokens_per_step,
+                          epochs=self.stream.epochs(self.step * config.batch_size), loss=float(stats[0]),
+                          zeta1=float(stats[1]), zeta2=float(stats[2]),
+                          kl_per_layer=[None if math.isnan(v) else v for v in stats[3:3 + n_layers].tolist()],
+                          zeta2_per_layer=stats[3 + n_layers:].tolist(), lr=lr, grad_norm=float(grad_norm),
+                          skipped_steps=self.skipped, tokens_per_s=tokens_per_step / elapsed, seconds=elapsed)
+
+    # --- evaluate and save ---------------------------------------------------------------------------------
+
+    def evaluate(self) -> EvalRecord:
+        """The D curve and S (both conventions) on the held-out windows (main process)."""
+        from sdlib.studies.measure import measure_windows
+
+        was_training = self.unwrapped.training
+        self.unwrapped.eval()
+        m = measure_windows(self.unwrapped, self.eval_windows, batch_size=self.config.micro_batch)
+        self.unwrapped.train(was_training)
+        record = EvalRecord(step=self.step, D=m.D, S=m.S, tokens=m.n_tokens)
+        self.log.append(record)
+        self.last_eval = {"step": self.step, "D": m.D, "S": m.S, "tokens": m.n_tokens}
+        if self.first_eval is None or self.step == 0:
+            self.first_eval = self.last_eval
+        self._track({f"S/{c}": v for c, v in m.S.items()})
+        return record
+
+    def save(self, last_record: StepRecord | SkipRecord | None) -> Path | None:
+        """A checkpoint of the current step (written by the main process; all processes wait for it)."""
+        from sdlib.provenance import provenance
+        from sdlib.train.card import model_card
+
+        self.accelerator.wait_for_everyone()
+        path = None
+        if self.main:
+            config = self.config
+            training_state = {"step": self.step, "config": config.to_dict(), "skipped_steps": self.skipped,
+                              "sequences_read": self.step * config.batch_size}
+            metrics = {"step": self.step, "last_step": None if last_record is None else _asdict(last_record),
+                       "first_eval": self.first_eval, "last_eval": self.last_eval,
+                       **provenance(seed=config.seed, device=self.accelerator.device, data=self.data_hashes)}
+            path = save_checkpoint(self.run_dir, self.step, self.unwrapped, self.tokenizer, self.optimizer,
+                                   self.scheduler, training_state, config, metrics,
+                                   model_card(config, self.first_eval, self.last_eval, self.step))
+        self.accelerator.wait_for_everyone()
+        return path
+
+    def _track(self, values: dict[str, float]) -> None:
+        if self.config.report_to != ReportTo.NONE:
+            self.accelerator.log(values, step=self.step)
+
+    # --- the loop --------------------------------------------------------------------------------------------
+
+    def run(self) -> Path:
+        config = self.config
+        if self.resume and finished(config):  # nothing to do: do not load two models to find that out
+            print(f"{self.run_dir}: already finished ({config.total_steps} steps); nothing to resume", flush=True)
+            return self.run_dir
+        self.setup()
+        if self.step == 0 and self.main:
+            self.evaluate()
+        elif self.main:  # a resumed run: its first measurement is in the log
+            from sdlib.train.runlog import evals, read_log
+
+            first = evals(read_log(self.run_dir, 0))
+            self.first_eval = {"step": 0, "S": first[0].S, "D": first[0].D} if first else None
+        total = config.total_steps
+        bar = tqdm(total=total, initial=self.step, desc=f"train {config.name}", unit="step",
+                   disable=not (self.progress and self.main), dynamic_ncols=True)
+        started = time.monotonic()
+        checkpoint = None
+        while self.step < total:
+            record = self.train_step()
+            self.log.append(record)
+            bar.update(1)
+            if isinstance(record, SkipRecord):
+                bar.write(f"skipped {record.reason}")
+                continue
+            bar.set_postfix(loss=f"{record.loss:.4f}", z1=f"{record.zeta1:.4f}", z2=f"{record.zeta2:.4f}",
+                            tok_s=f"{record.tokens_per_s:.0f}")
+            self._track({"loss": record.loss, "zeta1": record.zeta1, "zeta2": record.zeta2, "lr": record.lr,
+                         "grad_norm": record.grad_norm, "tokens_per_s": record.tokens_per_s})
+            out_of_time = _out_of_time(self.accelerator, started, config.max_minutes)
+            at_end = self.step == total
+            if self.main and (config.eval_every and self.step % config.eval_every == 0 or at_end or out_of_time):
+                evaluation = self.evaluate()
+                bar.write(f"step {self.step}: S normed {evaluation.S['normed']:.4f}, "
+                          f"pre_norm {evaluation.S['pre_norm']:.4f}")
+            if config.save_every and self.step % config.save_every == 0 or at_end or out_of_time:
+                checkpoint = self.save(record)
+            if out_of_time and not at_end:
+                self.log.append(StopRecord(step=self.step, reason=f"max_minutes {config.max_minutes} reached after "
+                                           f"step {self.step} of {total}; --resume continues"))
+                bar.write(f"stopped after step {self.step} of {total}: max_minutes {config.max_minutes} reached "
+                          "(a checkpoint is saved; --resume continues)")
+                break
+        bar.close()
+        if config.report_to != ReportTo.NONE:
+            self.accelerator.end_training()
+        if config.push_to_hub and self.main and checkpoint is not None and self.step == total:
+            from sdlib.train.card import push_to_hub
+
+            print(f"pushed to {push_to_hub(checkpoint, config.push_to_hub)}", flush=True)
+        return self.run_dir
+
+
+def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> Path:
+    """Run (or resume) self-distillation; returns the run folder. Checkpoints go to <run>/checkpoints."""
+    return SelfDistillation(config, resume, progress).run()
+
+
+def _out_of_time(accelerator, started: float, max_minutes: float) -> bool:
+    """True on every process once the main process has trained for ``max_minutes`` (0 = never)."""
+    if not max_minutes:
+        return False
+    late = torch.tensor(float((time.monotonic() - started) / 60 >= max_minutes), device=accelerator.device)
+    return bool(accelerator.reduce(late, "max") > 0)
+
+
+def optimizer_groups(model, config: TrainConfig) -> list[dict[str, Any]]:
+    """AdamW parameter groups, one per part of the model (``DecoderParts.parameter_groups``), each with its
+    learning rate lr x ``config.lr_multipliers[part]`` (1 when not given)."""
+    groups = decoder_parts(model).parameter_groups()
+    return [{"params": params, "name": name, "lr_multiplier": float(config.lr_multipliers.get(name, 1.0)),
+             "lr": config.lr * float(config.lr_multipliers.get(name, 1.0))} for name, params in groups.items()]
+
+
+def finished(config: TrainConfig) -> bool:
+    """True when the run's last checkpoint is its final step and was trained from the same model."""
+    found = list_checkpoints(config.run_dir())
+    if not found or found[-1][0] < config.total_steps:
+        return False
+    saved = load_config(found[-1][1] / CONFIG_FILE)
+    return saved.model == config.model and saved.model_options == config.model_options
+
+
+def _asdict(record) -> dict[str, Any]:
+    from dataclasses import asdict
+
+    return asdict(record)
+
+
+def _nonfinite_message(step: int, parts: LossParts) -> str:
+    """Which part of the loss is not finite: zeta1 with the first layers whose KL is bad, or zeta2."""
+    bad = [f"layer {i} KL={v}" for i, v in enumerate(parts.kl_per_layer.tolist()) if math.isinf(v)
+           or (math.isnan(v) and not parts.sampled_out(i))]
+    where = "zeta1 (" + ", ".join(bad[:3]) + ")" if bad else ("zeta2" if not torch.isfinite(parts.zeta2) else "zeta1")
+    return (f"step {step}: the loss is not finite (zeta1={float(parts.zeta1)}, zeta2={float(parts.zeta2)}; "
+            f"from {where})")
+
+
+def _grad_norm(model) -> torch.Tensor:
+    norms = [p.grad.detach().norm() for p in model.parameters() if p.grad is not None]
+    return torch.linalg.vector_norm(torch.stack(norms)) if norms else torch.zeros(())
