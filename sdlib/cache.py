@@ -58,3 +58,19 @@ def cached_record(folder: str | Path, name: str, key: dict[str, Any], compute: C
         return json.loads(path.read_text())
     write_json(path, {**compute(), "cache_key": key})
     return json.loads(path.read_text())  # the same plain JSON a later cache hit returns
+
+
+class Record:
+    """A dataclass that round-trips through JSON: ``to_dict`` (plain values) and ``from_dict`` (extra keys, such
+    as a cache key, ignored). Records with nested records override ``from_dict``."""
+
+    def to_dict(self) -> dict[str, Any]:
+        from dataclasses import asdict
+
+        return asdict(self)  # type: ignore[call-overload]
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]):
+        from dataclasses import fields
+
+        return cls(**{f.name: data[f.name] for f in fields(cls) if f.name in data})  # type: ignore[arg-type]

@@ -16,6 +16,7 @@ from torch import nn
 
 from sdlib.errors import SdlibError
 from sdlib.models import decoder_parts
+from sdlib.states import layer_state
 from sdlib.types import LastState, parse
 
 
@@ -31,7 +32,7 @@ def lens_logits(model: nn.Module, hidden_states: Sequence[torch.Tensor], layer: 
     last = len(hidden_states) - 2  # L
     if not -1 <= layer <= last:
         raise SdlibError(f"layer {layer} is out of range: this model has layers -1 (embedding) .. {last}")
-    h = hidden_states[layer + 1]
+    h = layer_state(hidden_states, layer)
     if positions is not None:
         h = h[:, positions]
     return lens_head(model, h, already_normed=(layer == last and last_state == LastState.NORMED))

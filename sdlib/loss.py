@@ -62,11 +62,12 @@ IDENTITY = LogitTransform()
 def layer_weights(num_layers: int, k: float) -> torch.Tensor:
     """w_l = exp(k l) / sum_{i=0..L} exp(k i) for l = 0..L.
 
-    num_layers = L + 1 -> Tensor [L + 1] float32, summing to 1 (increasing in l for k > 0, uniform for k = 0).
+    num_layers = L + 1 -> Tensor [L + 1] float64, summing to 1 (increasing in l for k > 0, uniform for k = 0);
+    callers cast it to the dtype they compute in.
     """
     if num_layers < 1:
         raise SdlibError(f"num_layers must be at least 1, got {num_layers}")
-    return torch.softmax(k * torch.arange(num_layers, dtype=torch.float64), dim=0).float()
+    return torch.softmax(k * torch.arange(num_layers, dtype=torch.float64), dim=0)
 
 
 @dataclass

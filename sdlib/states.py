@@ -11,7 +11,7 @@ both come out of every forward pass (``sdlib.types.LastState``):
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -48,7 +48,7 @@ class HiddenStates:
         if not -1 <= layer <= self.L:
             raise SdlibError(f"layer {layer} is out of range: this model has layers -1 (embedding) .. {self.L}")
         if layer < self.L:
-            return self.inner[layer + 1]
+            return layer_state(self.inner, layer)
         return self.normed_last if parse(LastState, last_state) == LastState.NORMED else self.pre_norm_last
 
     def __getitem__(self, last_state: LastState | str) -> tuple[torch.Tensor, ...]:
@@ -61,6 +61,12 @@ class HiddenStates:
     @property
     def pre_norm(self) -> tuple[torch.Tensor, ...]:
         return self[LastState.PRE_NORM]
+
+
+def layer_state(sequence: Sequence[torch.Tensor], layer: int) -> torch.Tensor:
+    """h_layer (layer = -1..L, the paper's numbering) from a sequence (h_{-1}, h_0, ..., h_L): the one place the
+    offset between the paper's index and the position in the sequence is applied."""
+    return sequence[layer + 1]
 
 
 @contextmanager

@@ -98,7 +98,7 @@ class AllLayersLM(LayerLM):
     @torch.no_grad()
     def _score_batch(self, batch) -> list[tuple[np.ndarray, np.ndarray]]:
         from sdlib.lens import lens_head
-        from sdlib.states import hidden_states
+        from sdlib.states import hidden_states, layer_state
 
         inps, rows, cols, targets, owner = [], [], [], [], []
         for b, (_, context_enc, continuation_enc) in enumerate(batch):
@@ -123,7 +123,7 @@ class AllLayersLM(LayerLM):
         loglik = torch.zeros(len(self.score_layers), n_req, dtype=torch.float64, device=self.device)
         misses = torch.zeros(len(self.score_layers), n_req, dtype=torch.long, device=self.device)
         for row, layer in enumerate(self.score_layers):
-            h = states[layer + 1][rows_t, cols_t]  # [N, d]: only the scored positions
+            h = layer_state(states, layer)[rows_t, cols_t]  # [N, d]: only the scored positions
             for s in range(0, h.shape[0], self.chunk_tokens):
                 part = slice(s, s + self.chunk_tokens)
                 logits = lens_head(self.model, h[part], already_normed=(layer == last))

@@ -24,19 +24,17 @@ from typing import Any
 import torch
 from torch import nn
 
+from sdlib.cache import Record
 from sdlib.metrics import movement
 from sdlib.states import HiddenStates
-from sdlib.studies.measure import Measurement
+from sdlib.studies.measure import Measurement, MeasureSettings
 from sdlib.types import LAST_STATES
 
 
 @dataclass(frozen=True)
-class AtlasSettings:
-    """What changes an atlas's numbers (part of its cache key)."""
+class AtlasSettings(MeasureSettings):
+    """What changes an atlas's numbers (part of its cache key): the measurement's settings and these."""
 
-    text: str = "wikitext-test"
-    windows: int = 64
-    window_len: int = 512
     batch_size: int = 4
     eval_subset: str = "cpu-subset"
     """the per-layer evaluation's subset (configs/eval/<name>.yaml)"""
@@ -67,7 +65,7 @@ class TokenStats:
 
 
 @dataclass
-class AtlasRecord:
+class AtlasRecord(Record):
     model: str
     num_layers: int
     """L + 1"""
@@ -87,9 +85,6 @@ class AtlasRecord:
     @property
     def D_L(self) -> dict[str, float]:
         return {c: self.measurement.D[c][-1] for c in LAST_STATES}
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
     def summary(self) -> dict[str, Any]:
         """The headline numbers (what the atlas figure's JSON and RESULTS.md show); undefined values are None."""

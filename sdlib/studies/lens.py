@@ -3,12 +3,13 @@ trajectories of its hidden states (Fig. 4)."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 
+from sdlib.cache import Record
 from sdlib.studies.profiles import ROLES, Pair
 from sdlib.types import LAST_STATES, Role
 
@@ -50,7 +51,7 @@ def _gpt2_byte_decoder(alphabet: list[str]) -> dict[str, int]:
 
 
 @dataclass
-class LensGrid:
+class LensGrid(Record):
     """Top-1 lens token and probability at every layer for the positions predicting the last tokens of a text,
     and the movement D_l (both conventions) of the positions predicting the last ``last`` tokens."""
 
@@ -64,9 +65,6 @@ class LensGrid:
     last: int
     movement_last: dict[str, list[list[float]]]
     """{last_state: [last positions][L + 1]}"""
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 @torch.no_grad()
@@ -99,7 +97,7 @@ def lens_grid(pair: Pair, role: Role, text: str = FIG7_SENTENCE, device: str | N
 
 
 @dataclass
-class PcaTrajectories:
+class PcaTrajectories(Record):
     """Every token's states h_{-1}..h_L of a text in both models of a pair, as unit vectors (directions: the
     geometry D measures), projected on one PCA fitted to all of them except the excluded positions."""
 
@@ -110,9 +108,6 @@ class PcaTrajectories:
     """positions left out of the fit (position 0: an attention sink whose state dwarfs the others)"""
     text: str = ""
     last_state: str = "normed"
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
     def frame(self):
         import pandas as pd

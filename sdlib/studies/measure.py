@@ -14,6 +14,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from sdlib.cache import Record
 from sdlib.metrics import last_layer_ratio, monotonicity, movement, token_movement
 from sdlib.states import HiddenStates, forward_states
 from sdlib.types import LAST_STATES
@@ -24,7 +25,7 @@ BatchObserver = Callable[[HiddenStates, torch.Tensor, dict[str, torch.Tensor]], 
 
 
 @dataclass
-class Measurement:
+class Measurement(Record):
     """D_0..D_L (token means) and S per convention, the per-token median curve and its S, and per-window
     curves for bootstrap intervals."""
 
@@ -39,14 +40,6 @@ class Measurement:
     """the per-token median of D_l at each layer (robust to a few huge tokens such as position 0)"""
     S_median: dict[str, float] = field(default_factory=dict)
     info: dict[str, Any] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Measurement:
-        names = {f for f in cls.__dataclass_fields__}
-        return cls(**{k: v for k, v in data.items() if k in names})
 
 
 @torch.no_grad()
@@ -139,7 +132,6 @@ def measure_model(model: nn.Module, tokenizer, settings: MeasureSettings = Measu
                   source: str | None = None, label: str | None = None, role=None, progress: bool = False,
                   observers: Sequence[BatchObserver] = ()) -> MeasureRecord:
     """Measure a loaded model on ``settings.text``; -> its record with provenance (the one place it is built)."""
-    from dataclasses import asdict
 
     from sdlib.provenance import provenance
 

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import copy
 import time
-from dataclasses import asdict, dataclass, replace
-from typing import Any
+from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
+
+from sdlib.cache import Record
 
 # dense bf16 peak FLOP/s by device name (the MFU denominators)
 PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12}
@@ -39,7 +40,7 @@ def peak_flops(device: torch.device | str) -> float | None:
 
 
 @dataclass
-class StepTiming:
+class StepTiming(Record):
     micro_batch: int
     seq_len: int
     lens_samples: int
@@ -50,9 +51,6 @@ class StepTiming:
     flops_per_token: float
     mfu: float | None
     peak_memory_gb: float | None
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def time_micro_batch(student: nn.Module, teacher: nn.Module, config, micro_batch: int, repeats: int = 2) -> float:

@@ -59,7 +59,8 @@ def latest_checkpoint(run_dir: str | os.PathLike) -> Path | None:
 
 
 def save_checkpoint(run_dir: str | os.PathLike, step: int, model, tokenizer, optimizer, scheduler,
-                    training_state: dict[str, Any], config, metrics: dict[str, Any], card: str) -> Path:
+                    training_state: dict[str, Any], config, metrics: dict[str, Any], card: str,
+                    state_dict: dict[str, Any] | None = None) -> Path:
     """Write ``step-<step>`` atomically (main process only). -> its path."""
     from accelerate.checkpointing import save_accelerator_state
 
@@ -71,7 +72,7 @@ def save_checkpoint(run_dir: str | os.PathLike, step: int, model, tokenizer, opt
     final = root / f"step-{step:06d}"
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-step-{step:06d}-", dir=root))
     try:
-        model.save_pretrained(tmp, safe_serialization=True)
+        model.save_pretrained(tmp, safe_serialization=True, state_dict=state_dict)
         tokenizer.save_pretrained(tmp)
         save_config(config, tmp / CONFIG_FILE)
         write_json(tmp / "metrics.json", metrics)

@@ -97,6 +97,10 @@ class SelfDistillation:
                              "or choose another --name / --output_dir")
         state: dict[str, Any] = {"step": 0}
         if checkpoint is not None:
+            if accelerator.distributed_type == "FSDP":
+                raise SdlibError(f"resuming {self.run_dir} under FSDP is not supported: its optimizer state is sharded "
+                                 "across processes and sdlib saves the main process's; resume with data parallelism "
+                                 "(configs/accelerate/ddp.yaml) or start a new run")
             state = load_training_state(checkpoint)
             self._load_weights(student, checkpoint, state["config"])
         optimizer = torch.optim.AdamW(optimizer_groups(student, config), lr=config.lr,
@@ -214,13 +218,14 @@ class SelfDistillation:
     # --- evaluate and save ---------------------------------------------------------------------------------
 
     def evaluate(self) -> EvalRecord:
-        """The D curve and S (both conventions) on the held-out windows (main process)."""
+        """The D curve and S (both conventions) on the held-out windows. Every process runs it, through the
+        wrapped model (a sharded model needs all of them for its forward pass); the main process logs it."""
         from sdlib.studies.measure import measure_windows
 
-        was_training = self.unwrapped.training
-        self.unwrapped.eval()
-        m = measure_windows(self.unwrapped, self.eval_windows, batch_size=self.config.micro_batch)
-        self.unwrapped.train(was_training)
+        was_training = self.model.training
+        self.model.eval()
+        m = measure_windows(self.model, self.eval_windows, batch_size=self.config.micro_batch)
+        self.model.train(was_training)
         record = EvalRecord(step=self.step, D=m.D, S=m.S, tokens=m.n_tokens)
         self.log.append(record)
         self.last_eval = {"step": self.step, "D": m.D, "S": m.S, "tokens": m.n_tokens}
@@ -235,6 +240,7 @@ class SelfDistillation:
         from sdlib.train.card import model_card
 
         self.accelerator.wait_for_everyone()
+        state_dict = self.accelerator.get_state_dict(self.model)  # gathered from the shards under FSDP (all processes)
         path = None
         if self.main:
             config = self.config
@@ -245,7 +251,7 @@ class SelfDistillation:
                        **provenance(seed=config.seed, device=self.accelerator.device, data=self.data_hashes)}
             path = save_checkpoint(self.run_dir, self.step, self.unwrapped, self.tokenizer, self.optimizer,
                                    self.scheduler, training_state, config, metrics,
-                                   model_card(config, self.first_eval, self.last_eval, self.step))
+                                   model_card(config, self.first_eval, self.last_eval, self.step), state_dict)
         self.accelerator.wait_for_everyone()
         return path
 
@@ -261,7 +267,7 @@ class SelfDistillation:
             print(f"{self.run_dir}: already finished ({config.total_steps} steps); nothing to resume", flush=True)
             return self.run_dir
         self.setup()
-        if self.step == 0 and self.main:
+        if self.step == 0:
             self.evaluate()
         elif self.main:  # a resumed run: its first measurement is in the log
             from sdlib.train.runlog import evals, read_log
@@ -286,10 +292,11 @@ class SelfDistillation:
                          "grad_norm": record.grad_norm, "tokens_per_s": record.tokens_per_s})
             out_of_time = _out_of_time(self.accelerator, started, config.max_minutes)
             at_end = self.step == total
-            if self.main and (config.eval_every and self.step % config.eval_every == 0 or at_end or out_of_time):
+            if config.eval_every and self.step % config.eval_every == 0 or at_end or out_of_time:
                 evaluation = self.evaluate()
-                bar.write(f"step {self.step}: S normed {evaluation.S['normed']:.4f}, "
-                          f"pre_norm {evaluation.S['pre_norm']:.4f}")
+                if self.main:
+                    bar.write(f"step {self.step}: S normed {evaluation.S['normed']:.4f}, "
+                              f"pre_norm {evaluation.S['pre_norm']:.4f}")
             if config.save_every and self.step % config.save_every == 0 or at_end or out_of_time:
                 checkpoint = self.save(record)
             if out_of_time and not at_end:

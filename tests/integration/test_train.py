@@ -79,8 +79,9 @@ def test_resume_equals_uninterrupted(text_file, tmp_path):
 def test_two_processes_match_one(text_file, tmp_path):
     one = train(_config(text_file, tmp_path, "one", save_every=0), progress=False)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "sdlib", "train",
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+           str(ROOT / "configs" / "accelerate" / "ddp.yaml"), "--num_processes", "2", "--mixed_precision", "no",
+           "-m", "sdlib", "train",
            str(ROOT / "configs" / "tiny.yaml"), "--output_dir", str(tmp_path / "two"), "--data", str(text_file),
            "--eval_text", str(text_file), "--save_every", "0"]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
@@ -157,3 +158,33 @@ def test_max_minutes_stops_with_a_checkpoint_and_resume_finishes(text_file, tmp_
     assert [s for s, _ in list_checkpoints(full)][-1] == 16
     reference = train(_config(text_file, tmp_path, "reference"), progress=False)
     assert all(torch.equal(a, b) for a, b in zip(_weights(full).values(), _weights(reference).values()))
+
+
+def test_checkpoint_has_a_model_card_and_tensorboard_gets_the_run(text_file, tmp_path):
+    import yaml
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run = train(_config(text_file, tmp_path, "card", report_to="tensorboard"), progress=False)
+    card = (list_checkpoints(run)[-1][1] / "README.md").read_text()
+    header = yaml.safe_load(card.split("---")[1])
+    assert header["library_name"] == "transformers" and "self-distillation" in header["tags"]
+    first, last = evals(_log(run))[0], evals(_log(run))[-1]
+    assert f"| normed | {first.S['normed']:.4f} | {last.S['normed']:.4f} |" in card
+    assert "kl_direction: forward" in card and "16 optimizer steps" in card
+    events = list((run / "tracking").rglob("events.out.tfevents.*"))
+    assert events, "no TensorBoard event file"
+    acc = EventAccumulator(str(events[0].parent)).Reload()
+    losses = [e.value for e in acc.Scalars("loss")]
+    assert losses == pytest.approx([r.loss for r in _steps(run)], rel=1e-5)
+    assert [e.step for e in acc.Scalars("S/normed")] == [0, 8, 16]
+
+
+def test_push_to_hub_offline_is_one_line(text_file, tmp_path):
+    from tests.integration.test_cli import _sdlib
+
+    done = _sdlib("train", str(ROOT / "configs" / "tiny.yaml"), "--output_dir", str(tmp_path / "p"), "--data",
+                  str(text_file), "--eval_text", str(text_file), "--max_tokens", "512", "--push_to_hub", "me/tiny",
+                  env_extra={"HF_HUB_OFFLINE": "1"})
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2 and lines[-1].startswith("sdlib: error: could not push") and "kept" in lines[-1]
+    assert list_checkpoints(tmp_path / "p")  # the checkpoint is there

@@ -100,3 +100,25 @@ def test_init_gradients_against_an_independent_computation(tiny_model, text_file
     assert math.isnan(z["cosine"]["pre_norm"]["final_norm"]) and -1 <= z["cosine"]["normed"]["all"] <= 1
     assert z["alpha_zeta2"]["normed"] == pytest.approx(sum(z["alpha_zeta2_per_layer"]["normed"]), rel=1e-5)
     assert set(z["groups"]) == {"embeddings", "blocks", "last_block", "final_norm", "lm_head"}
+
+
+def test_records_round_trip_through_json(tiny_model, tmp_path):
+    import json
+
+    from sdlib.studies.lens import LensGrid, lens_grid_of
+    from sdlib.studies.measure import MeasureRecord, MeasureSettings, measure_model
+    from sdlib.train.runlog import EvalRecord, StepRecord, from_dict, to_line
+
+    model, tok = tiny_model
+    text = "the cat sat on the mat and the dog slept by the fire " * 4
+    path = tmp_path / "t.txt"
+    path.write_text(text)
+    record = measure_model(model, tok, MeasureSettings(str(path), 2, 16), name="tiny-llama", role="pretrained")
+    again = MeasureRecord.from_dict(json.loads(json.dumps(record.to_dict())))
+    assert again == record and again.role == "pretrained"
+    grid = lens_grid_of(model, tok, text, label="tiny")
+    assert LensGrid.from_dict(json.loads(json.dumps(grid.to_dict()))) == grid
+    step = StepRecord(step=1, tokens=8, epochs=0.5, loss=1.0, zeta1=0.5, zeta2=0.5, kl_per_layer=[0.1, None],
+                      zeta2_per_layer=[0.2], lr=1e-4, grad_norm=0.3, skipped_steps=0, tokens_per_s=9.0, seconds=1.0)
+    evaluation = EvalRecord(step=1, D={"normed": [0.1]}, S={"normed": 1.0}, tokens=8)
+    assert from_dict(json.loads(to_line(step))) == step and from_dict(json.loads(to_line(evaluation))) == evaluation

@@ -18,8 +18,8 @@ def test_layer_weights():
     assert w.shape == (16,)
     assert w.sum().item() == pytest.approx(1.0, abs=1e-6)
     assert (w[1:] > w[:-1]).all()
-    assert torch.allclose(w[1:] / w[:-1], torch.full((15,), torch.e ** 0.25))
-    assert torch.allclose(layer_weights(5, 0.0), torch.full((5,), 0.2))
+    assert torch.allclose(w[1:] / w[:-1], torch.full((15,), torch.e ** 0.25, dtype=torch.float64))
+    assert torch.allclose(layer_weights(5, 0.0), torch.full((5,), 0.2, dtype=torch.float64))
     with pytest.raises(SdlibError):
         layer_weights(0, 0.25)
 
@@ -167,3 +167,33 @@ def test_sampled_zeta1_is_unbiased():
     assert one.computed_layers.sum() == 1 and one.kl_per_layer.isnan().sum() == 2
     layer = int(one.computed_layers.nonzero())
     assert one.zeta1.item() == pytest.approx(exact.kl_per_layer[layer].item(), rel=1e-9)
+
+
+@pytest.mark.parametrize("last_state", ["normed", "pre_norm"])
+def test_zeta2_equals_the_papers_formula_written_out(last_state):
+    """zeta2 = sum_{l=1..L} w_l mean_t ||h_l - h_{l-1}||^2 / ||h_{l-1}||^2, w_l = exp(k l) / sum_i exp(k i), from
+    transformers' own hidden states (h_L after the final norm) or a hook of this test's on the last layer (raw)."""
+    import math
+
+    student, teacher, ids, mask = _setup("tiny-llama")
+    mask = torch.ones_like(ids)
+    k = 0.4
+    raw = {}
+    layers = student.model.layers
+    handle = layers[-1].register_forward_hook(lambda m, a, o: raw.__setitem__("x", o[0] if isinstance(o, tuple) else o))
+    with torch.no_grad():
+        hs = list(student(ids, output_hidden_states=True).hidden_states)  # h_-1 .. h_L (normed)
+    handle.remove()
+    if last_state == "pre_norm":
+        hs[-1] = raw["x"]
+    L = len(layers) - 1
+    weights = [math.exp(k * l) for l in range(L + 1)]
+    weights = [w / sum(weights) for w in weights]
+    per_layer = []
+    for l in range(1, L + 1):
+        prev, nxt = hs[l], hs[l + 1]  # h_{l-1}, h_l
+        per_layer.append(float((((nxt - prev) ** 2).sum(-1) / (prev ** 2).sum(-1)).mean()))
+    expected = sum(weights[l] * per_layer[l - 1] for l in range(1, L + 1))
+    parts, _ = _run(self_distillation_loss, student, teacher, ids, mask, alpha=1.0, k=k, last_state=last_state)
+    assert parts.zeta2.item() == pytest.approx(expected, rel=1e-9)
+    assert parts.zeta2_per_layer.tolist() == pytest.approx(per_layer, rel=1e-9)

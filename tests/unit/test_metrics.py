@@ -86,3 +86,24 @@ def test_bootstrap_interval_of_s():
     assert bootstrap_monotonicity(same) == pytest.approx((monotonicity(base),) * 2)
     with pytest.raises(SdlibError):
         bootstrap_monotonicity(base[None])
+
+
+def test_measure_windows_equals_layer_movement_of_the_whole_batch():
+    """What every published S comes from (measure_windows, batched and summed in two conventions) equals the
+    plain definition on the same tokens: layer_movement of all windows at once."""
+    from sdlib import models
+    from sdlib.states import hidden_states
+    from sdlib.studies.measure import measure_windows
+
+    model, _ = models.load("tiny-llama", num_layers=3, hidden_size=32)
+    with torch.no_grad():
+        models.decoder_parts(model).norm.weight.copy_(torch.linspace(-2, 2, 32))  # the conventions differ
+    windows = torch.randint(3, 259, (5, 24), generator=torch.Generator().manual_seed(0))
+    m = measure_windows(model, windows, batch_size=2)
+    with torch.no_grad():
+        for convention in ("normed", "pre_norm"):
+            D = layer_movement(hidden_states(model, windows, last_state=convention))
+            assert m.D[convention] == pytest.approx(D.tolist(), rel=1e-6, abs=1e-9)
+            assert m.S[convention] == pytest.approx(monotonicity(D), abs=1e-6)
+    assert m.D["normed"][-1] != pytest.approx(m.D["pre_norm"][-1])
+    assert m.n_tokens == 5 * 24 and len(m.per_window_D["normed"]) == 5

@@ -13,7 +13,9 @@ def test_environment_yml_mirrors_pyproject():
     import tomllib
 
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    wanted = {_norm(r) for r in project["dependencies"] + project["optional-dependencies"]["test"]}
+    optional = project["optional-dependencies"]
+    wanted = {_norm(r.split("#")[0]) for r in project["dependencies"] + optional["test"] + optional["dev"]
+              if not r.startswith("ruff")}
     env = yaml.safe_load((ROOT / "environment.yml").read_text())
     pip = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
     listed = {_norm(r) for r in pip if not r.startswith("-e")}
