@@ -27,7 +27,16 @@ case "${1:-}" in
             --budget "${BUDGET:-600}" "$@" ;;
     probe)
         nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
-        python3 -c "import sys, torch, transformers; print('python', sys.version.split()[0], 'torch', torch.__version__, 'transformers', transformers.__version__)"
+        python3 - <<'PY'
+import importlib.metadata as m, sys
+found = []
+for name in ("torch", "transformers", "accelerate", "pyarrow", "huggingface-hub", "fsspec", "pandas", "tokenizers"):
+    try:
+        found.append(f"{name} {m.version(name)}")
+    except m.PackageNotFoundError:
+        found.append(f"{name} missing")
+print("python", sys.version.split()[0], *found)
+PY
         echo "Hugging Face caches:"; ls -d ~/.cache/huggingface/*/* "${HF_HOME:-/nonexistent}"/* 2>/dev/null | head -40
         df -h /tmp | tail -1
         [ -d .gpu/wheels ] && keep .gpu/wheels/*.whl

@@ -9,8 +9,10 @@ from sdlib.lens import lens_logits, lens_top1
 from sdlib.loss import layer_weights, self_distillation_loss
 from sdlib.metrics import layer_movement, monotonicity, token_movement
 from sdlib.models import decoder_parts, load
-from sdlib.states import forward_states, hidden_states
+from sdlib.states import HiddenStates, forward_states, hidden_states
+from sdlib.types import KLDirection, LastState, Zeta2Form
 
-__version__ = "0.1.0"
-__all__ = ["SdlibError", "forward_states", "hidden_states", "decoder_parts", "layer_movement", "layer_weights",
-           "lens_logits", "lens_top1", "load", "monotonicity", "self_distillation_loss", "token_movement"]
+__version__ = "0.2.0"
+__all__ = ["HiddenStates", "KLDirection", "LastState", "SdlibError", "Zeta2Form", "decoder_parts", "forward_states",
+           "hidden_states", "layer_movement", "layer_weights", "lens_logits", "lens_top1", "load", "monotonicity",
+           "self_distillation_loss", "token_movement"]

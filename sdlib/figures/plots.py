@@ -226,7 +226,7 @@ def atlas_figure(records: Sequence[Any], title: str = "Convergence atlas") -> go
     layer; and, at initialisation, how strongly alpha * zeta2 pulls on each parameter group relative to zeta1."""
     fig = make_subplots(rows=2, cols=3, horizontal_spacing=0.07, vertical_spacing=0.14, subplot_titles=[
         "movement D_l (normed solid, pre_norm dotted)", "last step, median over tokens (position 0 excluded)",
-        "largest channel's share of ||h_l||², median over tokens", "LAMBADA accuracy per layer (logit lens)",
+        "largest channel's (solid) and 4 largest (dotted) share of ||h_l||²", "LAMBADA accuracy per layer (logit lens)",
         "WikiText word perplexity per layer (logit lens)", "at initialisation: |∇ α·zeta2| / |∇ zeta1| per group"])
     for i, r in enumerate(records):
         color, L = PALETTE[i % len(PALETTE)], r.num_layers - 1
@@ -241,9 +241,11 @@ def atlas_figure(records: Sequence[Any], title: str = "Convergence atlas") -> go
         fig.add_trace(go.Bar(x=[p[0] for p in parts], y=[p[1] for p in parts], marker_color=color, legendgroup=r.model,
                              showlegend=False, name=r.model, text=[f"{p[1]:.3f}" for p in parts], textposition="outside"),
                       row=1, col=2)
-        share = r.top_channel["share_median_no_sink"]
-        fig.add_trace(go.Scatter(x=[(i - 1) / L for i in range(len(share))], y=share, mode="lines",
-                                 line={"color": color}, legendgroup=r.model, showlegend=False, name=r.model), row=1, col=3)
+        for key, dash in (("share_median_no_sink", "solid"), ("top4_share_median_no_sink", "dot")):
+            share = r.top_channel[key]
+            fig.add_trace(go.Scatter(x=[(i - 1) / L for i in range(len(share))], y=share, mode="lines",
+                                     line={"color": color, "dash": dash}, legendgroup=r.model, showlegend=False,
+                                     name=r.model), row=1, col=3)
         e = r.evaluation
         x = [l / L for l in e["layers"]]
         fig.add_trace(go.Scatter(x=x, y=e["lambada_acc"], mode="lines+markers", marker={"size": 4}, line={"color": color},

@@ -74,7 +74,8 @@ class AtlasRecord(Record):
     """``block`` (pre-norm D_L), ``norm`` (the final norm's rotation), ``normed`` (normed D_L)"""
     norm_share: TokenStats
     top_channel: dict[str, Any]
-    """``layers`` (-1..L), ``share_median_no_sink`` and ``share_sink`` per layer (normed h_L last), ``pre_norm_last``
+    """``layers`` (-1..L), ``share_median_no_sink`` and ``share_sink`` per layer (normed h_L last; the largest
+    channel's share of ||h||^2) and ``top4_share_median_no_sink`` (the 4 largest channels'), ``pre_norm_last``
     (the same for x_L), ``channel`` (the channel most often largest in x_L, position 0 excluded) and its final-norm
     ``gain`` and median ``share`` of x_L"""
     evaluation: dict[str, Any]
@@ -122,6 +123,7 @@ class _TokenObserver:
     def __init__(self) -> None:
         self.block, self.norm, self.normed, self.share = [], [], [], []
         self.top_share: list[torch.Tensor] = []  # [L + 3, tokens]: h_-1..h_L (normed), then x_L
+        self.top4_share: list[torch.Tensor] = []  # the same for the 4 largest channels together
         self.top_index: list[torch.Tensor] = []  # [tokens]: x_L's largest channel
         self.positions: list[torch.Tensor] = []
 
@@ -130,11 +132,15 @@ class _TokenObserver:
         block, norm, normed = movement(x_prev, x_last), movement(x_last, h_last), movement(x_prev, h_last)
         angle_block, angle_norm = (torch.arccos((1 - 2 * d.double()).clamp(-1, 1)) for d in (block, norm))
         share = angle_norm / (angle_block + angle_norm).clamp_min(1e-12)
-        shares = []
+        shares, shares4 = [], []
         for h in (*states.normed, x_last):
             energy = h.float().pow(2)
-            shares.append((energy.max(-1).values / energy.sum(-1).clamp_min(1e-30)).flatten().cpu())
+            total = energy.sum(-1).clamp_min(1e-30)
+            top4 = energy.topk(min(4, energy.shape[-1]), dim=-1).values
+            shares.append((top4[..., 0] / total).flatten().cpu())
+            shares4.append((top4.sum(-1) / total).flatten().cpu())
         self.top_share.append(torch.stack(shares))
+        self.top4_share.append(torch.stack(shares4))
         self.top_index.append(x_last.float().abs().argmax(-1).flatten().cpu())
         for store, value in ((self.block, block), (self.norm, norm), (self.normed, normed), (self.share, share)):
             store.append(value.flatten().cpu())
@@ -146,6 +152,7 @@ class _TokenObserver:
                      for name, values in (("block", self.block), ("norm", self.norm), ("normed", self.normed))}
         top = torch.cat(self.top_share, dim=1)  # [L + 3, tokens]
         rest, first = top[:, pos > 0], top[:, pos == 0]
+        top4 = torch.cat(self.top4_share, dim=1)[:, pos > 0]
         index = torch.cat(self.top_index)[pos > 0]
         channel = int(torch.mode(index).values) if len(index) else int(torch.mode(torch.cat(self.top_index)).values)
         n_states = top.shape[0] - 1
@@ -153,7 +160,9 @@ class _TokenObserver:
             "layers": list(range(-1, n_states - 1)),
             "share_median_no_sink": rest[:-1].median(dim=1).values.tolist(),
             "share_sink": first[:-1].mean(dim=1).tolist() if first.shape[1] else [],
+            "top4_share_median_no_sink": top4[:-1].median(dim=1).values.tolist(),
             "pre_norm_last": {"share_median_no_sink": float(rest[-1].median()),
+                              "top4_share_median_no_sink": float(top4[-1].median()),
                               "share_sink": float(first[-1].mean()) if first.shape[1] else math.nan},
             "channel": channel, "gain": float(gain[channel]),
             "channel_fraction": float((index == channel).double().mean()) if len(index) else math.nan,
@@ -307,10 +316,12 @@ def format_atlas(r: AtlasRecord) -> str:
                  f"at position 0 {t['pre_norm_last']['share_sink']:.1%}")
     e = r.evaluation
     lines.append(f"per layer ({e['subset']}: LAMBADA n={e['lambada_n']}, WikiText pages n={e['wikitext_n']}):")
-    lines.append(f"{'layer':>5s} {'D normed':>9s} {'top share':>9s} {'LAMBADA':>8s} {'WikiText ppl':>13s}")
+    lines.append(f"{'layer':>5s} {'D normed':>9s} {'top-1 share':>11s} {'top-4 share':>11s} {'LAMBADA':>8s} "
+                 f"{'WikiText ppl':>13s}")
     for i, layer in enumerate(e["layers"]):
-        lines.append(f"{layer:5d} {m.D['normed'][i]:9.4f} {t['share_median_no_sink'][i + 1]:9.3f} "
-                     f"{e['lambada_acc'][i]:8.3f} {e['wikitext_word_ppl'][i]:13.4g}")
+        lines.append(f"{layer:5d} {m.D['normed'][i]:9.4f} {t['share_median_no_sink'][i + 1]:11.3f} "
+                     f"{t['top4_share_median_no_sink'][i + 1]:11.3f} {e['lambada_acc'][i]:8.3f} "
+                     f"{e['wikitext_word_ppl'][i]:13.4g}")
     z = r.init
     lines.append(f"at initialisation ({z['tokens']} tokens): zeta1 {z['zeta1']:.4f}, alpha zeta2 normed "
                  f"{z['alpha_zeta2']['normed']:.4f}, pre_norm {z['alpha_zeta2']['pre_norm']:.4f}")

@@ -73,6 +73,11 @@ def layer_scores(profile: Profile, pair: Pair, role: Role, tasks=("lambada_opena
     table, _ = evaluate_cached(pair.source(role), list(tasks), load_subset(profile.eval_subset, device),
                                loaded=(model, tok), out_dir=results_folder(pair, role, "eval"), device=device)
     greedy = table.attrs.get("greedy", {})
+    if role == Role.SELF_DISTILLED and set(tasks) == {"lambada_openai", "wikitext"}:
+        from sdlib.models import resolve_checkpoint
+        from sdlib.train.card import refresh_card
+
+        refresh_card(resolve_checkpoint(pair.trained_dir()), table)  # the card now shows its evaluation
     table = table.assign(role=str(role), label=pair.label(role), base_model=pair.model)
     table.attrs["greedy"] = greedy
     return table

@@ -63,3 +63,19 @@ def push_to_hub(checkpoint: Path, repo_id: str) -> str:
                          f"{str(err).splitlines()[0][:160] if str(err) else ''}); the checkpoint is kept, push it "
                          "later with `huggingface-cli upload`") from None
     return f"https://huggingface.co/{repo_id}"
+
+
+def refresh_card(checkpoint: Path, evaluation) -> Path:
+    """Rewrite a checkpoint's model card with its per-layer evaluation table (after ``sdlib eval`` or the figures'
+    evaluation of it)."""
+    import json
+
+    from sdlib.train.checkpoint import CONFIG_FILE
+    from sdlib.train.config import load_config
+
+    checkpoint = Path(checkpoint)
+    metrics = json.loads((checkpoint / "metrics.json").read_text())
+    card = model_card(load_config(checkpoint / CONFIG_FILE), metrics.get("first_eval"), metrics.get("last_eval"),
+                      metrics["step"], evaluation)
+    (checkpoint / "README.md").write_text(card, encoding="utf-8")
+    return checkpoint / "README.md"

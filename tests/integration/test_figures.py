@@ -29,6 +29,8 @@ def test_tiny_profile_regenerates_every_figure(tmp_path):
     movement = json.loads((out / "fig03_movement.json").read_text())["numbers"]
     assert set(movement) == {"tiny-llama (pretrained)", "tiny-llama (self-distilled)"}
     assert "wall time per stage" in done.stdout
+    card = next((tmp_path / "build" / "runs" / "tiny" / "checkpoints").glob("step-000016")) / "README.md"
+    assert "## Per-layer evaluation" in card.read_text() and "lambada_openai" in card.read_text()
 
 
 @pytest.mark.data

@@ -21,10 +21,12 @@ REAL = ["smollm2-135m", "gemma3-270m", "qwen2.5-coder-0.5b"]
 # S on the first 4 windows of 256 WikiText-2 test tokens (fp32, CPU), measured with sdlib at the commit that
 # added this test; numbers of dequantized 4-5 bit GGUFs, not of the hub's bf16 releases
 GOLDEN_S = {
-    "smollm2-135m": {"normed": None, "pre_norm": None},
-    "gemma3-270m": {"normed": None, "pre_norm": None},
-    "qwen2.5-coder-0.5b": {"normed": None, "pre_norm": None},
+    "smollm2-135m": {"normed": 0.48122789968161317, "pre_norm": 0.7264907168079526},
+    "gemma3-270m": {"normed": 0.5110140252921728, "pre_norm": 0.6936666417767731},
+    "qwen2.5-coder-0.5b": {"normed": 0.6761676476795249, "pre_norm": 0.9142659275743731},
 }
+# final-layer LAMBADA accuracy on the first 50 passages (lm-eval's lambada_openai scoring)
+GOLDEN_LAMBADA_50 = {"smollm2-135m": 0.30, "gemma3-270m": 0.40, "qwen2.5-coder-0.5b": 0.34}
 
 pytestmark = [pytest.mark.slow, pytest.mark.data]
 
@@ -76,9 +78,7 @@ def test_measure_agrees_with_an_independent_computation(name, tmp_path):
     for convention, D in (("normed", normed), ("pre_norm", pre_norm)):
         assert record["D"][convention] == pytest.approx(D, abs=2e-5)
         assert record["S"][convention] == pytest.approx(_independent_S(D), abs=1e-4)
-        golden = GOLDEN_S[name][convention]
-        if golden is not None:
-            assert record["S"][convention] == pytest.approx(golden, abs=1e-6)
+        assert record["S"][convention] == pytest.approx(GOLDEN_S[name][convention], abs=1e-6)
     assert record["n_tokens"] == 1024 and len(record["D"]["normed"]) == model.config.num_hidden_layers + 1
 
 
@@ -100,3 +100,12 @@ def test_eval_agrees_with_lm_eval_at_the_final_layer(name, tmp_path):
     theirs = out["results"]["lambada_openai"]
     assert ours[(n_layers - 1, "acc")] == pytest.approx(theirs["acc,none"], abs=1e-9)
     assert ours[(n_layers - 1, "perplexity")] == pytest.approx(theirs["perplexity,none"], rel=1e-4)
+
+
+@pytest.mark.parametrize("name", REAL)
+def test_final_layer_lambada_on_50_passages_is_pinned(name, tmp_path):
+    _sdlib("eval", name, "--tasks", "lambada_openai", "--limit", "50", "--out", str(tmp_path / "ev"))
+    rows = json.loads((tmp_path / "ev" / "results.json").read_text())["tasks"]["lambada_openai"]["rows"]
+    final = max(r["layer"] for r in rows)
+    acc = next(r["value"] for r in rows if r["layer"] == final and r["metric"] == "acc")
+    assert acc == pytest.approx(GOLDEN_LAMBADA_50[name], abs=1e-9) and rows[0]["n"] == 50

@@ -46,6 +46,8 @@ def test_atlas_agrees_with_the_measurement_and_round_trips(tiny_model, text_file
     assert m.S_median["normed"] == pytest.approx(monotonicity(m.D_median["normed"]))
     assert len(r.top_channel["share_median_no_sink"]) == r.num_layers + 1
     assert all(0 < v <= 1 for v in r.top_channel["share_median_no_sink"])
+    top1, top4 = r.top_channel["share_median_no_sink"], r.top_channel["top4_share_median_no_sink"]
+    assert all(a <= b <= 1 for a, b in zip(top1, top4))
     assert r.evaluation["layers"] == list(range(r.num_layers)) and r.evaluation["lambada_n"] == 16
     again = AtlasRecord.from_dict(r.to_dict())
     assert again == r
