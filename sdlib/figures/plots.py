@@ -217,17 +217,19 @@ def ablation_figure(table, title: str = "One-factor grid", target_S: float = 0.8
 
 
 ATLAS_GROUPS = ("embeddings", "blocks", "last_block", "final_norm", "lm_head")
+PPL_CAP = 1e20  # the perplexity panels' top: an early layer's 1e56 would flatten every other curve
 
 
 def atlas_figure(records: Sequence[Any], title: str = "Convergence atlas") -> go.Figure:
     """The atlas of several models (``sdlib.studies.atlas.AtlasRecord``), against relative depth l / L:
     D_l (normed solid, pre_norm dotted); the last step per token split into the last block's and the final
     norm's rotation; the largest channel's share of ||h_l||^2; LAMBADA accuracy and WikiText word perplexity per
-    layer; and, at initialisation, how strongly alpha * zeta2 pulls on each parameter group relative to zeta1."""
+    layer; and, at initialisation, the gradient norm of zeta1 and of alpha * zeta2 (both conventions) per parameter group."""
     fig = make_subplots(rows=2, cols=3, horizontal_spacing=0.07, vertical_spacing=0.14, subplot_titles=[
         "movement D_l (normed solid, pre_norm dotted)", "last step, median over tokens (position 0 excluded)",
         "largest channel's (solid) and 4 largest (dotted) share of ||h_l||²", "LAMBADA accuracy per layer (logit lens)",
-        "WikiText word perplexity per layer (logit lens)", "at initialisation: |∇ α·zeta2| / |∇ zeta1| per group"])
+        "WikiText word perplexity per layer (logit lens)",
+        "at initialisation: gradient norm per parameter group"])
     for i, r in enumerate(records):
         color, L = PALETTE[i % len(PALETTE)], r.num_layers - 1
         depth = [l / L for l in range(L + 1)]
@@ -254,11 +256,19 @@ def atlas_figure(records: Sequence[Any], title: str = "Convergence atlas") -> go
                                  line={"color": color}, legendgroup=r.model, showlegend=False, name=r.model), row=2, col=2)
         g = r.init["grad_norms"]
         groups = [k for k in ATLAS_GROUPS if k in g["zeta1"]]
-        for last_state, pattern in zip(LAST_STATES, ("", "/")):
-            ratio = [g[f"zeta2_{last_state}"][k] / g["zeta1"][k] if g["zeta1"][k] > 0 else None for k in groups]
-            fig.add_trace(go.Bar(x=groups, y=ratio, marker={"color": color, "pattern": {"shape": pattern}},
-                                 legendgroup=r.model, showlegend=False, name=f"{r.model} ({last_state})",
-                                 offsetgroup=f"{i}-{last_state}"), row=2, col=3)
+        for part, pattern in zip(("zeta1", *(f"zeta2_{s}" for s in LAST_STATES)), ("", "/", ".")):
+            norms = [g[part][k] if g[part][k] > 0 else None for k in groups]  # 0 has no place on a log axis
+            fig.add_trace(go.Bar(x=groups, y=norms, marker={"color": color, "pattern": {"shape": pattern}},
+                                 legendgroup=r.model, showlegend=False, name=f"{r.model}: {part}",
+                                 offsetgroup=f"{i}-{part}"), row=2, col=3)
+    ppl = [v for r in records for v in r.evaluation["wikitext_word_ppl"]]
+    if ppl and max(ppl) > PPL_CAP:
+        fig.update_yaxes(range=[0, np.log10(PPL_CAP)], row=2, col=2)
+        fig.add_annotation(text=f"off scale: {sum(v > PPL_CAP for v in ppl)} point(s) above 1e{np.log10(PPL_CAP):.0f}",
+                           xref="x5 domain", yref="y5 domain", x=0.98, y=0.98, showarrow=False, xanchor="right")
+    fig.add_annotation(text="bars: zeta1 plain, α·zeta2 normed /, pre_norm ·; no bar = exactly 0<br>"
+                            "(zeta1 on the last block: its lens is the teacher)", xref="x6 domain", yref="y6 domain",
+                       x=0.5, y=-0.16, showarrow=False, font={"size": 11})
     fig.update_xaxes(title_text="relative depth l / L", row=1, col=1)
     fig.update_xaxes(title_text="relative depth l / L (h_-1 at -1/L)", row=1, col=3)
     for col in (1, 2):
@@ -268,7 +278,7 @@ def atlas_figure(records: Sequence[Any], title: str = "Convergence atlas") -> go
     fig.update_yaxes(title_text="share", range=[0, 1.02], row=1, col=3)
     fig.update_yaxes(title_text="accuracy", row=2, col=1)
     fig.update_yaxes(title_text="word perplexity", type="log", row=2, col=2)
-    fig.update_yaxes(title_text="ratio (solid: normed, hatched: pre_norm)", type="log", row=2, col=3)
+    fig.update_yaxes(title_text="gradient norm (log)", type="log", row=2, col=3)
     fig.update_layout(title=title, template="plotly_white", width=1500, height=900, barmode="group",
                       legend={"orientation": "h", "y": -0.1, "x": 0})
     return fig
