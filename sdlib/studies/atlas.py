@@ -9,6 +9,8 @@ For one model, on the default measurement text:
   this is its per-channel gain's rotation), with the ``normed`` D_L beside, as means and medians over tokens
   with and without position 0 (often an attention sink with a huge norm). ``norm_share`` is, per token,
   theta_norm / (theta_block + theta_norm) with theta = arccos(cos) the angle of each rotation;
+* the per-token norms ||h_{L-1}||, ||x_L|| and ||h_L|| (normed): the paper's zeta2 term at L,
+  ||h_L - h_{L-1}||^2 / ||h_{L-1}||^2, has a gradient on h_L of size ~ 2 / ||h_{L-1}|| when ||h_L|| << ||h_{L-1}||;
 * per layer, the per-token share of ||h_l||^2 held by its largest channel (massive activations);
 * per-layer LAMBADA accuracy and WikiText word perplexity (lm-eval's scoring; ``sdlib.evaluation``);
 * at initialisation of the paper's recipe (student = teacher): zeta1 and alpha * zeta2 per layer and the
@@ -29,6 +31,9 @@ from sdlib.metrics import movement
 from sdlib.states import HiddenStates
 from sdlib.studies.measure import Measurement, MeasureSettings
 from sdlib.types import LAST_STATES
+
+ATLAS_RECORD_VERSION = 2
+"""part of the cache key: raised when the record gains a field (2: ``state_norms``)"""
 
 
 @dataclass(frozen=True)
@@ -81,6 +86,8 @@ class AtlasRecord(Record):
     evaluation: dict[str, Any]
     init: dict[str, Any]
     settings: dict[str, Any]
+    state_norms: dict[str, TokenStats] = field(default_factory=dict)
+    """per-token norms: ``h_prev`` ||h_{L-1}||, ``x_last`` ||x_L|| (pre-norm), ``h_last`` ||h_L|| (normed)"""
     provenance: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -95,6 +102,7 @@ class AtlasRecord(Record):
             "D_L": self.D_L, "D_L_over_D_L_minus_1": m.last_layer_ratio, "D": m.D,
             "last_step": {k: asdict(v) for k, v in self.last_step.items()}, "norm_share": asdict(self.norm_share),
             "top_channel": self.top_channel, "evaluation": self.evaluation,
+            "state_norms": {k: asdict(v) for k, v in self.state_norms.items()},
             "init": {k: z[k] for k in ("tokens", "zeta1", "alpha_zeta2", "grad_norms", "cosine", "tied_embeddings")}})
 
     @classmethod
@@ -103,6 +111,7 @@ class AtlasRecord(Record):
         values["measurement"] = Measurement.from_dict(data["measurement"])
         values["last_step"] = {k: TokenStats(**v) for k, v in data["last_step"].items()}
         values["norm_share"] = TokenStats(**data["norm_share"])
+        values["state_norms"] = {k: TokenStats(**v) for k, v in data.get("state_norms", {}).items()}
         return cls(**values)
 
 
@@ -125,6 +134,7 @@ class _TokenObserver:
         self.top_share: list[torch.Tensor] = []  # [L + 3, tokens]: h_-1..h_L (normed), then x_L
         self.top4_share: list[torch.Tensor] = []  # the same for the 4 largest channels together
         self.top_index: list[torch.Tensor] = []  # [tokens]: x_L's largest channel
+        self.norms: dict[str, list[torch.Tensor]] = {"h_prev": [], "x_last": [], "h_last": []}
         self.positions: list[torch.Tensor] = []
 
     def __call__(self, states: HiddenStates, ids: torch.Tensor, moved: dict[str, torch.Tensor]) -> None:
@@ -144,7 +154,13 @@ class _TokenObserver:
         self.top_index.append(x_last.float().abs().argmax(-1).flatten().cpu())
         for store, value in ((self.block, block), (self.norm, norm), (self.normed, normed), (self.share, share)):
             store.append(value.flatten().cpu())
+        for name, h in (("h_prev", x_prev), ("x_last", x_last), ("h_last", h_last)):
+            self.norms[name].append(h.double().norm(dim=-1).flatten().cpu())
         self.positions.append(torch.arange(ids.shape[1]).expand(ids.shape[0], -1).flatten())
+
+    def state_norms(self) -> dict[str, TokenStats]:
+        pos = torch.cat(self.positions)
+        return {name: TokenStats.of(torch.cat(values), pos) for name, values in self.norms.items()}
 
     def summarise(self, gain: torch.Tensor) -> tuple[dict[str, TokenStats], TokenStats, dict[str, Any]]:
         pos = torch.cat(self.positions)
@@ -282,13 +298,13 @@ def atlas(model_name: str, settings: AtlasSettings = AtlasSettings(), *, device:
         parts = decoder_parts(model)
         last_step, share, top = observer.summarise(parts.norm_gain().cpu())
         record = AtlasRecord(model=model_name, num_layers=parts.num_layers, measurement=m, last_step=last_step,
-                             norm_share=share, top_channel=top,
+                             norm_share=share, top_channel=top, state_norms=observer.state_norms(),
                              evaluation=evaluation_summary(model_name, model, tokenizer, settings.eval_subset),
                              init=init_gradients(model, tokenizer, settings), settings=asdict(settings),
                              provenance=provenance(device=device, data=m.info.get("data"), limits=asdict(settings)))
         return record.to_dict()
 
-    key = {"fingerprint": model_fingerprint(model, tokenizer), **asdict(settings)}
+    key = {"fingerprint": model_fingerprint(model, tokenizer), "record": ATLAS_RECORD_VERSION, **asdict(settings)}
     return AtlasRecord.from_dict(cached_record(results_dir() / slug(model_name) / "atlas", "atlas", key, compute,
                                                use_cache))
 
@@ -307,6 +323,10 @@ def format_atlas(r: AtlasRecord) -> str:
         s = r.last_step[name]
         lines.append(f"  {label:22s} {s.mean:.4f} {s.median:.4f} {s.mean_no_sink:14.4f} {s.median_no_sink:16.4f} "
                      f"{s.sink:8.4f}")
+    n = r.state_norms
+    if n:
+        lines.append(f"per-token norms, median (no pos 0): ||h_L-1|| {n['h_prev'].median_no_sink:.4g}, ||x_L|| "
+                     f"{n['x_last'].median_no_sink:.4g}, ||h_L|| (normed) {n['h_last'].median_no_sink:.4g}")
     s = r.norm_share
     lines.append(f"  final-norm share of the last step's angle: median {s.median:.3f} (no pos 0: "
                  f"{s.median_no_sink:.3f}), mean {s.mean:.3f}")

@@ -79,7 +79,7 @@ def test_measure_agrees_with_an_independent_computation(name, tmp_path):
         assert record["D"][convention] == pytest.approx(D, abs=2e-5)
         assert record["S"][convention] == pytest.approx(_independent_S(D), abs=1e-4)
         assert record["S"][convention] == pytest.approx(GOLDEN_S[name][convention], abs=1e-6)
-    assert record["n_tokens"] == 1024 and len(record["D"]["normed"]) == model.config.num_hidden_layers + 1
+    assert record["n_tokens"] == 1024 and len(record["D"]["normed"]) == model.config.num_hidden_layers  # D_0 .. D_L
 
 
 @pytest.mark.parametrize("name", REAL[1:])

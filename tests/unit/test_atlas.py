@@ -49,6 +49,17 @@ def test_atlas_agrees_with_the_measurement_and_round_trips(tiny_model, text_file
     top1, top4 = r.top_channel["share_median_no_sink"], r.top_channel["top4_share_median_no_sink"]
     assert all(a <= b <= 1 for a, b in zip(top1, top4))
     assert r.evaluation["layers"] == list(range(r.num_layers)) and r.evaluation["lambada_n"] == 16
+    # the norms, recomputed here from a plain forward pass over the same windows
+    from sdlib.data import read_text, text_windows
+
+    model, tok = tiny_model
+    ids = text_windows(tok, read_text(str(text_file))[0], settings.windows, settings.window_len)
+    with torch.no_grad():
+        hs = model(ids, output_hidden_states=True).hidden_states
+    prev, last = hs[-2][:, 1:].double().norm(dim=-1), hs[-1][:, 1:].double().norm(dim=-1)
+    assert r.state_norms["h_prev"].mean_no_sink == pytest.approx(float(prev.mean()), rel=1e-5)
+    assert r.state_norms["h_last"].mean_no_sink == pytest.approx(float(last.mean()), rel=1e-5)
+    assert r.state_norms["x_last"].sink > 0
     again = AtlasRecord.from_dict(r.to_dict())
     assert again == r
     cached = atlas("tiny-llama", settings, loaded=tiny_model, progress=False)
