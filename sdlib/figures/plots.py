@@ -105,31 +105,47 @@ def layer_metric_figure(table, task: str, metric: str, log_y: bool = False, titl
     return fig
 
 
-def lens_figure(grids: Sequence[Any], title: str = "Logit lens: top-1 token and probability per layer") -> go.Figure:
+def lens_rows(num_layers: int, max_rows: int = 12) -> list[int]:
+    """The layers a lens heatmap shows: all of them up to ``max_rows``, else the last half of ``max_rows`` layers
+    (where the lens starts to read) and evenly spaced earlier ones, always with layer 0."""
+    if num_layers <= max_rows:
+        return list(range(num_layers))
+    tail = max_rows // 2
+    early = np.linspace(0, num_layers - tail - 1, max_rows - tail).round().astype(int).tolist()
+    return sorted(set(early) | set(range(num_layers - tail, num_layers)))
+
+
+def lens_figure(grids: Sequence[Any], title: str = "Logit lens: top-1 token and probability per layer",
+                max_rows: int = 12) -> go.Figure:
     """Per model (``sdlib.studies.lens.LensGrid``): a heatmap (layers x positions; text = top-1 token, colour =
-    its probability) above the movement curves D_l of the positions predicting the last tokens."""
-    fig = make_subplots(rows=2, cols=len(grids), row_heights=[0.72, 0.28], vertical_spacing=0.08,
-                        subplot_titles=[g.label for g in grids] + [""] * len(grids))
+    its probability) above the movement curves D_l of the positions predicting the last tokens. Deep models show
+    ``max_rows`` layers (``lens_rows``; the record keeps them all), so the tokens read at README width."""
+    fig = make_subplots(rows=2, cols=len(grids), row_heights=[0.68, 0.32], vertical_spacing=0.12,
+                        horizontal_spacing=0.08, subplot_titles=[g.label for g in grids] + [""] * len(grids))
     for col, g in enumerate(grids, start=1):
-        prob = np.asarray(g.top_prob)
-        cols = [f"{i}: {show_token(inp)} → {show_token(tgt)}" for i, (inp, tgt) in enumerate(zip(g.inputs, g.targets))]
-        text = [[f"{show_token(tok)}<br>{p:.2f}" for tok, p in zip(row, prow)] for row, prow in zip(g.top_tokens, prob)]
-        fig.add_trace(go.Heatmap(z=prob, x=cols, y=list(range(prob.shape[0])), text=text, texttemplate="%{text}",
-                                 textfont={"size": 8}, colorscale="Blues", zmin=0, zmax=1,
-                                 showscale=col == len(grids), colorbar={"title": "p(top-1)", "len": 0.65, "y": 0.68}),
-                      row=1, col=col)
-        fig.update_yaxes(title_text="layer", row=1, col=col)
-        for j, convention in enumerate(LAST_STATES):
-            for k, curve in enumerate(g.movement_last[convention]):
+        shown = lens_rows(len(g.top_tokens), max_rows)
+        prob = np.asarray(g.top_prob)[shown]
+        cols = [f"{show_token(inp)}→{show_token(tgt)}" for inp, tgt in zip(g.inputs, g.targets)]
+        cols = [f"{i}: {c}" for i, c in enumerate(cols)]
+        text = [[f"{show_token(tok)}<br>{p:.2f}" for tok, p in zip(g.top_tokens[l], prob_row)]
+                for l, prob_row in zip(shown, prob)]
+        fig.add_trace(go.Heatmap(z=prob, x=cols, y=[f"layer {l}" for l in shown], text=text, texttemplate="%{text}",
+                                 textfont={"size": 12}, colorscale="Blues", zmin=0, zmax=1, xgap=1, ygap=1,
+                                 showscale=col == len(grids),
+                                 colorbar={"title": "p(top-1)", "len": 0.6, "y": 0.7}), row=1, col=col)
+        fig.update_xaxes(tickangle=-35, tickfont={"size": 11}, row=1, col=col)
+        for j, last_state in enumerate(LAST_STATES):
+            for k, curve in enumerate(g.movement_last[last_state]):
                 target = show_token(g.targets[len(g.targets) - g.last + k])
-                fig.add_trace(go.Scatter(x=list(range(len(curve))), y=curve, mode="lines",
-                                         name=f"{g.label}: predicting {target} ({convention})", showlegend=True,
+                fig.add_trace(go.Scatter(x=list(range(len(curve))), y=curve, mode="lines", showlegend=col == 1,
+                                         name=f"D_l at the position predicting {target} ({last_state})",
+                                         legendgroup=f"{k}-{last_state}",
                                          line={"color": PALETTE[k % len(PALETTE)], "dash": "solid" if j == 0 else "dot"}),
                               row=2, col=col)
         fig.update_xaxes(title_text="layer l", row=2, col=col)
         fig.update_yaxes(title_text="D_l", row=2, col=col)
-    fig.update_layout(title=title, template="plotly_white", width=900 * len(grids), height=1150,
-                      legend={"orientation": "h", "y": -0.08, "x": 0})
+    fig.update_layout(title=title, template="plotly_white", width=720 * len(grids), height=1000,
+                      legend={"orientation": "h", "y": -0.1, "x": 0}, margin={"l": 70, "r": 30, "t": 80, "b": 40})
     return fig
 
 
