@@ -7,3 +7,9 @@ is a bug and keeps its stack trace.
 
 class SdlibError(Exception):
     """A user-facing error: the message says what is wrong and what to do about it."""
+
+
+def first_line(err: BaseException) -> str:
+    """An exception's message cut to its first line (its type's name when it has none), for a one-line error."""
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__

@@ -28,7 +28,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from sdlib.errors import SdlibError
+from sdlib.errors import SdlibError, first_line
 from sdlib.loss import LogitTransform
 
 # Where the resolver looks, in order, on the backbone (``model.base_model``).
@@ -238,7 +238,7 @@ def _from_pretrained(source: Path | str, error: Callable[[str], str]):
         tokenizer = AutoTokenizer.from_pretrained(source)
         model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32)
     except (OSError, ValueError) as err:
-        raise SdlibError(error(_first_line(err))) from err
+        raise SdlibError(error(first_line(err))) from err
     finally:
         if bars:
             hf_logging.enable_progress_bar()
@@ -254,11 +254,6 @@ def _from_hub(model_id: str):
         f"could not load model {model_id!r} from the Hugging Face hub (hub unreachable, no access, or no "
         f"such model: {reason[:160]}); download it elsewhere and pass its local folder instead, "
         "e.g. `sdlib measure /path/to/model`"))
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
 
 
 # --- tiny random-init models ----------------------------------------------------------------------------------

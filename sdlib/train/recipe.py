@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -19,7 +20,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from sdlib.errors import SdlibError
+from sdlib.errors import SdlibError, first_line
 from sdlib.loss import LossParts, TeacherHead, self_distillation_loss
 from sdlib.models import decoder_parts, load, max_sequence_length
 from sdlib.states import forward_states
@@ -37,22 +38,53 @@ from sdlib.train.runlog import EvalRecord, RunLog, SkipRecord, StepRecord, StopR
 from sdlib.types import OnNonFinite, Precision, ReportTo
 
 
+def teacher_head(teacher, input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> TeacherHead:
+    """The frozen teacher's output distribution for a micro-batch (its final normed states and its head)."""
+    parts = decoder_parts(teacher)
+    with torch.no_grad():
+        hidden = parts.backbone(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+    return TeacherHead(hidden, parts.lm_head.weight, parts.lm_head.bias, parts.transform)
+
+
+def student_loss(student, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, teacher: TeacherHead,
+                 config: TrainConfig, loss_fn=self_distillation_loss) -> LossParts:
+    """zeta of the student against ``teacher``: student forward (through any wrapper), then the chunked loss."""
+    states = forward_states(student, input_ids, attention_mask).pre_norm
+    parts = decoder_parts(student)
+    return loss_fn(states, parts.norm, parts.lm_head, teacher, alpha=config.alpha, k=config.k,
+                   attention_mask=attention_mask, last_state=config.last_state, kl_direction=config.kl_direction,
+                   chunk_size=config.chunk_size, zeta2_form=config.zeta2_form, lens_samples=config.lens_samples,
+                   logit_transform=parts.transform)
+
+
 def distillation_loss(student, teacher, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
                       config: TrainConfig, loss_fn=self_distillation_loss) -> LossParts:
     """zeta for one micro-batch: teacher forward without autograd, student forward, chunked loss
     (``loss_fn=reference_self_distillation_loss`` for the plain one)."""
-    teacher_parts = decoder_parts(teacher)
-    with torch.no_grad():
-        teacher_hidden = teacher_parts.backbone(input_ids=input_ids, attention_mask=attention_mask,
-                                                use_cache=False).last_hidden_state
-    states = forward_states(student, input_ids, attention_mask).pre_norm
-    parts = decoder_parts(student)
-    return loss_fn(
-        states, parts.norm, parts.lm_head,
-        TeacherHead(teacher_hidden, teacher_parts.lm_head.weight, teacher_parts.lm_head.bias, teacher_parts.transform),
-        alpha=config.alpha, k=config.k, attention_mask=attention_mask, last_state=config.last_state,
-        kl_direction=config.kl_direction, chunk_size=config.chunk_size, zeta2_form=config.zeta2_form,
-        lens_samples=config.lens_samples, logit_transform=parts.transform)
+    return student_loss(student, input_ids, attention_mask, teacher_head(teacher, input_ids, attention_mask), config,
+                        loss_fn)
+
+
+class Distiller(torch.nn.Module):
+    """The student with the loss inside its forward pass: what the recipe hands to accelerate.
+
+    Under FSDP the root unit (embedding, final norm, lm_head) holds its full weights only inside the root's
+    forward; a loss computed after ``model(...)`` returns would read the shards. ``Distiller(ids, mask,
+    teacher=head)`` returns the ``LossParts``; without ``teacher`` it is the student's own forward (the S
+    measurement runs through it). ``module`` is the student, so ``sdlib.models.unwrap`` finds it.
+    """
+
+    def __init__(self, student: torch.nn.Module, config: TrainConfig):
+        super().__init__()
+        self.module = student
+        self.config = config
+        self._no_split_modules = getattr(student, "_no_split_modules", None)  # accelerate's FSDP auto-wrap reads it
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                teacher: TeacherHead | None = None, **kwargs):
+        if teacher is None:
+            return self.module(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+        return student_loss(self.module, input_ids, attention_mask, teacher, self.config)
 
 
 class SelfDistillation:
@@ -107,9 +139,9 @@ class SelfDistillation:
                                       betas=(config.beta1, config.beta2), weight_decay=config.weight_decay)
         self.scheduler = get_cosine_schedule_with_warmup(optimizer, config.warmup_steps, config.total_steps)
         student.train()
-        self.model, self.optimizer = accelerator.prepare(student, optimizer)
+        self.model, self.optimizer = accelerator.prepare(Distiller(student, config), optimizer)
         self.teacher.to(accelerator.device)
-        self.unwrapped = accelerator.unwrap_model(self.model)
+        self.unwrapped = accelerator.unwrap_model(self.model).module  # the student
         if checkpoint is not None:
             restore_training_state(checkpoint, self.optimizer, self.scheduler)
         self.step, self.skipped = state["step"], state.get("skipped_steps", 0)
@@ -144,7 +176,13 @@ class SelfDistillation:
         bf16 = config.precision == Precision.BF16 or (config.precision == Precision.AUTO and not cpu)
         trackers = {} if config.report_to == ReportTo.NONE else {
             "log_with": str(config.report_to), "project_dir": str(self.run_dir / "tracking")}
-        return Accelerator(cpu=cpu, mixed_precision="bf16" if bf16 else "no", **trackers)
+        try:
+            return Accelerator(cpu=cpu, mixed_precision="bf16" if bf16 else "no", **trackers)
+        except RuntimeError as err:  # e.g. an FSDP launch config on a machine without GPUs
+            launch = os.environ.get("ACCELERATE_USE_FSDP", "").lower() in ("1", "true")
+            hint = ("FSDP needs GPUs (accelerate has no CPU FSDP): launch with configs/accelerate/ddp.yaml or on GPUs"
+                    if launch else "check the accelerate launch config")
+            raise SdlibError(f"accelerate could not start ({first_line(err)}): {hint}") from None
 
     def _load_weights(self, student, checkpoint: Path, saved: dict[str, Any]) -> None:
         from safetensors.torch import load_file
@@ -175,7 +213,7 @@ class SelfDistillation:
             input_ids = self.stream.batch(first, config.micro_batch).to(accelerator.device)
             sync = nullcontext() if micro == self.accum - 1 else accelerator.no_sync(self.model)
             with sync, accelerator.autocast():
-                parts = distillation_loss(self.model, self.teacher, input_ids, None, config)
+                parts = self.model(input_ids, None, teacher=teacher_head(self.teacher, input_ids, None))
                 if problem is None and not torch.isfinite(parts.total):
                     problem = _nonfinite_message(step + 1, parts)
                 # backward even then: the non-finite gradient it makes reaches every process through the
@@ -240,7 +278,8 @@ class SelfDistillation:
         from sdlib.train.card import model_card
 
         self.accelerator.wait_for_everyone()
-        state_dict = self.accelerator.get_state_dict(self.model)  # gathered from the shards under FSDP (all processes)
+        state_dict = {name.removeprefix("module."): value  # the Distiller's student; gathered from FSDP's shards
+                      for name, value in self.accelerator.get_state_dict(self.model).items()}
         path = None
         if self.main:
             config = self.config
