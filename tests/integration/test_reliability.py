@@ -29,11 +29,11 @@ TOTAL_STEPS = 16  # configs/tiny.yaml
 CHILD = textwrap.dedent("""
     import os, sys, time, pathlib, torch
     import sdlib.train.recipe as t
-    original = t.distillation_loss
+    original = t.student_loss
     def slow(*a, **k):
         time.sleep(0.15)
         return original(*a, **k)
-    t.distillation_loss = slow
+    t.student_loss = slow
     pause = os.environ.get("PAUSE_IN_SAVE_OF_STEP")
     if pause:
         save = torch.save
@@ -122,7 +122,7 @@ def test_sigkill_while_writing_a_checkpoint_keeps_the_previous_one(text_file, tm
 def _nan_at(step_to_break: int, monkeypatch):
     import sdlib.train.recipe as t
 
-    original, calls = t.distillation_loss, {"n": 0}
+    original, calls = t.student_loss, {"n": 0}  # the loss the recipe's Distiller computes in its forward
 
     def broken(*args, **kwargs):
         parts = original(*args, **kwargs)
@@ -132,7 +132,7 @@ def _nan_at(step_to_break: int, monkeypatch):
             parts = dataclasses.replace(parts, total=parts.total * float("nan"), zeta1=parts.zeta1 * float("nan"))
         return parts
 
-    monkeypatch.setattr(t, "distillation_loss", broken)
+    monkeypatch.setattr(t, "student_loss", broken)
 
 
 def test_nonfinite_loss_stops_naming_step_and_part_and_keeps_the_checkpoint(text_file, tmp_path, monkeypatch):
