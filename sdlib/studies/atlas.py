@@ -94,11 +94,19 @@ class AtlasRecord(Record):
     def D_L(self) -> dict[str, float]:
         return {c: self.measurement.D[c][-1] for c in LAST_STATES}
 
+    @property
+    def S_interval(self) -> dict[str, tuple[float, float]]:
+        """The 95% percentile bootstrap interval of S over the measurement's windows, per convention."""
+        from sdlib.metrics import bootstrap_monotonicity
+
+        return {c: bootstrap_monotonicity(self.measurement.per_window_D[c]) for c in LAST_STATES}
+
     def summary(self) -> dict[str, Any]:
         """The headline numbers (what the atlas figure's JSON and RESULTS.md show); undefined values are None."""
         m, z = self.measurement, self.init
         return _finite({
-            "num_layers": self.num_layers, "tokens": m.n_tokens, "S": m.S, "S_median_curve": m.S_median,
+            "num_layers": self.num_layers, "tokens": m.n_tokens, "S": m.S,
+            "S_interval": {c: list(v) for c, v in self.S_interval.items()}, "S_median_curve": m.S_median,
             "D_L": self.D_L, "D_L_over_D_L_minus_1": m.last_layer_ratio, "D": m.D,
             "last_step": {k: asdict(v) for k, v in self.last_step.items()}, "norm_share": asdict(self.norm_share),
             "top_channel": self.top_channel, "evaluation": self.evaluation,
@@ -317,6 +325,8 @@ def format_atlas(r: AtlasRecord) -> str:
     for name, values in (("S", m.S), ("S (median curve)", m.S_median), ("D_L", r.D_L),
                          ("D_L / D_L-1", m.last_layer_ratio)):
         lines.append(f"{name:22s} {values['normed']:10.4f} {values['pre_norm']:10.4f}")
+    ci = r.S_interval
+    lines.append(f"{'S 95% (windows)':22s} " + " ".join(f"[{ci[c][0]:.4f}, {ci[c][1]:.4f}]" for c in LAST_STATES))
     lines.append("last step per token:   mean   median  mean(no pos 0) median(no pos 0)  pos 0")
     for name, label in (("block", "last block (pre-norm)"), ("norm", "final norm's rotation"),
                         ("normed", "normed D_L")):

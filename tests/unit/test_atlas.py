@@ -44,6 +44,8 @@ def test_atlas_agrees_with_the_measurement_and_round_trips(tiny_model, text_file
     assert r.last_step["norm"].mean > 0 and 0 < r.norm_share.median < 1
     assert m.S["normed"] == pytest.approx(monotonicity(m.D["normed"]))
     assert m.S_median["normed"] == pytest.approx(monotonicity(m.D_median["normed"]))
+    for c, (lo, hi) in r.S_interval.items():
+        assert lo <= hi and r.summary()["S_interval"][c] == [lo, hi]
     assert len(r.top_channel["share_median_no_sink"]) == r.num_layers + 1
     assert all(0 < v <= 1 for v in r.top_channel["share_median_no_sink"])
     top1, top4 = r.top_channel["share_median_no_sink"], r.top_channel["top4_share_median_no_sink"]
