@@ -125,8 +125,7 @@ def lens_figure(grids: Sequence[Any], title: str = "Logit lens: top-1 token and 
     for col, g in enumerate(grids, start=1):
         shown = lens_rows(len(g.top_tokens), max_rows)
         prob = np.asarray(g.top_prob)[shown]
-        cols = [f"{show_token(inp)}→{show_token(tgt)}" for inp, tgt in zip(g.inputs, g.targets)]
-        cols = [f"{i}: {c}" for i, c in enumerate(cols)]
+        cols = [f"{i}: {show_token(inp)}→{show_token(tgt)}" for i, (inp, tgt) in enumerate(zip(g.inputs, g.targets))]
         text = [[f"{show_token(tok)}<br>{p:.2f}" for tok, p in zip(g.top_tokens[l], prob_row)]
                 for l, prob_row in zip(shown, prob)]
         fig.add_trace(go.Heatmap(z=prob, x=cols, y=[f"layer {l}" for l in shown], text=text, texttemplate="%{text}",

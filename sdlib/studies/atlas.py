@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
+from functools import cached_property
 from typing import Any
 
 import torch
@@ -86,7 +87,7 @@ class AtlasRecord(Record):
     evaluation: dict[str, Any]
     init: dict[str, Any]
     settings: dict[str, Any]
-    state_norms: dict[str, TokenStats] = field(default_factory=dict)
+    state_norms: dict[str, TokenStats]
     """per-token norms: ``h_prev`` ||h_{L-1}||, ``x_last`` ||x_L|| (pre-norm), ``h_last`` ||h_L|| (normed)"""
     provenance: dict[str, Any] = field(default_factory=dict)
 
@@ -94,7 +95,7 @@ class AtlasRecord(Record):
     def D_L(self) -> dict[str, float]:
         return {c: self.measurement.D[c][-1] for c in LAST_STATES}
 
-    @property
+    @cached_property
     def S_interval(self) -> dict[str, tuple[float, float]]:
         """The 95% percentile bootstrap interval of S over the measurement's windows, per convention."""
         from sdlib.metrics import bootstrap_monotonicity
@@ -119,7 +120,7 @@ class AtlasRecord(Record):
         values["measurement"] = Measurement.from_dict(data["measurement"])
         values["last_step"] = {k: TokenStats(**v) for k, v in data["last_step"].items()}
         values["norm_share"] = TokenStats(**data["norm_share"])
-        values["state_norms"] = {k: TokenStats(**v) for k, v in data.get("state_norms", {}).items()}
+        values["state_norms"] = {k: TokenStats(**v) for k, v in data["state_norms"].items()}
         return cls(**values)
 
 
@@ -334,9 +335,8 @@ def format_atlas(r: AtlasRecord) -> str:
         lines.append(f"  {label:22s} {s.mean:.4f} {s.median:.4f} {s.mean_no_sink:14.4f} {s.median_no_sink:16.4f} "
                      f"{s.sink:8.4f}")
     n = r.state_norms
-    if n:
-        lines.append(f"per-token norms, median (no pos 0): ||h_L-1|| {n['h_prev'].median_no_sink:.4g}, ||x_L|| "
-                     f"{n['x_last'].median_no_sink:.4g}, ||h_L|| (normed) {n['h_last'].median_no_sink:.4g}")
+    lines.append(f"per-token norms, median (no pos 0): ||h_L-1|| {n['h_prev'].median_no_sink:.4g}, ||x_L|| "
+                 f"{n['x_last'].median_no_sink:.4g}, ||h_L|| (normed) {n['h_last'].median_no_sink:.4g}")
     s = r.norm_share
     lines.append(f"  final-norm share of the last step's angle: median {s.median:.3f} (no pos 0: "
                  f"{s.median_no_sink:.3f}), mean {s.mean:.3f}")

@@ -18,12 +18,15 @@ from sdlib.train.config import load_config
 from sdlib.train.recipe import Distiller, teacher_head
 
 
+def tiny():
+    return load("tiny-llama", num_layers=3, hidden_size=64, vocab_size=512, seed=0)[0]
+
+
 def main(out: str, config_path: str) -> None:
     dist.init_process_group("gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
     config = load_config(config_path, {"lens_samples": 0})
-    student, _ = load("tiny-llama", num_layers=3, hidden_size=64, vocab_size=512, seed=0)
-    teacher, _ = load("tiny-llama", num_layers=3, hidden_size=64, vocab_size=512, seed=0)
+    student, teacher = tiny(), tiny()
     ids = torch.randint(0, 259, (2 * world, 16), generator=torch.Generator().manual_seed(1))
     layer = type(decoder_parts(student).layers[0])
     sharded = FSDP(Distiller(student, config), device_id=torch.device("cpu"), use_orig_params=True,
@@ -35,8 +38,7 @@ def main(out: str, config_path: str) -> None:
         grads = {n.replace("_fsdp_wrapped_module.", ""): p.grad.clone() for n, p in sharded.named_parameters()
                  if p.grad is not None}
     if rank == 0:
-        reference, _ = load("tiny-llama", num_layers=3, hidden_size=64, vocab_size=512, seed=0)
-        whole = Distiller(reference, config)
+        whole = Distiller(tiny(), config)
         whole(ids, None, teacher=teacher_head(teacher, ids, None)).total.backward()
         expected = {n: p.grad for n, p in whole.named_parameters() if p.grad is not None}
         worst = {n: float((grads[n] - g).abs().max() / g.abs().max().clamp_min(1e-12)) for n, g in expected.items()

@@ -76,15 +76,19 @@ def test_resume_equals_uninterrupted(text_file, tmp_path):
     assert {p: p.stat().st_mtime_ns for p in part.rglob("*") if p.is_file()} == files
 
 
-def test_two_processes_match_one(text_file, tmp_path):
-    one = train(_config(text_file, tmp_path, "one", save_every=0), progress=False)
+def _launch_tiny(accelerate_config: str, text_file, output_dir, *options: str) -> subprocess.CompletedProcess:
+    """``sdlib train configs/tiny.yaml`` under ``accelerate launch`` with 2 processes, on ``text_file``."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-           str(ROOT / "configs" / "accelerate" / "ddp.yaml"), "--num_processes", "2", "--mixed_precision", "no",
-           "-m", "sdlib", "train",
-           str(ROOT / "configs" / "tiny.yaml"), "--output_dir", str(tmp_path / "two"), "--data", str(text_file),
-           "--eval_text", str(text_file), "--save_every", "0"]
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+           str(ROOT / "configs" / "accelerate" / accelerate_config), "--num_processes", "2", *options,
+           "-m", "sdlib", "train", str(ROOT / "configs" / "tiny.yaml"), "--output_dir", str(output_dir),
+           "--data", str(text_file), "--eval_text", str(text_file), "--save_every", "0"]
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+
+
+def test_two_processes_match_one(text_file, tmp_path):
+    one = train(_config(text_file, tmp_path, "one", save_every=0), progress=False)
+    done = _launch_tiny("ddp.yaml", text_file, tmp_path / "two", "--mixed_precision", "no")
     assert done.returncode == 0, done.stderr[-3000:]
     two = tmp_path / "two"
     assert json.loads((two / "run.json").read_text())["processes"] == 2
@@ -211,12 +215,7 @@ def test_fsdp_on_two_cpu_processes(tmp_path):
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without GPUs")
 def test_fsdp_without_gpus_is_one_line(text_file, tmp_path):
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-           str(ROOT / "configs" / "accelerate" / "fsdp.yaml"), "--num_processes", "2", "-m", "sdlib", "train",
-           str(ROOT / "configs" / "tiny.yaml"), "--output_dir", str(tmp_path / "f"), "--data", str(text_file),
-           "--eval_text", str(text_file)]
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    done = _launch_tiny("fsdp.yaml", text_file, tmp_path / "f")
     assert done.returncode != 0
     assert "sdlib: error: accelerate could not start" in done.stderr and "FSDP needs GPUs" in done.stderr
     assert "RuntimeError" not in done.stderr  # accelerate's own exception is turned into that line
