@@ -105,6 +105,9 @@ def _grid(args: argparse.Namespace, extra: Sequence[str]) -> int:
     from sdlib.studies import grid
 
     g = grid.load_grid(args.grid)
+    if args.action == "train":
+        grid.train_cells(g, args.cells or None)
+        return 0
     if args.action == "run":
         grid.run(g, args.cells or None)
     table, out = grid.collect(g, args.cells or None)
@@ -273,8 +276,9 @@ def build_parser() -> argparse.ArgumentParser:
     _model_args(p)
     p.set_defaults(func=_analyze)
     p = sub.add_parser("grid", help="the reproduction study's one-factor grids (configs/ablations/*.yaml)")
-    p.add_argument("action", choices=("run", "collect"), help="run: train, measure and evaluate cells; collect: the "
-                                                             "table of every finished cell")
+    p.add_argument("action", choices=("run", "train", "collect"),
+                   help="run: train, measure and evaluate cells; train: only train them; collect: the table of every "
+                        "finished cell")
     p.add_argument("grid", help="a grid file, e.g. configs/ablations/cpu.yaml")
     p.add_argument("cells", nargs="*", help="only these cells (default: all, or every finished one for collect)")
     p.add_argument("--figures", default=None, help="draw the grid figure into this folder (e.g. figures)")

@@ -264,7 +264,7 @@ def self_distillation_loss(pre_norm_states: Sequence[torch.Tensor], final_norm: 
                            kl_direction: KLDirection | str = "forward", chunk_size: int = 1024,
                            compute_dtype: torch.dtype | None = None, zeta2_form: Zeta2Form | str = "relative_step",
                            lens_samples: int = 0, generator: torch.Generator | None = None,
-                           logit_transform: LogitTransform = IDENTITY) -> LossParts:
+                           logit_transform: LogitTransform = IDENTITY, zeta1: bool = True) -> LossParts:
     """zeta for one batch (see the module doc), chunked: O(chunk x vocab) extra memory.
 
     pre_norm_states: (h_{-1}, h_0, ..., h_L) as L + 2 tensors [batch, seq, d], with h_L the *raw* output
@@ -278,6 +278,7 @@ def self_distillation_loss(pre_norm_states: Sequence[torch.Tensor], final_norm: 
         replacement with probability w_l (``sample_lens_weights``); the others are not computed and their
         ``kl_per_layer`` entries are NaN.
     logit_transform: what the model applies to lm_head's output (``sdlib.models.DecoderParts.transform``).
+    zeta1: False leaves the lens KL out (zeta = alpha * zeta2; no lens is computed, ``kl_per_layer`` is NaN).
     """
     kl_direction, last_state, zeta2_form = _check_options(alpha, kl_direction, last_state, zeta2_form)
     if chunk_size < 1:
@@ -292,12 +293,20 @@ def self_distillation_loss(pre_norm_states: Sequence[torch.Tensor], final_norm: 
         device_type = flat[0].device.type
         compute_dtype = (torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type)
                          else lm_head.weight.dtype)
+    if not zeta1:
+        return _loss_parts(*_no_zeta1(weights), flat, normed[-1], weights, alpha, last_state, zeta2_form,
+                           torch.zeros(num_layers, dtype=torch.bool))
     teacher_fn = _teacher_logprobs_fn(teacher, valid, compute_dtype)
     lens_weights = weights if not lens_samples else sample_lens_weights(weights, lens_samples, generator)
     zeta1, kl_per_layer = LensKL.apply(lens_weights, lm_head.weight, lm_head.bias, teacher_fn, kl_direction,
                                        chunk_size, compute_dtype, logit_transform, *normed)
     return _loss_parts(zeta1, kl_per_layer, flat, normed[-1], weights, alpha, last_state, zeta2_form,
                        None if not lens_samples else (lens_weights > 0).cpu())
+
+
+def _no_zeta1(weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """zeta1 = 0 and an all-NaN per-layer KL [L + 1]: the loss without its lens term."""
+    return weights.new_zeros(()), torch.full_like(weights, float("nan"))
 
 
 def sample_lens_weights(weights: torch.Tensor, m: int, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -367,7 +376,7 @@ def reference_self_distillation_loss(pre_norm_states: Sequence[torch.Tensor], fi
                                      chunk_size: int | None = None, compute_dtype: torch.dtype | None = None,
                                      zeta2_form: Zeta2Form | str = "relative_step", lens_samples: int = 0,
                                      generator: torch.Generator | None = None,
-                                     logit_transform: LogitTransform = IDENTITY) -> LossParts:
+                                     logit_transform: LogitTransform = IDENTITY, zeta1: bool = True) -> LossParts:
     """The plain version of ``self_distillation_loss``: every layer's logits materialized, fp32 log-softmax,
     autograd keeps everything. For tests and benchmarks only; same arguments (``chunk_size``,
     ``compute_dtype``, ``lens_samples`` and ``generator`` are accepted and ignored: zeta1 is always exact) and
@@ -383,6 +392,10 @@ def reference_self_distillation_loss(pre_norm_states: Sequence[torch.Tensor], fi
     acc = torch.float64 if lm_head.weight.dtype == torch.float64 else torch.float32
     logp = torch.log_softmax(t_logits.detach().to(acc), dim=-1)
     normed = [final_norm(h) for h in flat[1:]]
+    if not zeta1:
+        weights = layer_weights(num_layers, k).to(flat[0].device, torch.float32)
+        return _loss_parts(*_no_zeta1(weights), flat, normed[-1], weights, alpha, last_state, zeta2_form,
+                           torch.zeros(num_layers, dtype=torch.bool))
     all_logq = torch.stack([torch.log_softmax(logit_transform(lm_head(h)).to(acc), dim=-1) for h in normed])  # [L+1, N, V]
     if kl_direction == "forward":
         kl = (logp.exp() * (logp - all_logq)).sum(-1).mean(-1)

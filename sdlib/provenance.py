@@ -93,9 +93,23 @@ def provenance(*, seed: int | None = None, device: Any = None, data: dict[str, s
     return record
 
 
+def fsync_tree(path: str | os.PathLike, files: bool = True) -> None:
+    """Flush a file, or a folder with everything in it (only the folder's own entry when ``files`` is False), to
+    disk."""
+    path = Path(path)
+    targets = [*path.rglob("*"), path] if path.is_dir() and files else [path]
+    for target in targets:
+        fd = os.open(target, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
 @contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds."""
+    """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds (the file and
+    then its folder are flushed to disk around the rename, so a power cut leaves the old or the new file)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -105,7 +119,9 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; the result should read like any other file
     try:
         yield Path(tmp)
+        fsync_tree(tmp)
         os.replace(tmp, path)
+        fsync_tree(path.parent, files=False)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)

@@ -3,6 +3,7 @@ changes). For each cell: train (resumable), then S in both conventions with a bo
 at every layer, relative to the pretrained model; collected into one table and one figure.
 
     sdlib grid run configs/ablations/cpu.yaml [CELL ...]   # train + measure + evaluate (cached; rerun to resume)
+    sdlib grid train configs/ablations/cpu.yaml [CELL ...] # train only (the long part), cell after cell
     sdlib grid collect configs/ablations/cpu.yaml          # the table (and figure) of every finished cell
 """
 
@@ -91,6 +92,15 @@ def cell_row(grid: Grid, cell: str | None) -> dict[str, Any]:
         row |= {"epochs": done[-1].epochs, "train_seconds": sum(r.seconds for r in done), "final_loss": done[-1].loss,
                 "S_over_training": [(r.step, r.S["normed"], r.S["pre_norm"]) for r in evals(log)]}
     return row
+
+
+def train_cells(grid: Grid, cells: list[str] | None = None) -> None:
+    """Train (resume / reuse) the cells (all by default), one after another, without measuring them."""
+    from sdlib.train import train
+
+    for cell in cells or list(grid.cells):
+        print(f"== grid {grid.name}, cell {cell}: train", flush=True)
+        train(grid.config(cell), resume=True)
 
 
 def run(grid: Grid, cells: list[str] | None = None) -> None:

@@ -54,6 +54,8 @@ class TrainConfig:
     micro_batch: int = _f(8, "sequences per forward pass on each process (gradient accumulation fills the rest)")
     # loss
     alpha: float = _f(1.0, "weight of zeta2 (the movement term)")
+    zeta1: bool = _f(True, "include zeta1 (the lens KL to the frozen teacher); false trains on alpha * zeta2 alone, "
+                           "an ablation that says what zeta2 does without the anchor")
     k: float = _f(0.25, "layer-weight slope: w_l = softmax(k * l)")
     kl_direction: KLDirection = _f(KLDirection.FORWARD, "forward = KL(teacher || lens_l), reverse = KL(lens_l || "
                                    "teacher); the paper writes KL(q_l, q_target), read literally the reverse")
@@ -83,6 +85,7 @@ class TrainConfig:
     max_minutes: float = _f(0.0, "stop after the step that reaches this many minutes of training in this call, with "
                                  "a checkpoint (--resume continues); 0 = no limit")
     eval_every: int = _f(0, "measure the D curve and S on held-out text every this many steps (0 = start and end only)")
+    eval_steps: list = _f([], "also measure after these steps, e.g. [19, 38] (besides eval_every, the start and the end)")
     eval_text: str = _f("wikitext-valid", "held-out text for those measurements: wikitext-valid, wikitext-test or a file")
     eval_windows: int = _f(8, "windows of held-out text per measurement")
     eval_window_len: int = _f(256, "tokens per held-out window")
@@ -114,7 +117,9 @@ class TrainConfig:
         require(self.lens_samples >= 0, f"lens_samples must be >= 0 (0 = all layers), got {self.lens_samples}")
         require(self.grad_clip >= 0 and math.isfinite(self.grad_clip), f"grad_clip must be >= 0, got {self.grad_clip}")
         require(0 <= self.beta1 < 1 and 0 <= self.beta2 < 1, "beta1 and beta2 must be in [0, 1)")
-        require(self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}")
+        require(self.weight_decay >= 0 and math.isfinite(self.weight_decay),
+                f"weight_decay must be a finite number >= 0, got {self.weight_decay}")
+        require(0 <= self.seed < 2**32, f"seed must be an integer in [0, 2^32), got {self.seed}")
         require(self.max_minutes >= 0 and math.isfinite(self.max_minutes),
                 f"max_minutes must be >= 0, got {self.max_minutes}")
         require(min(self.warmup_steps, self.save_every, self.eval_every, self.log_every) >= 0,
@@ -124,6 +129,8 @@ class TrainConfig:
         require(re.fullmatch(r"[A-Za-z0-9._-]+", self.name) is not None and self.name not in (".", ".."),
                 f"name {self.name!r} may hold only letters, digits, '.', '_' and '-' (it names a folder under the runs "
                 "folder); use output_dir for a folder elsewhere")
+        require(all(isinstance(s, int) and not isinstance(s, bool) and s >= 1 for s in self.eval_steps),
+                f"eval_steps must be a list of step numbers >= 1, got {self.eval_steps!r}")
         for group, factor in self.lr_multipliers.items():
             require(group in PARAMETER_GROUPS, f"lr_multipliers: unknown group {group!r}; use {', '.join(PARAMETER_GROUPS)}")
             require(isinstance(factor, (int, float)) and not isinstance(factor, bool) and math.isfinite(factor)
@@ -157,8 +164,23 @@ def config_help(cls: type = TrainConfig) -> str:
     return "\n".join(lines)
 
 
+class DuplicateKeyError(yaml.constructor.ConstructorError):
+    """A YAML mapping names one key twice (YAML would silently keep the last)."""
+
+
 class _YamlLoader(yaml.SafeLoader):
-    """YAML 1.1 reads ``1e-4`` and ``1e6`` (an exponent without a dot) as strings; read them as floats."""
+    """YAML 1.1 reads ``1e-4`` and ``1e6`` (an exponent without a dot) as strings; read them as floats. A key
+    given twice in one mapping is an error, not a silent override."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if key in seen:
+                raise DuplicateKeyError(None, None, f"key {key!r} appears twice (line {key_node.start_mark.line + 1})",
+                                        key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep)
 
 
 _YamlLoader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$"),
@@ -181,21 +203,26 @@ def _coerce(name: str, value: Any, kind: type, source: str) -> Any:
     elif kind is float and isinstance(value, (int, float)):
         return float(value)
     elif isinstance(value, kind):
-        return dict(value) if kind is dict else value
+        return type(value)(value) if kind in (dict, list) else value
     raise SdlibError(f"config key {name!r} in {source} must be {kind.__name__}, got {value!r}")
 
 
-_TYPES = {"int": int, "float": float, "str": str, "bool": bool, "dict": dict}
+_TYPES = {"int": int, "float": float, "str": str, "bool": bool, "dict": dict, "list": list}
 
 
-def config_from_dict(values: dict[str, Any], source: str = "config", cls: type = TrainConfig) -> Any:
+def config_from_dict(values: dict[str, Any], source: str = "config", cls: type = TrainConfig,
+                     sources: dict[str, str] | None = None) -> Any:
+    """A validated ``cls`` from plain values; ``sources`` names where each key came from (for the error line)."""
+    sources = {RENAMED.get(k, k): v for k, v in (sources or {}).items()}
     values = {RENAMED.get(k, k): v for k, v in values.items()}
     known = {f_.name: f_ for f_ in fields(cls)}
     unknown = sorted(set(values) - set(known))
     if unknown:
-        raise SdlibError(f"unknown config key {unknown[0]!r} in {source}; valid keys: {', '.join(known)}")
+        raise SdlibError(f"unknown config key {unknown[0]!r} in {sources.get(unknown[0], source)}; valid keys: "
+                         f"{', '.join(known)}")
     types = {**_TYPES, **_ENUMS}
-    kwargs = {name: _coerce(name, value, types[str(known[name].type)], source) for name, value in values.items()}
+    kwargs = {name: _coerce(name, value, types[str(known[name].type)], sources.get(name, source))
+              for name, value in values.items()}
     return cls(**kwargs).validate()
 
 
@@ -225,7 +252,11 @@ def load_config(path: str | os.PathLike | None = None, overrides: Sequence[str] 
         if not path.exists():
             raise SdlibError(f"config file {path} does not exist (see configs/ for examples)")
         try:
-            loaded = _yaml(path.read_text())
+            loaded = _yaml(path.read_text(encoding="utf-8"))
+        except UnicodeDecodeError as err:
+            raise SdlibError(f"config file {path} is not UTF-8 text (byte {err.start}): save it as UTF-8") from None
+        except DuplicateKeyError as err:
+            raise SdlibError(f"config file {path}: {err.problem}; keep one") from None
         except yaml.YAMLError as err:
             raise SdlibError(f"config file {path} is not valid YAML: {str(err).splitlines()[0]}") from None
         if loaded is not None and not isinstance(loaded, dict):
@@ -234,7 +265,8 @@ def load_config(path: str | os.PathLike | None = None, overrides: Sequence[str] 
         source = str(path)
     extra = overrides if isinstance(overrides, dict) else parse_overrides(overrides)
     values.update(extra)
-    return config_from_dict(values, source)
+    sources = {name: ("the command line" if name in extra else source) for name in values}
+    return config_from_dict(values, source, sources=sources)
 
 
 def save_config(config: TrainConfig, path: str | os.PathLike) -> None:
@@ -242,3 +274,21 @@ def save_config(config: TrainConfig, path: str | os.PathLike) -> None:
 
     with atomic_path(path) as tmp:
         tmp.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+
+
+MAY_CHANGE_ON_RESUME = ("name", "output_dir", "save_every", "eval_every", "eval_steps", "log_every", "max_minutes",
+                        "report_to", "push_to_hub")
+"""Keys a resumed run may change: where the run folder is, how often it saves, measures and prints, its time limit
+and its tracking. Any other change would mix two recipes in one run, so resuming refuses it."""
+
+
+def resume_differences(saved: dict[str, Any], config: TrainConfig) -> list[tuple[str, Any, Any]]:
+    """(key, saved value, new value) for every key that differs between a checkpoint's config and ``config``,
+    except ``MAY_CHANGE_ON_RESUME`` (keys added since the checkpoint count at their defaults)."""
+    old = config_from_dict(dict(saved), "the checkpoint's config").to_dict()
+    new = config.to_dict()
+    return [(k, old[k], new[k]) for k in new if k not in MAY_CHANGE_ON_RESUME and old[k] != new[k]]
+
+
+def format_differences(differences: list[tuple[str, Any, Any]]) -> str:
+    return ", ".join(f"{k}: {old!r} -> {new!r}" for k, old, new in differences)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import math
 import os
+import sys
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -22,18 +23,19 @@ from tqdm.auto import tqdm
 
 from sdlib.errors import SdlibError, first_line
 from sdlib.loss import LossParts, TeacherHead, self_distillation_loss
+from sdlib.measurement import LastStepObserver, measure_windows
 from sdlib.models import decoder_parts, load, max_sequence_length
 from sdlib.states import forward_states
 from sdlib.train.checkpoint import (
-    CONFIG_FILE,
-    latest_checkpoint,
     list_checkpoints,
     load_training_state,
     remove_partial_saves,
     restore_training_state,
+    resumable_checkpoint,
+    run_lock,
     save_checkpoint,
 )
-from sdlib.train.config import TrainConfig, load_config
+from sdlib.train.config import MAY_CHANGE_ON_RESUME, TrainConfig, format_differences, resume_differences
 from sdlib.train.runlog import EvalRecord, RunLog, SkipRecord, StepRecord, StopRecord
 from sdlib.types import OnNonFinite, Precision, ReportTo
 
@@ -46,6 +48,10 @@ def teacher_head(teacher, input_ids: torch.Tensor, attention_mask: torch.Tensor 
     return TeacherHead(hidden, parts.lm_head.weight, parts.lm_head.bias, parts.transform)
 
 
+NO_TEACHER = TeacherHead(torch.empty(0), torch.empty(0))
+"""what the loss gets when it leaves zeta1 out (``zeta1: false``): the teacher's forward is skipped"""
+
+
 def student_loss(student, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, teacher: TeacherHead,
                  config: TrainConfig, loss_fn=self_distillation_loss) -> LossParts:
     """zeta of the student against ``teacher``: student forward (through any wrapper), then the chunked loss."""
@@ -54,7 +60,7 @@ def student_loss(student, input_ids: torch.Tensor, attention_mask: torch.Tensor 
     return loss_fn(states, parts.norm, parts.lm_head, teacher, alpha=config.alpha, k=config.k,
                    attention_mask=attention_mask, last_state=config.last_state, kl_direction=config.kl_direction,
                    chunk_size=config.chunk_size, zeta2_form=config.zeta2_form, lens_samples=config.lens_samples,
-                   logit_transform=parts.transform)
+                   logit_transform=parts.transform, zeta1=config.zeta1)
 
 
 def distillation_loss(student, teacher, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
@@ -94,6 +100,8 @@ class SelfDistillation:
     def __init__(self, config: TrainConfig, resume: bool = False, progress: bool = True):
         self.config, self.resume, self.progress = config.validate(), resume, progress
         self.run_dir = config.run_dir()
+        self.checkpoint: Path | None = None
+        """the checkpoint this run continues from (``check_resume`` finds it)"""
         self.first_eval: dict[str, Any] | None = None
         self.last_eval: dict[str, Any] | None = None
 
@@ -121,12 +129,7 @@ class SelfDistillation:
             raise SdlibError(f"seq_len {config.seq_len} is above {config.model}'s maximum of "
                              f"{max_sequence_length(student)} positions")
         self.teacher = copy.deepcopy(student).requires_grad_(False)  # the frozen starting weights
-        if self.main:
-            remove_partial_saves(self.run_dir)
-        checkpoint = latest_checkpoint(self.run_dir)
-        if checkpoint is not None and not self.resume:
-            raise SdlibError(f"run folder {self.run_dir} already has checkpoints: pass --resume to continue it, "
-                             "or choose another --name / --output_dir")
+        checkpoint = self.checkpoint
         state: dict[str, Any] = {"step": 0}
         if checkpoint is not None:
             if accelerator.distributed_type == "FSDP":
@@ -145,6 +148,7 @@ class SelfDistillation:
         if checkpoint is not None:
             restore_training_state(checkpoint, self.optimizer, self.scheduler)
         self.step, self.skipped = state["step"], state.get("skipped_steps", 0)
+        self.sequences_read = state.get("sequences_read", self.step * config.batch_size)  # the data position
 
         shuffle = config.seed if config.shuffle else None
         documents, self.data_hashes = training_documents(config.data, shuffle_seed=shuffle)
@@ -152,6 +156,8 @@ class SelfDistillation:
         self.stream = PackedSequences(documents, self.tokenizer, config.seq_len, eager=finite, shuffle_seed=shuffle)
         eval_body, eval_hashes = read_text(config.eval_text)
         self.eval_windows = text_windows(self.tokenizer, eval_body, config.eval_windows, config.eval_window_len)
+        self.teacher_eval = self._teacher_states(self.eval_windows)
+        self.massive_channel: int | None = None
 
         self.log = RunLog(self.run_dir, enabled=self.main)
         if self.main:
@@ -165,6 +171,17 @@ class SelfDistillation:
         if config.report_to != ReportTo.NONE:
             accelerator.init_trackers(config.name, config={k: v for k, v in config.to_dict().items()
                                                            if isinstance(v, (int, float, str, bool))})
+
+    @torch.no_grad()
+    def _teacher_states(self, windows: torch.Tensor) -> torch.Tensor | None:
+        """The teacher's final normed states of the held-out windows, [n, T, d] on the CPU (for the final layer's
+        KL in every measurement); None under FSDP, where the lens cannot read the sharded head outside forward."""
+        if self.accelerator.distributed_type == "FSDP":
+            return None
+        backbone = decoder_parts(self.teacher).backbone
+        return torch.cat([backbone(input_ids=windows[s: s + self.config.micro_batch].to(self.accelerator.device),
+                                   use_cache=False).last_hidden_state.cpu()
+                          for s in range(0, len(windows), self.config.micro_batch)])
 
     def _accelerator(self):
         from accelerate import Accelerator
@@ -209,18 +226,20 @@ class SelfDistillation:
         sums = None  # loss, zeta1, zeta2, per-layer KL and zeta2 terms, summed over micro-batches (no host sync)
         problem = None
         for micro in range(self.accum):
-            first = step * config.batch_size + (self.rank * self.accum + micro) * config.micro_batch
+            first = self.sequences_read + (self.rank * self.accum + micro) * config.micro_batch
             input_ids = self.stream.batch(first, config.micro_batch).to(accelerator.device)
             sync = nullcontext() if micro == self.accum - 1 else accelerator.no_sync(self.model)
             with sync, accelerator.autocast():
-                parts = self.model(input_ids, None, teacher=teacher_head(self.teacher, input_ids, None))
+                teacher = teacher_head(self.teacher, input_ids, None) if config.zeta1 else NO_TEACHER
+                parts = self.model(input_ids, None, teacher=teacher)
                 if problem is None and not torch.isfinite(parts.total):
                     problem = _nonfinite_message(step + 1, parts)
                 # backward even then: the non-finite gradient it makes reaches every process through the
                 # gradient all-reduce, so all of them stop (or skip) together instead of waiting on each other
                 accelerator.backward(parts.total / self.accum)
+            drawn = ~torch.isnan(parts.kl_per_layer)  # a sampled zeta1 leaves layers out (their KL is NaN)
             micro_stats = torch.cat([torch.stack([parts.total.detach(), parts.zeta1, parts.zeta2]),
-                                     parts.kl_per_layer, parts.zeta2_per_layer]).double()
+                                     parts.kl_per_layer.nan_to_num(0.0), parts.zeta2_per_layer, drawn]).double()
             sums = micro_stats if sums is None else sums + micro_stats
         grad_norm = (accelerator.clip_grad_norm_(self.model.parameters(), config.grad_clip) if config.grad_clip > 0
                      else _grad_norm(self.model))
@@ -236,6 +255,7 @@ class SelfDistillation:
                                  "--resume (or set on_nonfinite: skip)")
             self.skipped += 1
             self.step += 1
+            self.sequences_read += config.batch_size
             self.scheduler.step()
             return SkipRecord(step=self.step, reason=problem, skipped_steps=self.skipped,
                               tokens=self.step * tokens_per_step)
@@ -243,13 +263,17 @@ class SelfDistillation:
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
-        stats = accelerator.reduce(sums, "mean").cpu() / self.accum
-        n_layers = len(parts.kl_per_layer)
+        self.sequences_read += config.batch_size
+        n_layers, n_terms = len(parts.kl_per_layer), len(parts.zeta2_per_layer)
+        stats = accelerator.reduce(sums, "sum").cpu()  # [3 scalars, KL sums, zeta2 terms, draws per layer]
+        draws = stats[3 + n_layers + n_terms:]
+        kl = stats[3:3 + n_layers] / draws  # each layer's KL averaged over the micro-batches that drew it
+        stats = stats[:3 + n_layers + n_terms] / (self.world * self.accum)
         elapsed = time.perf_counter() - t0
         return StepRecord(step=self.step, tokens=self.step * tokens_per_step,
                           epochs=self.stream.epochs(self.step * config.batch_size), loss=float(stats[0]),
                           zeta1=float(stats[1]), zeta2=float(stats[2]),
-                          kl_per_layer=[None if math.isnan(v) else v for v in stats[3:3 + n_layers].tolist()],
+                          kl_per_layer=[None if math.isnan(v) else v for v in kl.tolist()],
                           zeta2_per_layer=stats[3 + n_layers:].tolist(), lr=lr, grad_norm=float(grad_norm),
                           skipped_steps=self.skipped, tokens_per_s=tokens_per_step / elapsed, seconds=elapsed)
 
@@ -258,13 +282,20 @@ class SelfDistillation:
     def evaluate(self) -> EvalRecord:
         """The D curve and S (both conventions) on the held-out windows. Every process runs it, through the
         wrapped model (a sharded model needs all of them for its forward pass); the main process logs it."""
-        from sdlib.studies.measure import measure_windows
-
+        
         was_training = self.model.training
         self.model.eval()
-        m = measure_windows(self.model, self.eval_windows, batch_size=self.config.micro_batch)
+        observer = None
+        if self.teacher_eval is not None:
+            observer = LastStepObserver(decoder_parts(self.unwrapped).head, self.teacher_eval,
+                                        decoder_parts(self.teacher).head, channel=self.massive_channel)
+        m = measure_windows(self.model, self.eval_windows, batch_size=self.config.micro_batch,
+                            observers=[observer] if observer else [])
         self.model.train(was_training)
-        record = EvalRecord(step=self.step, D=m.D, S=m.S, tokens=m.n_tokens)
+        last_step = None if observer is None else observer.summary()
+        if last_step is not None and self.massive_channel is None:
+            self.massive_channel = last_step.channel  # followed for the rest of the run
+        record = EvalRecord(step=self.step, D=m.D, S=m.S, tokens=m.n_tokens, last_step=last_step)
         self.log.append(record)
         self.last_eval = {"step": self.step, "D": m.D, "S": m.S, "tokens": m.n_tokens}
         if self.first_eval is None or self.step == 0:
@@ -284,7 +315,7 @@ class SelfDistillation:
         if self.main:
             config = self.config
             training_state = {"step": self.step, "config": config.to_dict(), "skipped_steps": self.skipped,
-                              "sequences_read": self.step * config.batch_size}
+                              "sequences_read": self.sequences_read}
             metrics = {"step": self.step, "last_step": None if last_record is None else _asdict(last_record),
                        "first_eval": self.first_eval, "last_eval": self.last_eval,
                        **provenance(seed=config.seed, device=self.accelerator.device, data=self.data_hashes)}
@@ -300,11 +331,34 @@ class SelfDistillation:
 
     # --- the loop --------------------------------------------------------------------------------------------
 
+    def check_resume(self) -> None:
+        """Find the checkpoint to continue from, before any model loads: refuse a run folder that has one without
+        ``--resume``, or whose config differs from this one in a key that may not change on resume; pass over
+        (with a line) newer checkpoints that are damaged or incomplete; clear the leftovers of killed saves."""
+        remove_partial_saves(self.run_dir)
+        checkpoint, passed_over = resumable_checkpoint(self.run_dir)
+        if passed_over and checkpoint is None:
+            raise SdlibError(f"run folder {self.run_dir} has no checkpoint a resume can continue from "
+                             f"({'; '.join(passed_over)}): start a new run (another --name or --output_dir)")
+        if checkpoint is not None and not self.resume:
+            raise SdlibError(f"run folder {self.run_dir} already has checkpoints: pass --resume to continue it, "
+                             "or choose another --name / --output_dir")
+        for note in passed_over:
+            print(f"resume: passing over {note}; continuing from {checkpoint.name}", file=sys.stderr, flush=True)
+        if checkpoint is not None:
+            refuse_changed_config(self.run_dir, load_training_state(checkpoint)["config"], self.config)
+        self.checkpoint = checkpoint
+
     def run(self) -> Path:
-        config = self.config
-        if self.resume and finished(config):  # nothing to do: do not load two models to find that out
-            print(f"{self.run_dir}: already finished ({config.total_steps} steps); nothing to resume", flush=True)
+        if self.resume and finished(self.config):  # nothing to do: read, touch nothing, load no model
+            print(f"{self.run_dir}: already finished ({self.config.total_steps} steps); nothing to resume", flush=True)
             return self.run_dir
+        with run_lock(self.run_dir) if _launched_as_main() else nullcontext():
+            return self._run()
+
+    def _run(self) -> Path:
+        config = self.config
+        self.check_resume()
         self.setup()
         if self.step == 0:
             self.evaluate()
@@ -313,6 +367,8 @@ class SelfDistillation:
 
             first = evals(read_log(self.run_dir, 0))
             self.first_eval = {"step": 0, "S": first[0].S, "D": first[0].D} if first else None
+            if first and first[0].last_step is not None:
+                self.massive_channel = first[0].last_step.channel
         total = config.total_steps
         bar = tqdm(total=total, initial=self.step, desc=f"train {config.name}", unit="step",
                    disable=not (self.progress and self.main), dynamic_ncols=True)
@@ -331,7 +387,8 @@ class SelfDistillation:
                          "grad_norm": record.grad_norm, "tokens_per_s": record.tokens_per_s})
             out_of_time = _out_of_time(self.accelerator, started, config.max_minutes)
             at_end = self.step == total
-            if config.eval_every and self.step % config.eval_every == 0 or at_end or out_of_time:
+            if (config.eval_every and self.step % config.eval_every == 0 or self.step in config.eval_steps or at_end
+                    or out_of_time):
                 evaluation = self.evaluate()
                 if self.main:
                     bar.write(f"step {self.step}: S normed {evaluation.S['normed']:.4f}, "
@@ -376,12 +433,29 @@ def optimizer_groups(model, config: TrainConfig) -> list[dict[str, Any]]:
 
 
 def finished(config: TrainConfig) -> bool:
-    """True when the run's last checkpoint is its final step and was trained from the same model."""
+    """True when the run folder holds the final step of this same config (up to ``MAY_CHANGE_ON_RESUME``)."""
     found = list_checkpoints(config.run_dir())
     if not found or found[-1][0] < config.total_steps:
         return False
-    saved = load_config(found[-1][1] / CONFIG_FILE)
-    return saved.model == config.model and saved.model_options == config.model_options
+    try:
+        return not resume_differences(load_training_state(found[-1][1])["config"], config)
+    except SdlibError:
+        return False
+
+
+def refuse_changed_config(run_dir: Path, saved: dict[str, Any], config: TrainConfig) -> None:
+    """One line naming every key that differs between the run's saved config and ``config`` (see
+    ``MAY_CHANGE_ON_RESUME``), or nothing when the run can go on as it started."""
+    differences = resume_differences(saved, config)
+    if differences:
+        raise SdlibError(f"run folder {run_dir} was started with another config ({format_differences(differences)}); "
+                         f"a resume may change only {', '.join(MAY_CHANGE_ON_RESUME)}: start a new run (another --name "
+                         "or --output_dir), or put the old values back")
+
+
+def _launched_as_main() -> bool:
+    """True in the main process of a launch (before accelerate starts: its RANK variable, 0 when unset)."""
+    return os.environ.get("RANK", "0") == "0"
 
 
 def _asdict(record) -> dict[str, Any]:

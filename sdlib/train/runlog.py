@@ -1,8 +1,9 @@
 """The training log (``<run>/log.jsonl``): one JSON object per line, one record type per kind of line, one reader.
 
 Every optimizer step writes a ``StepRecord`` (or a ``SkipRecord`` when a non-finite step is skipped), every
-measurement on held-out text an ``EvalRecord``, and a run stopped by ``max_minutes`` a ``StopRecord``. Lines a
-kill cut short are skipped by the reader; on resume the lines after the checkpoint's step are dropped.
+measurement on held-out text an ``EvalRecord``, and a run stopped by ``max_minutes`` a ``StopRecord``. A last line
+a kill cut short is skipped by the reader (any other bad line is an error); on resume the lines after the
+checkpoint's step are dropped, in a rewrite that replaces the file atomically.
 """
 
 from __future__ import annotations
@@ -12,6 +13,10 @@ import math
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
+
+from sdlib.errors import SdlibError
+from sdlib.measurement import LastStepStats
+from sdlib.provenance import atomic_path
 
 LOG_FILE = "log.jsonl"
 
@@ -44,6 +49,9 @@ class EvalRecord:
     S: dict[str, float]
     tokens: int
     """held-out tokens measured"""
+    last_step: LastStepStats | None = None
+    """how the last step is made (norms, the massive channel's share, the output's entropy and KL to the teacher,
+    zeta2's last term); None in older logs"""
     kind: str = field(default="eval", init=False)
 
 
@@ -74,22 +82,30 @@ def to_line(record: Record) -> str:
 
 def from_dict(data: dict[str, Any]) -> Record:
     cls = KINDS[data["kind"]]
-    return cls(**{f.name: data[f.name] for f in fields(cls) if f.init})
+    values = {f.name: data[f.name] for f in fields(cls) if f.init and f.name in data}
+    if isinstance(values.get("last_step"), dict):
+        values["last_step"] = LastStepStats.from_dict(values["last_step"])
+    return cls(**values)
 
 
 def read_log(path: str | Path, up_to_step: int | None = None) -> list[Record]:
-    """The records of a log, in order; lines cut by a kill are skipped; with ``up_to_step`` only steps <= it."""
+    """The records of a log, in order, with ``up_to_step`` only steps <= it. An unterminated last line (a kill
+    cut it short) is skipped; any other line that is not a record is an error naming it."""
     path = Path(path)
     if path.is_dir():
         path = path / LOG_FILE
     if not path.exists():
         return []
+    text = path.read_text(encoding="utf-8", errors="replace")
+    lines = text.split("\n")
+    lines.pop()  # "" when the file ends with a newline, else the line a kill cut short
     records = []
-    for line in path.read_text().splitlines():
+    for number, line in enumerate(lines, 1):
         try:
             record = from_dict(json.loads(line))
-        except (json.JSONDecodeError, KeyError, TypeError):
-            continue  # a line cut by a kill (or not one of ours)
+        except (json.JSONDecodeError, KeyError, TypeError, AttributeError):
+            raise SdlibError(f"{path}, line {number}: not a training-log record; the log is damaged (restore it, or "
+                             "delete the run folder and train again)") from None
         if up_to_step is None or record.step <= up_to_step:
             records.append(record)
     return records
@@ -113,8 +129,8 @@ class RunLog:
         """Keep only the records of steps <= ``up_to_step`` (a resumed run rewrites what came after)."""
         if self.enabled:
             kept = read_log(self.path, up_to_step)
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self.path.write_text("".join(to_line(r) + "\n" for r in kept))
+            with atomic_path(self.path) as tmp:  # a kill here leaves the old log whole
+                tmp.write_text("".join(to_line(r) + "\n" for r in kept), encoding="utf-8")
 
     def append(self, record: Record) -> None:
         if self.enabled:

@@ -43,8 +43,8 @@ def test_unknown_key_is_an_error(tmp_path):
     (["--lr", "0"], "lr must be"), (["--lr", "-1e-4"], "lr must be"), (["--alpha", "-1"], "alpha must be"),
     (["--k", ".nan"], "k must be finite"), (["--k", ".inf"], "k must be finite"),
     (["--seq_len", "abc"], "must be int"), (["--batch_size", "12", "--micro_batch", "5"], "multiple"),
-    (["--kl_direction", "up"], "'kl_direction' in overrides must be one of forward, reverse"),
-        (["--last_state", "x"], "'last_state' in overrides must be one of normed, pre_norm"),
+    (["--kl_direction", "up"], "'kl_direction' in the command line must be one of forward, reverse"),
+        (["--last_state", "x"], "'last_state' in the command line must be one of normed, pre_norm"),
     (["--max_tokens", "10"], "below one step"), (["--lr"], "needs a value"),
 ])
 def test_bad_values(override, message):
@@ -110,3 +110,13 @@ def test_a_run_name_cannot_leave_the_runs_folder(name):
 
 def test_renamed_key_still_reads():
     assert load_config(None, {"lens_layers": 4}).lens_samples == 4
+
+
+def test_a_bad_override_is_blamed_on_the_command_line_not_the_file(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("lr: 1.0e-4\n")
+    with pytest.raises(SdlibError, match="config key 'lr' in the command line must be float, got 'abc'"):
+        load_config(p, ["--lr", "abc"])
+    p.write_text("lr: abc\n")
+    with pytest.raises(SdlibError, match=f"config key 'lr' in {p} must be float"):
+        load_config(p)
