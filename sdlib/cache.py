@@ -1,6 +1,8 @@
 """Results cached by content: the key holds the model's fingerprint (its weights and tokenizer) and every
 setting that changes the numbers, so a retrained checkpoint never reuses a stale result. Files are
-written atomically: an interrupted computation leaves no partial cache file."""
+written atomically: an interrupted computation leaves no partial cache file. An entry is used only when it
+parses and its stored key equals the key asked for; anything else is recomputed, so the cache is always
+safe to delete or damage."""
 
 from __future__ import annotations
 
@@ -22,7 +24,9 @@ def model_fingerprint(model: nn.Module, tokenizer) -> str:
     Remembered on the model until any tensor changes in place (torch's version counters), so repeated calls
     on an unchanged model cost nothing.
     """
-    versions = tuple(t._version for t in model.state_dict().values())
+    # a tensor replaced (``p.data = ...``, ``model.to(bfloat16)``) has a new storage: the memo key holds each
+    # tensor's storage address, dtype and version counter, so an in-place edit or a swap both miss it
+    versions = tuple((t.data_ptr(), t.dtype, t._version) for t in model.state_dict().values())
     memo = model.__dict__.get("_sdlib_fingerprint")
     if memo is not None and memo[0] == (versions, id(tokenizer)):
         return memo[1]
@@ -55,7 +59,12 @@ def cached_record(folder: str | Path, name: str, key: dict[str, Any], compute: C
 
     path = cache_path(folder, name, key)
     if use_cache and path.is_file():
-        return json.loads(path.read_text())
+        try:
+            stored = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            stored = None  # damaged (or not ours): recomputed below
+        if isinstance(stored, dict) and stored.get("cache_key") == json.loads(json.dumps(key, default=str)):
+            return stored
     write_json(path, {**compute(), "cache_key": key})
     return json.loads(path.read_text())  # the same plain JSON a later cache hit returns
 

@@ -205,10 +205,16 @@ def lm_eval_main(argv: Sequence[str]) -> int:
     its include path (the plain ``lm_eval`` command imports no plugins)."""
     import sdlib.evaluation.harness  # noqa: F401  (registers the sdlib-layer model)
     from sdlib.evaluation.tasks import TASKS, offline_task_dir
+    from sdlib.models import default_device
 
     argv = list(argv)
     if not any(a == "--model" or a.startswith("--model=") for a in argv):
         argv = ["--model", "sdlib-layer", *argv]
+    given = next((argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "--device"), None)
+    given = given or next((a.split("=", 1)[1] for a in argv if a.startswith("--device=")), None)
+    device = default_device(given)  # sdlib's device rule (lm-eval's own default is cuda:0): one line if absent
+    argv = [a for i, a in enumerate(argv) if not (a == "--device" or a.startswith("--device=")
+                                                 or (i > 0 and argv[i - 1] == "--device"))] + ["--device", device]
     tasks = next((argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "--tasks"), None)
     known = [t for t in (tasks or "").split(",") if t in TASKS] or list(TASKS)
     include = offline_task_dir(known)

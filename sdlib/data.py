@@ -83,7 +83,7 @@ def read_text(source: str) -> tuple[str, dict[str, str]]:
     path = Path(source).expanduser()
     if not path.is_file():
         raise SdlibError(f"text {source!r} is neither {' nor '.join(WIKITEXT)} nor an existing file")
-    return path.read_text(encoding="utf-8"), {str(path.resolve()): f"sha256:{file_sha256(path)}"}
+    return read_utf8(path), {str(path.resolve()): f"sha256:{file_sha256(path)}"}
 
 
 def text_windows(tokenizer, text: str, n_windows: int, window_len: int) -> torch.Tensor:
@@ -131,21 +131,33 @@ def training_documents(source: str, text_field: str = "text", shuffle_seed: int 
     return _file_documents(files, text_field), {str(f.resolve()): f"sha256:{file_sha256(f)}" for f in files}
 
 
+def read_utf8(path: Path, what: str = "text file") -> str:
+    """A file's text, or one line saying it is not UTF-8 (and where)."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise SdlibError(f"{what} {path} is not UTF-8 text (byte {err.start}): convert it to UTF-8") from None
+
+
 def _file_documents(files: Iterable[Path], text_field: str) -> Iterator[str]:
     for path in files:
         if path.stat().st_size == 0:
             raise SdlibError(f"training data file {path} is empty")
+        text = read_utf8(path, "training data file")
         if path.suffix != ".jsonl":
-            yield path.read_text(encoding="utf-8")
+            yield text
             continue
-        with open(path, encoding="utf-8") as f:
-            for number, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    yield json.loads(line)[text_field]
-                except (json.JSONDecodeError, KeyError, TypeError):
-                    raise SdlibError(f"{path}, line {number}: not a JSON object with a {text_field!r} field") from None
+        for number, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                value = json.loads(line)[text_field]
+            except (json.JSONDecodeError, KeyError, TypeError, IndexError):
+                raise SdlibError(f"{path}, line {number}: not a JSON object with a {text_field!r} field") from None
+            if not isinstance(value, str):
+                raise SdlibError(f"{path}, line {number}: the {text_field!r} field is {type(value).__name__}, not "
+                                 "a string of text")
+            yield value
 
 
 class PackedSequences:

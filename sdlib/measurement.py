@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 
 from sdlib.cache import Record
 from sdlib.loss import relative_step
-from sdlib.metrics import last_layer_ratio, monotonicity, movement, token_movement
+from sdlib.metrics import check_finite, last_layer_ratio, monotonicity, movement, token_movement
 from sdlib.states import HiddenStates, forward_states
 from sdlib.types import LAST_STATES
 
@@ -67,6 +67,8 @@ def measure_windows(model: nn.Module, windows: torch.Tensor, batch_size: int = 8
             observe(states, ids, moved)
         count += ids.numel()
     D = {c: (sums[c] / count).tolist() for c in LAST_STATES}
+    for c in LAST_STATES:
+        check_finite(D[c], f"D ({c} h_L)")
     D_median = {c: torch.cat(per_token[c], dim=1).median(dim=1).values.double().tolist() for c in LAST_STATES}
     return Measurement(D=D, S={c: monotonicity(D[c]) for c in LAST_STATES},
                        last_layer_ratio={c: last_layer_ratio(D[c]) for c in LAST_STATES},

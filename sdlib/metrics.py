@@ -68,19 +68,32 @@ def monotonicity_batched(D: torch.Tensor) -> torch.Tensor:
     """Definition 2 for a batch of curves: S = 1 - sum_{l=1..L} max(0, D_l - D_{l-1}) / sum_{l=1..L} |D_l - D_{l-1}|.
 
     D: [..., L + 1] movements D_0..D_L -> [...] float64 in [0, 1]. S = 1 when D never rises, 0 when it never
-    falls; when the denominator is 0 (D constant, or a single layer) nothing rises, so S = 1. The only
+    falls; when the denominator is 0 (D constant, or a single layer) nothing rises, so S = 1. A curve holding
+    NaN or an infinity has no S: NaN (a diverged model must never score as perfectly convergent). The only
     implementation of S in sdlib: everything else calls it.
     """
     d = torch.as_tensor(D, dtype=torch.float64)
     diffs = d[..., 1:] - d[..., :-1]
     total = diffs.abs().sum(-1)
     rises = diffs.clamp(min=0).sum(-1)
-    return torch.where(total > 0, 1 - rises / total.clamp_min(1e-300), torch.ones_like(total))
+    S = torch.where(total > 0, 1 - rises / total.clamp_min(1e-300), torch.ones_like(total))
+    return S.masked_fill(~torch.isfinite(d).all(-1), float("nan"))
 
 
 def monotonicity(D: Sequence[float] | torch.Tensor) -> float:
     """S of one curve D_0..D_L ([L + 1]) as a float; see ``monotonicity_batched``."""
     return float(monotonicity_batched(torch.as_tensor(D, dtype=torch.float64).flatten()))
+
+
+def check_finite(D: Sequence[float] | torch.Tensor, what: str = "the movement curve") -> None:
+    """Refuse, in one line naming the first such layer, a curve D_0..D_L holding NaN or an infinity."""
+    d = torch.as_tensor(D, dtype=torch.float64).flatten()
+    bad = (~torch.isfinite(d)).nonzero().flatten().tolist()
+    if bad:
+        more = f", and {len(bad) - 1} more layers" if len(bad) > 1 else ""
+        raise SdlibError(f"{what} is not finite at layer {bad[0]} (D_{bad[0]} = {float(d[bad[0]])}{more}): the "
+                         "model's hidden states overflowed or hold NaN (a diverged checkpoint, or too low a "
+                         "precision); nothing is reported")
 
 
 def last_layer_ratio(D: Sequence[float] | torch.Tensor) -> float:

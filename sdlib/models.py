@@ -19,6 +19,8 @@ final logit soft-capping, Cohere's and Granite's logit scales): everything the m
 
 from __future__ import annotations
 
+import difflib
+import inspect
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -164,6 +166,8 @@ def check_head(model: nn.Module, atol: float = 1e-3) -> None:
         states = forward_states(model, ids, keep_logits=True)
         logits = states.logits.float()
         mine = parts.head(parts.norm(states.pre_norm[-1])).float()
+    if not bool(torch.isfinite(logits).all()):
+        return  # a model whose outputs are NaN or infinite: the measurement says so, naming the layer
     err = float((mine - logits).abs().max())
     if not err <= atol * max(1.0, float(logits.abs().max())):
         raise SdlibError(f"{getattr(model.config, 'model_type', type(model).__name__)}: the model's logits differ from "
@@ -178,11 +182,9 @@ def load(name: str | os.PathLike, *, dtype: torch.dtype | str = torch.float32, d
 
     dtype = _dtype(dtype)
     name_str = str(name)
+    check_options(name_str, options)
     if name_str in TINY_MODELS:
         model, tokenizer = _tiny(name_str, **options)
-    elif options:
-        raise SdlibError(f"options {sorted(options)} only apply to the tiny models ({', '.join(TINY_MODELS)}), "
-                         f"not {name_str!r}")
     elif name_str in PACKAGED:
         model, tokenizer = _from_folder(model_dir(name_str), name_str)
     elif Path(name_str).expanduser().exists():
@@ -190,6 +192,14 @@ def load(name: str | os.PathLike, *, dtype: torch.dtype | str = torch.float32, d
     elif name_str.startswith((".", "/", "~")) or name_str.count("/") > 1:
         raise SdlibError(f"model folder {name_str!r} does not exist: check the path")
     else:
+        close = difflib.get_close_matches(name_str, [*PACKAGED, *TINY_MODELS], n=3, cutoff=0.75)
+        if close and "/" not in name_str:
+            raise SdlibError(f"unknown model {name_str!r}: did you mean {' or '.join(close)}? (`sdlib models` lists "
+                             "the built-in names; a hub id looks like org/name)")
+        offline = _hub_offline()
+        if offline:
+            raise SdlibError(f"model {name_str!r} is not a built-in name or a folder, and {offline}: pass a local "
+                             f"folder, or one of {', '.join(PACKAGED)} (`sdlib models`)")
         model, tokenizer = _from_hub(name_str)
     model = model.to(dtype=dtype)
     if device is not None:
@@ -197,6 +207,18 @@ def load(name: str | os.PathLike, *, dtype: torch.dtype | str = torch.float32, d
     model.eval()
     check_head(model)  # fail early, with what was looked for, for anything the resolver cannot place
     return model, tokenizer
+
+
+def check_options(name: str, options: dict[str, Any]) -> None:
+    """Refuse, in one line, options ``load(name, **options)`` would not understand (before anything loads)."""
+    if name in TINY_MODELS:
+        allowed = [p for p in inspect.signature(_tiny).parameters if p != "name"]
+        unknown = sorted(set(options) - set(allowed))
+        if unknown:
+            raise SdlibError(f"unknown model option {unknown[0]!r} for {name}: use {', '.join(allowed)}")
+    elif options:
+        raise SdlibError(f"options {sorted(options)} only apply to the tiny models ({', '.join(TINY_MODELS)}), "
+                         f"not {name!r}")
 
 
 def _dtype(dtype: torch.dtype | str) -> torch.dtype:
@@ -234,15 +256,35 @@ def _from_pretrained(source: Path | str, error: Callable[[str], str]):
 
     bars = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()  # a per-tensor "Loading weights" bar is noise next to sdlib's own output
+    from safetensors import SafetensorError
+
     try:
         tokenizer = AutoTokenizer.from_pretrained(source)
         model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32)
-    except (OSError, ValueError) as err:
+    except (OSError, ValueError, SafetensorError) as err:
         raise SdlibError(error(first_line(err))) from err
     finally:
         if bars:
             hf_logging.enable_progress_bar()
     return model, tokenizer
+
+
+def _hub_offline() -> str | None:
+    """Why the Hugging Face hub cannot be reached right now (``HF_HUB_OFFLINE``, or no connection within 3 s),
+    or None when it can: so a name that is not on this machine fails at once instead of after the hub's retries."""
+    import socket
+    from urllib.parse import urlparse
+
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+        return "HF_HUB_OFFLINE is set"
+    from huggingface_hub import constants
+
+    url = urlparse(constants.ENDPOINT)
+    try:
+        socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)), timeout=3).close()
+    except OSError:
+        return f"the Hugging Face hub ({constants.ENDPOINT}) cannot be reached from this machine"
+    return None
 
 
 def _from_folder(path: Path, label: str):
@@ -315,8 +357,27 @@ def _tiny(name: str, *, num_layers: int = 4, hidden_size: int = 64, vocab_size: 
 
 
 def default_device(device: str | None = None) -> str:
-    """``device`` when given, else cuda when available, else cpu."""
-    return device or ("cuda" if torch.cuda.is_available() else "cpu")
+    """The one device rule of sdlib: None or ``auto`` -> cuda when available, else mps when available, else cpu;
+    ``cpu``, ``cuda``, ``cuda:N`` or ``mps`` only when this machine has it (one line otherwise)."""
+    from sdlib.types import Device, parse
+
+    name = str(device or "auto").strip().lower()
+    kind, _, index = name.partition(":")
+    choice = parse(Device, kind, "device")
+    if index and (choice != Device.CUDA or not index.isdigit()):
+        raise SdlibError(f"device must be auto, cpu, cuda, cuda:N or mps, got {device!r}")
+    mps = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
+    if choice == Device.AUTO:
+        return "cuda" if torch.cuda.is_available() else "mps" if mps else "cpu"
+    if choice == Device.CUDA:
+        if not torch.cuda.is_available():
+            raise SdlibError(f"device {name} was asked for but no CUDA device is visible: use --device cpu (or auto)")
+        if index and int(index) >= torch.cuda.device_count():
+            raise SdlibError(f"device {name} does not exist: this machine has {torch.cuda.device_count()} CUDA "
+                             "device(s)")
+    if choice == Device.MPS and not mps:
+        raise SdlibError("device mps was asked for but this machine has no MPS device: use --device cpu (or auto)")
+    return name
 
 
 def max_sequence_length(model: nn.Module) -> int:

@@ -16,6 +16,7 @@ Functions (not module constants) so a test or notebook can change the environmen
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 from pathlib import Path
@@ -75,8 +76,16 @@ def figures_dir() -> Path:
 
 
 def slug(source: object) -> str:
-    """A folder name for a model name, hub id or path (results go under ``results_dir() / slug(...)``)."""
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", str(source).strip("/"))[-80:] or "model"
+    """A folder name for a model name, hub id or path (results go under ``results_dir() / slug(...)``).
+
+    Readable (unsafe characters become ``_``, no leading dots, so it never climbs with ``..``) and unique: when
+    that changed anything, or the name is long, a short hash of the original keeps ``a/b`` and ``a_b`` apart."""
+    text = str(source)
+    readable = re.sub(r"\.{2,}", ".", re.sub(r"[^A-Za-z0-9_.-]+", "_", text.strip("/"))).lstrip(".") or "model"
+    if readable == text and len(text) <= 80 and readable not in (".", ".."):
+        return readable
+    digest = hashlib.sha256(text.encode()).hexdigest()[:8]
+    return f"{readable[-70:]}-{digest}"
 
 
 def configs_dir() -> Path:

@@ -49,6 +49,7 @@ class Device(StrEnum):
     AUTO = "auto"
     CPU = "cpu"
     CUDA = "cuda"
+    MPS = "mps"
 
 
 class Role(StrEnum):

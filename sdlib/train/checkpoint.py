@@ -36,8 +36,8 @@ STATE_FILES = ("optimizer.bin", "scheduler.bin", "random_states_0.pkl")
 
 @contextmanager
 def run_lock(run_dir: str | os.PathLike) -> Iterator[Path]:
-    """Hold an OS lock on the run folder (``<run>/.lock``) while a process trains in it; a second process is
-    refused in one line. The kernel releases the lock on any exit, a kill included."""
+    """Hold an OS lock on the run folder (``<run>/.lock``, an empty file) while a process trains in it; a second
+    process is refused in one line. The kernel releases the lock on any exit, a kill included."""
     run_dir = Path(run_dir)
     if run_dir.exists() and not run_dir.is_dir():
         raise SdlibError(f"the run folder {run_dir} is a file: choose another --output_dir (or --name)")
@@ -50,15 +50,9 @@ def run_lock(run_dir: str | os.PathLike) -> Iterator[Path]:
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
-        handle.seek(0)
-        holder = handle.read().strip() or "another process"
         handle.close()
-        raise SdlibError(f"run folder {run_dir} is in use by {holder}: wait for it to finish (or stop it), then "
-                         "rerun; two processes must not train in one folder") from None
-    handle.seek(0)
-    handle.truncate()
-    handle.write(f"process {os.getpid()}")
-    handle.flush()
+        raise SdlibError(f"run folder {run_dir} is in use by another process: wait for it to finish (or stop it), "
+                         "then rerun; two processes must not train in one folder") from None
     try:
         yield run_dir
     finally:

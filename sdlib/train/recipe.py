@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 from sdlib.errors import SdlibError, first_line
 from sdlib.loss import LossParts, TeacherHead, self_distillation_loss
 from sdlib.measurement import LastStepObserver, measure_windows
-from sdlib.models import decoder_parts, load, max_sequence_length
+from sdlib.models import check_options, decoder_parts, default_device, load, max_sequence_length
 from sdlib.states import forward_states
 from sdlib.train.checkpoint import (
     list_checkpoints,
@@ -187,9 +187,7 @@ class SelfDistillation:
         from accelerate import Accelerator
 
         config = self.config
-        cpu = config.device == "cpu" or (config.device == "auto" and not torch.cuda.is_available())
-        if config.device == "cuda" and not torch.cuda.is_available():
-            raise SdlibError("config asks for device cuda but no CUDA device is visible: use --device cpu")
+        cpu = default_device(str(config.device)) == "cpu"  # one line for a device this machine does not have
         bf16 = config.precision == Precision.BF16 or (config.precision == Precision.AUTO and not cpu)
         trackers = {} if config.report_to == ReportTo.NONE else {
             "log_with": str(config.report_to), "project_dir": str(self.run_dir / "tracking")}
@@ -202,6 +200,7 @@ class SelfDistillation:
             raise SdlibError(f"accelerate could not start ({first_line(err)}): {hint}") from None
 
     def _load_weights(self, student, checkpoint: Path, saved: dict[str, Any]) -> None:
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
 
         config = self.config
@@ -210,7 +209,11 @@ class SelfDistillation:
                              f"not {config.model!r}: resume with the same model, or start a new run")
         weights = {}
         for f in sorted(checkpoint.glob("*.safetensors")):
-            weights.update(load_file(f))
+            try:
+                weights.update(load_file(f))
+            except (SafetensorError, OSError) as err:
+                raise SdlibError(f"checkpoint {checkpoint}: {f.name} cannot be read ({first_line(err)}): it is "
+                                 "damaged; delete that checkpoint folder to resume from the one before") from None
         missing, unexpected = student.load_state_dict(weights, strict=False)
         if unexpected or [m for m in missing if "lm_head" not in m]:
             raise SdlibError(f"checkpoint {checkpoint} does not match {config.model}: resume with the same model")
@@ -353,6 +356,8 @@ class SelfDistillation:
         if self.resume and finished(self.config):  # nothing to do: read, touch nothing, load no model
             print(f"{self.run_dir}: already finished ({self.config.total_steps} steps); nothing to resume", flush=True)
             return self.run_dir
+        check_options(self.config.model, self.config.model_options)  # bad input is refused before any write
+        default_device(str(self.config.device))
         with run_lock(self.run_dir) if _launched_as_main() else nullcontext():
             return self._run()
 
