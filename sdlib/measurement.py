@@ -7,7 +7,6 @@ adds the default text, settings and the cached record).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any

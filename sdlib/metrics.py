@@ -110,15 +110,3 @@ def soft_non_monotonicity(D: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
     """
     diffs = D[1:] - D[:-1]
     return diffs.clamp(min=0).sum() / (diffs.abs().sum() + eps)
-
-
-def bootstrap_monotonicity(per_window_D: Sequence[Sequence[float]] | torch.Tensor, n_boot: int = 2000,
-                           level: float = 0.95, seed: int = 0) -> tuple[float, float]:
-    """Percentile bootstrap interval of S over evaluation windows.
-
-    per_window_D: [n_windows, L + 1] mean movement of each window (``Measurement.per_window_D``). Each
-    replicate resamples windows with replacement, averages their curves and computes S. -> (low, high).
-    """
-    from sdlib.stats import bootstrap_windows
-
-    return bootstrap_windows([per_window_D], lambda curves: monotonicity_batched(curves[0]), n_boot, level, seed)[1:]

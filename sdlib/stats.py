@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 import torch
 
 from sdlib.errors import SdlibError
+from sdlib.metrics import monotonicity_batched
 
 
 def bootstrap_windows(per_unit: Sequence[Sequence | torch.Tensor], statistic: Callable[[list[torch.Tensor]], torch.Tensor],
@@ -39,8 +40,6 @@ def bootstrap_windows(per_unit: Sequence[Sequence | torch.Tensor], statistic: Ca
 def paired_S_difference(per_window_a, per_window_b, n_boot: int = 2000, level: float = 0.95, seed: int = 0
                         ) -> tuple[float, float, float]:
     """S(b) - S(a) with its paired interval: two models' per-window curves [n_windows, L + 1] on the same windows."""
-    from sdlib.metrics import monotonicity_batched
-
     return bootstrap_windows([per_window_a, per_window_b],
                              lambda c: monotonicity_batched(c[1]) - monotonicity_batched(c[0]), n_boot, level, seed)
 
@@ -58,3 +57,13 @@ def paired_ratio(correct_a, correct_b, n_boot: int = 2000, level: float = 0.95, 
         return torch.where(c[0] > 0, c[1] / c[0].clamp_min(1e-300), torch.full_like(c[0], float("nan")))
 
     return bootstrap_windows([correct_a, correct_b], ratio, n_boot, level, seed)
+
+
+def bootstrap_monotonicity(per_window_D: Sequence[Sequence[float]] | torch.Tensor, n_boot: int = 2000,
+                           level: float = 0.95, seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap interval of S over evaluation windows.
+
+    per_window_D: [n_windows, L + 1] mean movement of each window (``Measurement.per_window_D``). Each
+    replicate resamples windows with replacement, averages their curves and computes S. -> (low, high).
+    """
+    return bootstrap_windows([per_window_D], lambda curves: monotonicity_batched(curves[0]), n_boot, level, seed)[1:]

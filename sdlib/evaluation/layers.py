@@ -19,6 +19,7 @@ from torch import nn
 from sdlib.cache import cached_record, model_fingerprint
 from sdlib.errors import SdlibError
 from sdlib.evaluation.tasks import check_tasks, data_provenance, load_tasks
+from sdlib.train.config import read_yaml
 
 # The CPU-sized subset and the full tasks live in configs/eval/*.yaml; ``--subset auto`` picks by device.
 SUBSETS = ("cpu-subset", "full")
@@ -42,7 +43,6 @@ class EvalSettings:
 
 def load_subset(name_or_path: str, device: str) -> EvalSettings:
     """``auto`` (cpu-subset on a CPU, full elsewhere), a subset name under configs/eval, or a YAML path."""
-    import yaml
 
     from sdlib.paths import configs_dir
 
@@ -53,7 +53,7 @@ def load_subset(name_or_path: str, device: str) -> EvalSettings:
         path = configs_dir() / "eval" / f"{name_or_path}.yaml"
     if not path.is_file():
         raise SdlibError(f"evaluation subset {name_or_path!r} not found: use auto, {', '.join(SUBSETS)} or a YAML file")
-    raw = yaml.safe_load(path.read_text()) or {}
+    raw = read_yaml(path, "evaluation subset file")
     unknown = set(raw) - {"name", "limit", "max_length"}
     if unknown:
         raise SdlibError(f"{path}: unknown key(s) {', '.join(sorted(unknown))}; use name, limit, max_length")

@@ -98,7 +98,7 @@ class AtlasRecord(Record):
     @cached_property
     def S_interval(self) -> dict[str, tuple[float, float]]:
         """The 95% percentile bootstrap interval of S over the measurement's windows, per convention."""
-        from sdlib.metrics import bootstrap_monotonicity
+        from sdlib.stats import bootstrap_monotonicity
 
         return {c: bootstrap_monotonicity(self.measurement.per_window_D[c]) for c in LAST_STATES}
 

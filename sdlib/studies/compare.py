@@ -103,8 +103,7 @@ def summary(profile: Profile, device: str | None = None):
     import numpy as np
     import pandas as pd
 
-    from sdlib.metrics import bootstrap_monotonicity
-    from sdlib.stats import paired_ratio, paired_S_difference
+    from sdlib.stats import bootstrap_monotonicity, paired_ratio, paired_S_difference
 
     columns: dict[str, dict[str, str]] = {}
     for pair in profile.pairs:

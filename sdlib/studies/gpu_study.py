@@ -33,6 +33,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from sdlib.train.config import read_yaml
+
 STAGES = ("throughput", "baseline", "recipe", "second", "bench")
 PAPER_TOKENS = 10_000_000
 PAPER_STEPS = 76
@@ -42,7 +44,6 @@ MIN_SECONDS = {"throughput": (60, 1), "baseline": (90, 1), "recipe": (180, 1), "
 
 class Study:
     def __init__(self, out: str | Path, work: str | Path, budget_s: float, dry_run: bool = False):
-        import yaml
 
         from sdlib.paths import configs_dir
 
@@ -50,7 +51,7 @@ class Study:
         self.out, self.work, self.budget_s, self.dry_run = Path(out), Path(work), float(budget_s), dry_run
         self.out.mkdir(parents=True, exist_ok=True)
         self.work.mkdir(parents=True, exist_ok=True)
-        self.spec = yaml.safe_load((configs_dir() / "gpu" / "study.yaml").read_text())["dry_run" if dry_run else "real"]
+        self.spec = read_yaml(configs_dir() / "gpu" / "study.yaml", "GPU study file")["dry_run" if dry_run else "real"]
         os.environ.setdefault("SDLIB_BUILD_DIR", str(self.work / "build"))
         self.path = self.work / "study.json"
         self.results: dict[str, Any] = json.loads(self.path.read_text()) if self.path.exists() else {"stages": {}}

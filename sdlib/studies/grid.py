@@ -15,7 +15,7 @@ from typing import Any
 
 from sdlib.errors import SdlibError
 from sdlib.studies.profiles import Pair, Profile
-from sdlib.train.config import TrainConfig
+from sdlib.train.config import TrainConfig, read_yaml
 from sdlib.types import Role
 
 KEYS = {"title", "eval_subset", "measure", "base", "cells"}
@@ -46,12 +46,11 @@ class Grid:
 
 
 def load_grid(path: str | Path) -> Grid:
-    import yaml
 
     path = Path(path)
     if not path.is_file():
         raise SdlibError(f"grid file {path} does not exist (see configs/ablations/)")
-    raw = yaml.safe_load(path.read_text()) or {}
+    raw = read_yaml(path, "grid file")
     unknown = set(raw) - KEYS
     if unknown or "base" not in raw or not raw.get("cells"):
         raise SdlibError(f"{path}: a grid holds {', '.join(sorted(KEYS))} (base and cells required); "
@@ -66,7 +65,7 @@ def load_grid(path: str | Path) -> Grid:
 
 def cell_row(grid: Grid, cell: str | None) -> dict[str, Any]:
     """Measure and evaluate one cell's trained model (``cell`` None: the pretrained model); -> a table row."""
-    from sdlib.metrics import bootstrap_monotonicity
+    from sdlib.stats import bootstrap_monotonicity
     from sdlib.studies.compare import layer_scores, movement
     from sdlib.train.runlog import evals, read_log, steps
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from sdlib.errors import SdlibError
-from sdlib.train.config import TrainConfig, load_config
+from sdlib.train.config import TrainConfig, load_config, read_yaml
 from sdlib.types import Role
 
 DEFAULT_PROFILE = "smol"
@@ -115,11 +115,10 @@ def load_profile(name: str = DEFAULT_PROFILE, trained: str | list[str] | None = 
                  configs: list[str] | None = None, only: list[str] | None = None) -> Profile:
     """The named profile; ``trained`` replaces the run folders (one per config), ``configs`` the configs,
     ``only`` keeps the pairs whose config name is listed (e.g. the paper profile's Llama models)."""
-    import yaml
 
     from sdlib.paths import configs_dir, project_root
 
-    profiles = yaml.safe_load((configs_dir() / "profiles.yaml").read_text())
+    profiles = read_yaml(configs_dir() / "profiles.yaml", "profiles file")
     if name not in profiles:
         raise SdlibError(f"unknown profile {name!r}: use one of {', '.join(profiles)}")
     entry = profiles[name]

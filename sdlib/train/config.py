@@ -82,6 +82,8 @@ class TrainConfig:
     precision: Precision = _f(Precision.AUTO, "auto = bf16 autocast on CUDA, fp32 on CPU; or fp32, bf16")
     log_every: int = _f(1, "print a progress line every this many steps (every step is in log.jsonl)")
     save_every: int = _f(0, "checkpoint every this many steps (0 = only at the end)")
+    keep_checkpoints: int = _f(0, "keep only the newest this many checkpoints, deleting older ones after each save "
+                                  "(0 = keep all; a 0.5B model's checkpoint is ~7 GB with its optimizer state)")
     max_minutes: float = _f(0.0, "stop after the step that reaches this many minutes of training in this call, with "
                                  "a checkpoint (--resume continues); 0 = no limit")
     eval_every: int = _f(0, "measure the D curve and S on held-out text every this many steps (0 = start and end only)")
@@ -122,8 +124,8 @@ class TrainConfig:
         require(0 <= self.seed < 2**32, f"seed must be an integer in [0, 2^32), got {self.seed}")
         require(self.max_minutes >= 0 and math.isfinite(self.max_minutes),
                 f"max_minutes must be >= 0, got {self.max_minutes}")
-        require(min(self.warmup_steps, self.save_every, self.eval_every, self.log_every) >= 0,
-                "warmup_steps, save_every, eval_every and log_every must be >= 0")
+        require(min(self.warmup_steps, self.save_every, self.keep_checkpoints, self.eval_every, self.log_every) >= 0,
+                "warmup_steps, save_every, keep_checkpoints, eval_every and log_every must be >= 0")
         require(self.eval_windows >= 1 and self.eval_window_len >= 2,
                 "eval_windows must be >= 1 and eval_window_len >= 2")
         require(re.fullmatch(r"[A-Za-z0-9._-]+", self.name) is not None and self.name not in (".", ".."),
@@ -191,6 +193,25 @@ def _yaml(text: str) -> Any:
     return yaml.load(text, Loader=_YamlLoader)  # noqa: S506 (a SafeLoader subclass)
 
 
+def read_yaml(path: str | os.PathLike, what: str = "config file") -> dict[str, Any]:
+    """A YAML mapping from a file, read the one way sdlib reads YAML (UTF-8, floats like 1e-4, a key given twice
+    refused); anything else is one line naming the file."""
+    path = Path(path)
+    try:
+        loaded = _yaml(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as err:
+        raise SdlibError(f"{what} {path} is not UTF-8 text (byte {err.start}): save it as UTF-8") from None
+    except DuplicateKeyError as err:
+        raise SdlibError(f"{what} {path}: {err.problem}; keep one") from None
+    except yaml.YAMLError as err:
+        raise SdlibError(f"{what} {path} is not valid YAML: {str(err).splitlines()[0]}") from None
+    except OSError as err:
+        raise SdlibError(f"{what} {path} cannot be read ({err.strerror})") from None
+    if loaded is not None and not isinstance(loaded, dict):
+        raise SdlibError(f"{what} {path} must be a mapping of keys to values")
+    return loaded or {}
+
+
 def _coerce(name: str, value: Any, kind: type, source: str) -> Any:
     """``value`` as ``kind``: ints widen to float, integral floats (``1e6``) narrow to int, bools stay bools,
     words become their enum."""
@@ -251,17 +272,7 @@ def load_config(path: str | os.PathLike | None = None, overrides: Sequence[str] 
         path = Path(path)
         if not path.exists():
             raise SdlibError(f"config file {path} does not exist (see configs/ for examples)")
-        try:
-            loaded = _yaml(path.read_text(encoding="utf-8"))
-        except UnicodeDecodeError as err:
-            raise SdlibError(f"config file {path} is not UTF-8 text (byte {err.start}): save it as UTF-8") from None
-        except DuplicateKeyError as err:
-            raise SdlibError(f"config file {path}: {err.problem}; keep one") from None
-        except yaml.YAMLError as err:
-            raise SdlibError(f"config file {path} is not valid YAML: {str(err).splitlines()[0]}") from None
-        if loaded is not None and not isinstance(loaded, dict):
-            raise SdlibError(f"config file {path} must be a mapping of keys to values")
-        values.update(loaded or {})
+        values.update(read_yaml(path))
         source = str(path)
     extra = overrides if isinstance(overrides, dict) else parse_overrides(overrides)
     values.update(extra)
@@ -276,8 +287,8 @@ def save_config(config: TrainConfig, path: str | os.PathLike) -> None:
         tmp.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
 
 
-MAY_CHANGE_ON_RESUME = ("name", "output_dir", "save_every", "eval_every", "eval_steps", "log_every", "max_minutes",
-                        "report_to", "push_to_hub")
+MAY_CHANGE_ON_RESUME = ("name", "output_dir", "save_every", "keep_checkpoints", "eval_every", "eval_steps",
+                        "log_every", "max_minutes", "report_to", "push_to_hub")
 """Keys a resumed run may change: where the run folder is, how often it saves, measures and prints, its time limit
 and its tracking. Any other change would mix two recipes in one run, so resuming refuses it."""
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import math
 import os
+import shutil
 import sys
 import time
 from contextlib import nullcontext
@@ -285,7 +286,7 @@ class SelfDistillation:
     def evaluate(self) -> EvalRecord:
         """The D curve and S (both conventions) on the held-out windows. Every process runs it, through the
         wrapped model (a sharded model needs all of them for its forward pass); the main process logs it."""
-        
+
         was_training = self.model.training
         self.model.eval()
         observer = None
@@ -325,6 +326,9 @@ class SelfDistillation:
             path = save_checkpoint(self.run_dir, self.step, self.unwrapped, self.tokenizer, self.optimizer,
                                    self.scheduler, training_state, config, metrics,
                                    model_card(config, self.first_eval, self.last_eval, self.step), state_dict)
+            if config.keep_checkpoints:
+                for _, old in list_checkpoints(self.run_dir)[:-config.keep_checkpoints]:
+                    shutil.rmtree(old)  # the newest are complete (renamed into place after their fsync)
         self.accelerator.wait_for_everyone()
         return path
 

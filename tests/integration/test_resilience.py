@@ -375,3 +375,54 @@ def test_per_layer_kl_is_averaged_over_the_micro_batches_that_drew_it(tmp_path, 
     for i, record in enumerate(logged):
         union = torch.stack(drawn[i * per_step:(i + 1) * per_step]).any(0).tolist()
         assert [v is not None for v in record.kl_per_layer] == union
+
+
+def test_every_yaml_sdlib_reads_refuses_a_duplicate_key(tmp_path):
+    from sdlib.studies.grid import load_grid
+
+    grid = tmp_path / "g.yaml"
+    grid.write_text("base: {model: tiny-llama}\ncells:\n  a: {lr: 1.0e-3}\n  a: {lr: 5.0}\n")
+    with pytest.raises(SdlibError, match=r"grid file .*key 'a' appears twice \(line 4\)"):
+        load_grid(grid)
+
+
+def test_the_grid_runner_refuses_a_changed_cell_with_the_same_line(tmp_path, text_file, capsys):
+    grid = tmp_path / "g.yaml"
+    base = (f"base: {{model: tiny-llama, model_options: {{num_layers: 2, hidden_size: 32, vocab_size: 300}}, "
+            f"data: {text_file}, eval_text: {text_file}, seq_len: 32, batch_size: 4, micro_batch: 4, "
+            f"max_tokens: 256, eval_windows: 2, eval_window_len: 32, lr: {{}}}}\ncells:\n  a: {{}}\n")
+    grid.write_text(base.replace("lr: {}", "lr: 1.0e-3"))
+    assert _cli(capsys, "grid", "train", grid)[0] == 0
+    run = tmp_path / "build" / "runs" / "abl-g-a"
+    before = _snapshot(run)
+    grid.write_text(base.replace("lr: {}", "lr: 5.0e-3"))
+    _one_line(capsys, "lr: 0.001 -> 0.005", "grid", "train", grid)
+    assert _snapshot(run) == before
+
+
+def test_a_checkpoint_is_flushed_to_disk_before_it_is_renamed_into_place(tmp_path, text_file, monkeypatch):
+    import os
+
+    import sdlib.train.checkpoint as checkpoint
+    from sdlib.train import train
+    from sdlib.train.config import load_config
+
+    events = []
+    fsync, replace = os.fsync, os.replace
+    monkeypatch.setattr(os, "fsync", lambda fd: (events.append("fsync"), fsync(fd))[1])
+    monkeypatch.setattr(checkpoint.os, "replace", lambda a, b: (events.append(("rename", str(b))), replace(a, b))[1])
+    train(load_config(TINY, {"output_dir": str(tmp_path / "run"), "data": str(text_file), "eval_text": str(text_file),
+                             "max_tokens": 512, "save_every": 0}), progress=False)
+    rename = next(i for i, e in enumerate(events) if isinstance(e, tuple) and e[1].endswith("step-000001"))
+    assert events[:rename].count("fsync") >= 10  # the weights, state files, config, card: every file and folder
+    assert "fsync" in events[rename + 1:]  # then the folder that now holds it
+
+
+def test_keep_checkpoints_deletes_only_older_complete_ones(tmp_path, text_file):
+    from sdlib.train import train
+    from sdlib.train.config import load_config
+
+    run = train(load_config(TINY, {"output_dir": str(tmp_path / "run"), "data": str(text_file),
+                                   "eval_text": str(text_file), "save_every": 2, "keep_checkpoints": 2}),
+                progress=False)
+    assert [s for s, _ in list_checkpoints(run)] == [14, 16]

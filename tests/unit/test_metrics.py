@@ -73,7 +73,8 @@ def test_last_layer_ratio():
 
 
 def test_bootstrap_interval_of_s():
-    from sdlib.metrics import bootstrap_monotonicity, monotonicity
+    from sdlib.metrics import monotonicity
+    from sdlib.stats import bootstrap_monotonicity
 
     g = torch.Generator().manual_seed(0)
     base = torch.tensor([0.4, 0.3, 0.2, 0.25, 0.1], dtype=torch.float64)

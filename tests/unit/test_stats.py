@@ -31,7 +31,7 @@ def test_paired_difference_of_identical_models_is_exactly_zero():
 def test_pairing_removes_the_shared_window_noise():
     """b = a with its last step lowered on every window: each window's S rises, so the paired interval of the
     difference excludes 0, although the two models' own intervals overlap."""
-    from sdlib.metrics import bootstrap_monotonicity
+    from sdlib.stats import bootstrap_monotonicity
 
     g = torch.Generator().manual_seed(1)
     a = torch.linspace(0.3, 0.1, 8).repeat(40, 1) + 0.08 * torch.rand(40, 8, generator=g)
