@@ -35,7 +35,7 @@ from dataclasses import replace
 import torch
 
 from sdlib import loss as loss_module
-from sdlib.models import decoder_parts
+from sdlib.parts import decoder_parts
 from sdlib.provenance import device_name
 from sdlib.states import forward_states
 from sdlib.studies.grid import load_grid

@@ -8,7 +8,8 @@ from sdlib.errors import SdlibError
 from sdlib.lens import lens_logits, lens_top1
 from sdlib.loss import layer_weights, self_distillation_loss
 from sdlib.metrics import layer_movement, monotonicity, token_movement
-from sdlib.models import decoder_parts, load
+from sdlib.models import load
+from sdlib.parts import decoder_parts
 from sdlib.states import HiddenStates, forward_states, hidden_states
 from sdlib.types import KLDirection, LastState, Zeta2Form
 

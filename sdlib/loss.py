@@ -26,37 +26,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from sdlib.errors import SdlibError
+from sdlib.metrics import movement, soft_non_monotonicity
+from sdlib.parts import IDENTITY, LogitTransform
 from sdlib.types import KLDirection, LastState, Zeta2Form, parse
-
-
-@dataclass(frozen=True)
-class LogitTransform:
-    """What a model applies to lm_head's output z before the softmax: z -> cap * tanh(scale * z / cap)
-    (``softcap`` None: z -> scale * z). Gemma 2 soft-caps, Cohere and Granite scale; most models do neither."""
-
-    scale: float = 1.0
-    softcap: float | None = None
-
-    def __call__(self, z: torch.Tensor) -> torch.Tensor:
-        if self.scale != 1.0:
-            z = z * self.scale
-        if self.softcap:
-            z = self.softcap * torch.tanh(z / self.softcap)
-        return z
-
-    def apply_(self, z: torch.Tensor, derivative: torch.Tensor | None = None) -> torch.Tensor:
-        """In place on z [n, V]; with ``derivative`` (same shape) also write dz_out/dz_in / scale into it."""
-        if self.scale != 1.0:
-            z.mul_(self.scale)
-        if self.softcap:
-            z.div_(self.softcap).tanh_()
-            if derivative is not None:
-                torch.mul(z, z, out=derivative).neg_().add_(1.0)  # d(cap tanh(u / cap))/du = 1 - tanh^2
-            z.mul_(self.softcap)
-        return z
-
-
-IDENTITY = LogitTransform()
 
 
 def layer_weights(num_layers: int, k: float) -> torch.Tensor:
@@ -277,7 +249,7 @@ def self_distillation_loss(pre_norm_states: Sequence[torch.Tensor], final_norm: 
     lens_samples: 0 = every layer (exact zeta1); m > 0 = an unbiased estimate from m layers drawn with
         replacement with probability w_l (``sample_lens_weights``); the others are not computed and their
         ``kl_per_layer`` entries are NaN.
-    logit_transform: what the model applies to lm_head's output (``sdlib.models.DecoderParts.transform``).
+    logit_transform: what the model applies to lm_head's output (``sdlib.parts.DecoderParts.transform``).
     zeta1: False leaves the lens KL out (zeta = alpha * zeta2; no lens is computed, ``kl_per_layer`` is NaN).
     """
     kl_direction, last_state, zeta2_form = _check_options(alpha, kl_direction, last_state, zeta2_form)
@@ -352,7 +324,6 @@ def zeta2_terms(flat: Sequence[torch.Tensor], normed_last: torch.Tensor, weights
     * ``monotonicity``: 1 - S_soft of the batch's curve D_0..D_L (``metrics.soft_non_monotonicity``): zero
       when the movement never rises, whatever its size. Per-layer terms: D_1..D_L.
     """
-    from sdlib.metrics import movement, soft_non_monotonicity
 
     states = list(flat[1:])  # h_0 .. h_L
     if last_state == "normed":

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sdlib.errors import SdlibError
+from sdlib.paths import cache_dir
 
 
 @dataclass(frozen=True)
@@ -169,7 +170,6 @@ def carried_gguf(model: PackagedModel) -> Path | None:
 
 
 def cached_dir(name: str) -> Path:
-    from sdlib.paths import cache_dir
 
     model = packaged(name)
     return cache_dir() / "models" / f"{name}-{model.sha256[:12]}"

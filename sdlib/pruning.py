@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from sdlib.errors import SdlibError
-from sdlib.models import decoder_parts
+from sdlib.parts import decoder_parts
 
 STRATEGIES = ("movement", "last")
 

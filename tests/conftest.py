@@ -9,6 +9,12 @@ from sdlib import models
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def hang_guard(seconds: float) -> float:
+    """A subprocess timeout that only guards against a hang: generous, and scaled by SDLIB_TEST_TIMEOUT_SCALE on a
+    machine whose cores are shared (a test must never fail because the machine is busy)."""
+    return seconds * float(os.environ.get("SDLIB_TEST_TIMEOUT_SCALE", "1"))
+
+
 def pytest_collection_modifyitems(config, items):
     slow_ok = os.environ.get("SDLIB_SLOW") == "1"
     data_ok = bool(os.environ.get("SDLIB_DATA_DIR"))

@@ -23,7 +23,10 @@ from lm_eval.models.huggingface import HFLM
 from torch import nn
 
 from sdlib.errors import SdlibError
-from sdlib.models import decoder_parts
+from sdlib.lens import lens_head, lens_logits
+from sdlib.models import default_device, load
+from sdlib.parts import decoder_parts
+from sdlib.states import hidden_states, layer_state
 
 
 def _load_pretrained(pretrained, tokenizer, dtype, device):
@@ -32,7 +35,6 @@ def _load_pretrained(pretrained, tokenizer, dtype, device):
         if tokenizer is None:
             raise SdlibError("pass tokenizer= with an already-loaded model")
         return pretrained, tokenizer
-    from sdlib.models import default_device, load
 
     return load(str(pretrained), dtype=dtype or "float32", device=default_device(device))
 
@@ -53,8 +55,6 @@ class LayerLM(HFLM):
     def _model_call(self, inps: torch.Tensor, attn_mask=None, labels=None) -> torch.Tensor:
         if self.layer is None or self.layer == self.num_layers - 1:
             return super()._model_call(inps, attn_mask, labels)
-        from sdlib.lens import lens_logits
-        from sdlib.states import hidden_states
 
         with torch.no_grad():
             states = hidden_states(self.model, inps)
@@ -97,8 +97,6 @@ class AllLayersLM(LayerLM):
 
     @torch.no_grad()
     def _score_batch(self, batch) -> list[tuple[np.ndarray, np.ndarray]]:
-        from sdlib.lens import lens_head
-        from sdlib.states import hidden_states, layer_state
 
         inps, rows, cols, targets, owner = [], [], [], [], []
         for b, (_, context_enc, continuation_enc) in enumerate(batch):

@@ -19,6 +19,11 @@ from torch import nn
 from sdlib.cache import cached_record, model_fingerprint
 from sdlib.errors import SdlibError
 from sdlib.evaluation.tasks import check_tasks, data_provenance, load_tasks
+from sdlib.models import default_device, load, resolve_checkpoint
+from sdlib.parts import decoder_parts
+from sdlib.paths import configs_dir, results_dir, slug
+from sdlib.provenance import atomic_path, provenance, write_json
+from sdlib.stats import accuracy_interval
 from sdlib.train.config import read_yaml
 
 # The CPU-sized subset and the full tasks live in configs/eval/*.yaml; ``--subset auto`` picks by device.
@@ -44,7 +49,6 @@ class EvalSettings:
 def load_subset(name_or_path: str, device: str) -> EvalSettings:
     """``auto`` (cpu-subset on a CPU, full elsewhere), a subset name under configs/eval, or a YAML path."""
 
-    from sdlib.paths import configs_dir
 
     if name_or_path == "auto":
         name_or_path = "cpu-subset" if str(device).startswith("cpu") else "full"
@@ -99,7 +103,6 @@ def evaluate_layers(model: nn.Module, tokenizer, tasks=("lambada_openai", "wikit
     names = check_tasks(list(tasks))
     task_objs = load_tasks(names)
     bar = tqdm(disable=not progress, unit="req", desc="evaluate")
-    from sdlib.models import decoder_parts
 
     n = decoder_parts(model).num_layers
     score = None if layers is None else [l % n for l in layers]
@@ -179,9 +182,6 @@ def evaluate_cached(source: str, tasks, settings: EvalSettings, *, device: str |
     """
     import pandas as pd
 
-    from sdlib.models import default_device, load, resolve_checkpoint
-    from sdlib.paths import results_dir, slug
-    from sdlib.provenance import atomic_path, provenance, write_json
 
     names = check_tasks(list(tasks) if not isinstance(tasks, str) else tasks)
     device = default_device(device)
@@ -224,7 +224,6 @@ def evaluate_cached(source: str, tasks, settings: EvalSettings, *, device: str |
 def with_intervals(rows: list[dict], greedy: np.ndarray | None, level: float = 0.95) -> list[dict]:
     """The rows with ``lo``/``hi``: a percentile bootstrap interval over documents for each accuracy (from the
     per-document greedy outcomes [n_docs, n_layers]); None for the other metrics."""
-    from sdlib.stats import accuracy_interval
 
     out = []
     for row in rows:

@@ -18,7 +18,10 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
+from sdlib.data import offline_file
 from sdlib.errors import SdlibError
+from sdlib.paths import cache_dir
+from sdlib.provenance import file_sha256, fsync_tree
 
 TASKS = ("lambada_openai", "wikitext")
 
@@ -97,9 +100,6 @@ def offline_task_dir(names: list[str] | tuple[str, ...] = TASKS) -> Path | None:
     Every data file is checked first (present, non-empty, the expected sha256, valid JSON lines), so a
     damaged copy fails here with one line naming the file, not deep inside lm-eval.
     """
-    from sdlib.data import offline_file
-    from sdlib.paths import cache_dir
-    from sdlib.provenance import file_sha256
 
     files = {name: {split: offline_file(rel, f"{name} ({OFFLINE[name].hf_dataset})")
                     for split, rel in OFFLINE[name].files.items()} for name in check_tasks(list(names))}
@@ -153,7 +153,6 @@ def _write_folder(folder: Path, expected: dict[str, bytes]) -> None:
     import shutil
     import tempfile
 
-    from sdlib.provenance import fsync_tree
 
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
@@ -173,8 +172,6 @@ def _write_folder(folder: Path, expected: dict[str, bytes]) -> None:
 
 def data_provenance(names: list[str] | tuple[str, ...] = TASKS) -> dict[str, str]:
     """task/split -> source id (``hf:...`` online, ``sha256:...`` of the checked offline file) for the records."""
-    from sdlib.data import offline_file
-    from sdlib.provenance import file_sha256
 
     out = {}
     for name in check_tasks(list(names)):

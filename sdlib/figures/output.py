@@ -9,12 +9,13 @@ from typing import Any
 
 import plotly.graph_objects as go
 
+from sdlib.provenance import atomic_path, write_json
+from sdlib.provenance import provenance as make_provenance
+
 
 def save_figure(fig: go.Figure, name: str, numbers: dict[str, Any], out_dir: str | Path,
                 provenance: dict[str, Any] | None = None, png: bool = True) -> dict[str, Path]:
     """-> {"html": path, "png": path, "json": path}. ``numbers`` must be JSON-serialisable (arrays allowed)."""
-    from sdlib.provenance import atomic_path, write_json
-    from sdlib.provenance import provenance as make_provenance
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

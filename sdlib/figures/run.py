@@ -13,6 +13,10 @@ from pathlib import Path
 from typing import Any
 
 from sdlib.errors import SdlibError
+from sdlib.figures.output import save_figure
+from sdlib.paths import absolute_path_variables, build_dir, project_root
+from sdlib.studies import compare
+from sdlib.studies.profiles import ROLES, load_profile
 
 NOTEBOOKS = ("00_quickstart", "fig03_movement", "fig04_pca", "fig05_lambada", "fig06_wikitext", "fig07_logit_lens",
              "table_summary", "ext_pruning", "atlas", "gpu_study")
@@ -27,29 +31,23 @@ class FigureRun:
 
     def __init__(self, profile: str = "smol", trained: str | list[str] | None = None, models: list[str] | None = None,
                  device: str | None = None, output: str | None = None):
-        from sdlib.paths import build_dir
-        from sdlib.studies.profiles import load_profile
 
         self.profile = load_profile(profile, trained=trained, only=models)
         self.device = device
         self.output = Path(output) if output else build_dir() / "figures" / profile
 
     def save(self, fig, name: str, numbers: dict[str, Any], provenance: dict[str, Any] | None = None) -> dict[str, Path]:
-        from sdlib.figures.output import save_figure
 
         return save_figure(fig, name, numbers, self.output, provenance)
 
 
 def notebooks_dir() -> Path:
-    from sdlib.paths import project_root
 
     return project_root() / "notebooks"
 
 
 def prepare(profile_name: str, device: str | None = None) -> dict[str, float]:
     """Measure and evaluate every model of the profile's pairs (cached); -> timings (s)."""
-    from sdlib.studies import compare
-    from sdlib.studies.profiles import ROLES, load_profile
 
     profile = load_profile(profile_name)
     timings = {}
@@ -74,8 +72,6 @@ def run_notebooks(profile_name: str, names: list[str] | None = None, options: di
     """Execute the notebooks (the profile's, or ``names``) into the profile's figures folder; -> seconds each."""
     import papermill
 
-    from sdlib.paths import absolute_path_variables, build_dir
-    from sdlib.studies.profiles import load_profile
 
     profile = load_profile(profile_name)
     names = list(names or profile.notebooks or DEFAULT_NOTEBOOKS)

@@ -27,10 +27,18 @@ from typing import Any
 import torch
 from torch import nn
 
-from sdlib.cache import Record
+from sdlib.cache import Record, cached_record, model_fingerprint
+from sdlib.data import PackedSequences, training_documents
+from sdlib.evaluation.layers import evaluate_cached, load_subset
+from sdlib.loss import TeacherHead, _flat, layer_weights, self_distillation_loss, zeta2_terms
 from sdlib.metrics import movement
-from sdlib.states import HiddenStates
-from sdlib.studies.measure import Measurement, MeasureSettings
+from sdlib.models import default_device, load
+from sdlib.parts import decoder_parts
+from sdlib.paths import results_dir, slug
+from sdlib.provenance import provenance
+from sdlib.states import HiddenStates, forward_states
+from sdlib.stats import bootstrap_monotonicity
+from sdlib.studies.measure import Measurement, MeasureSettings, measure_text
 from sdlib.types import LAST_STATES
 
 ATLAS_RECORD_VERSION = 2
@@ -98,7 +106,6 @@ class AtlasRecord(Record):
     @cached_property
     def S_interval(self) -> dict[str, tuple[float, float]]:
         """The 95% percentile bootstrap interval of S over the measurement's windows, per convention."""
-        from sdlib.stats import bootstrap_monotonicity
 
         return {c: bootstrap_monotonicity(self.measurement.per_window_D[c]) for c in LAST_STATES}
 
@@ -199,10 +206,6 @@ def init_gradients(model: nn.Module, tokenizer, settings: AtlasSettings) -> dict
     """zeta1 and alpha * zeta2 per layer at initialisation (student = teacher = ``model``) on
     ``settings.init_sequences`` training sequences, and their gradients' norms per parameter group with the
     cosine between them, for zeta2 in both conventions. zeta1 is exact (every lens layer)."""
-    from sdlib.data import PackedSequences, training_documents
-    from sdlib.loss import TeacherHead, _flat, layer_weights, self_distillation_loss, zeta2_terms
-    from sdlib.models import decoder_parts
-    from sdlib.states import forward_states
 
     parts = decoder_parts(model)
     documents, data = training_documents(settings.data)
@@ -270,7 +273,6 @@ def init_gradients(model: nn.Module, tokenizer, settings: AtlasSettings) -> dict
 
 def evaluation_summary(model_name: str, model: nn.Module, tokenizer, subset: str) -> dict[str, Any]:
     """Per-layer LAMBADA accuracy and WikiText word perplexity on an evaluation subset (cached)."""
-    from sdlib.evaluation.layers import evaluate_cached, load_subset
 
     device = str(next(model.parameters()).device)
     settings = load_subset(subset, device)
@@ -291,11 +293,6 @@ def evaluation_summary(model_name: str, model: nn.Module, tokenizer, subset: str
 def atlas(model_name: str, settings: AtlasSettings = AtlasSettings(), *, device: str | None = None,
           use_cache: bool = True, loaded: tuple[nn.Module, Any] | None = None, progress: bool = True) -> AtlasRecord:
     """The atlas record of ``model_name`` (cached by the model's weights and ``settings``)."""
-    from sdlib.cache import cached_record, model_fingerprint
-    from sdlib.models import decoder_parts, default_device, load
-    from sdlib.paths import results_dir, slug
-    from sdlib.provenance import provenance
-    from sdlib.studies.measure import measure_text
 
     device = default_device(device)
     model, tokenizer = loaded or load(model_name, device=device)

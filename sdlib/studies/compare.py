@@ -6,8 +6,14 @@ from __future__ import annotations
 from dataclasses import asdict
 from typing import Any
 
-from sdlib.studies.measure import MeasureRecord, MeasureSettings
+from sdlib.cache import cached, model_fingerprint
+from sdlib.evaluation.layers import evaluate_cached, load_subset
+from sdlib.models import resolve_checkpoint
+from sdlib.paths import results_dir, slug
+from sdlib.stats import bootstrap_monotonicity, paired_ratio, paired_S_difference
+from sdlib.studies.measure import MeasureRecord, MeasureSettings, measure_model
 from sdlib.studies.profiles import ROLES, Pair, Profile
+from sdlib.train.card import refresh_card
 from sdlib.types import Role
 
 # The paper's reported numbers (Shibata et al.), for the summary table; absent where it gives none.
@@ -19,7 +25,6 @@ PAPER = {
 
 
 def fingerprint(pair: Pair, role: Role, device: str | None = None) -> str:
-    from sdlib.cache import model_fingerprint
 
     return model_fingerprint(*pair.load(role, device))
 
@@ -27,7 +32,6 @@ def fingerprint(pair: Pair, role: Role, device: str | None = None) -> str:
 def results_folder(pair: Pair, role: Role, kind: str):
     """Where a pair's cached records live: a plain model name shares its folder (and caches) with
     ``sdlib eval|measure NAME``; a trained run has its own."""
-    from sdlib.paths import results_dir, slug
 
     if role == Role.SELF_DISTILLED:
         name = pair.source(role)
@@ -42,8 +46,6 @@ def measure_settings(profile: Profile) -> MeasureSettings:
 
 def movement(profile: Profile, pair: Pair, role: Role, device: str | None = None) -> MeasureRecord:
     """The D curve and S in both conventions of one model of a pair, on the profile's measurement text."""
-    from sdlib.cache import cached
-    from sdlib.studies.measure import measure_model
 
     settings = measure_settings(profile)
 
@@ -66,7 +68,6 @@ def layer_scores(profile: Profile, pair: Pair, role: Role, tasks=("lambada_opena
                  device: str | None = None):
     """The per-layer evaluation table (``sdlib.evaluation``) on the profile's subset, with ``role`` and ``label``
     columns (per-document outcomes in ``table.attrs["greedy"]``)."""
-    from sdlib.evaluation.layers import evaluate_cached, load_subset
 
     model, tok = pair.load(role, device)
     device = str(next(model.parameters()).device)
@@ -74,8 +75,6 @@ def layer_scores(profile: Profile, pair: Pair, role: Role, tasks=("lambada_opena
                                loaded=(model, tok), out_dir=results_folder(pair, role, "eval"), device=device)
     greedy = table.attrs.get("greedy", {})
     if role == Role.SELF_DISTILLED and set(tasks) == {"lambada_openai", "wikitext"}:
-        from sdlib.models import resolve_checkpoint
-        from sdlib.train.card import refresh_card
 
         refresh_card(resolve_checkpoint(pair.trained_dir()), table)  # the card now shows its evaluation
     table = table.assign(role=str(role), label=pair.label(role), base_model=pair.model)
@@ -103,7 +102,6 @@ def summary(profile: Profile, device: str | None = None):
     import numpy as np
     import pandas as pd
 
-    from sdlib.stats import bootstrap_monotonicity, paired_ratio, paired_S_difference
 
     columns: dict[str, dict[str, str]] = {}
     for pair in profile.pairs:

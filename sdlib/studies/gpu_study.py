@@ -33,7 +33,20 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from sdlib.train.config import read_yaml
+from sdlib.data import OFFLINE_SHA256, offline_file
+from sdlib.errors import SdlibError
+from sdlib.evaluation.layers import evaluate_cached, load_subset
+from sdlib.models import load
+from sdlib.packaged import PACKAGED, available, gguf_path, packaged
+from sdlib.paths import build_dir, configs_dir, figures_dir, project_root
+from sdlib.provenance import device_name, package_versions, write_json
+from sdlib.stats import paired_ratio, paired_S_difference
+from sdlib.studies.measure import measure_text
+from sdlib.studies.throughput import measure_step
+from sdlib.train import LOG_FILE, train
+from sdlib.train.config import load_config, read_yaml
+from sdlib.train.runlog import StopRecord, evals, read_log
+from sdlib.train.runlog import steps as steps_of
 
 STAGES = ("throughput", "baseline", "recipe", "second", "bench")
 PAPER_TOKENS = 10_000_000
@@ -45,7 +58,6 @@ MIN_SECONDS = {"throughput": (60, 1), "baseline": (90, 1), "recipe": (180, 1), "
 class Study:
     def __init__(self, out: str | Path, work: str | Path, budget_s: float, dry_run: bool = False):
 
-        from sdlib.paths import configs_dir
 
         self.t0 = time.monotonic()
         self.out, self.work, self.budget_s, self.dry_run = Path(out), Path(work), float(budget_s), dry_run
@@ -76,7 +88,6 @@ class Study:
         return path
 
     def save(self) -> None:
-        from sdlib.provenance import write_json
 
         write_json(self.path, self.results)
         self.publish()
@@ -94,8 +105,6 @@ class Study:
         os.replace(tmp, self.out / "records.tar.gz")
 
     def config(self, which: str):
-        from sdlib.paths import project_root
-        from sdlib.train.config import load_config
 
         overrides = dict(self.spec.get(f"{which}_overrides") or {})
         overrides.setdefault("output_dir", str(self.work / "runs" / which))
@@ -104,7 +113,6 @@ class Study:
     # --- the run -------------------------------------------------------------------------------------------
 
     def run(self, only: list[str] | None = None) -> dict[str, Any]:
-        from sdlib.provenance import device_name, package_versions
 
         self.results["environment"] = {"device": device_name(self.device), "versions": package_versions(),
                                         "dry_run": self.dry_run, "budget_s": self.budget_s,
@@ -137,8 +145,6 @@ class Study:
     # --- stages --------------------------------------------------------------------------------------------
 
     def throughput(self) -> dict[str, Any]:
-        from sdlib.models import load
-        from sdlib.studies.throughput import measure_step
 
         config = self.config("recipe")
         model, _ = load(config.model, device=self.device, **config.model_options)
@@ -150,10 +156,6 @@ class Study:
 
     def _measure_and_evaluate(self, source: str, label: str, model=None, tokenizer=None, **options) -> dict[str, Any]:
         """S (both conventions, median curve) and the per-layer evaluation of one model; records kept."""
-        from sdlib.evaluation.layers import evaluate_cached, load_subset
-        from sdlib.models import load
-        from sdlib.provenance import write_json
-        from sdlib.studies.measure import measure_text
 
         if model is None:
             model, tokenizer = load(source, device=self.device, **options)
@@ -184,9 +186,6 @@ class Study:
 
     def _train_sized(self, which: str, reserve_s: float) -> dict[str, Any]:
         """Train ``which`` for as many steps as the time left allows (up to the config's budget)."""
-        from sdlib.train import LOG_FILE, train
-        from sdlib.train.runlog import StopRecord, evals, read_log
-        from sdlib.train.runlog import steps as steps_of
 
         config = self.config(which)
         timing = self._timing(config, which)
@@ -227,8 +226,6 @@ class Study:
         if which == "recipe" and stage.get("done"):
             timings = stage["timings"]
         else:
-            from sdlib.models import load
-            from sdlib.studies.throughput import measure_step
 
             model, _ = load(config.model, device=self.device, **config.model_options)
             timings = [t.to_dict() for t in measure_step(model, config, lens_samples=(0, 4))]
@@ -240,7 +237,6 @@ class Study:
         return self._distil("recipe", self.results["stages"].get("baseline", {}))
 
     def second(self) -> dict[str, Any]:
-        from sdlib.packaged import PACKAGED, available
 
         config = self.config("second")
         if config.model in PACKAGED and not available(config.model):
@@ -250,7 +246,6 @@ class Study:
         return self._distil("second", {"model": config.model, **base}, baseline_label="second-baseline")
 
     def _distil(self, which: str, baseline: dict[str, Any], baseline_label: str = "baseline") -> dict[str, Any]:
-        from sdlib.stats import paired_ratio, paired_S_difference
 
         reserve = self.spec["reserve_s"]
         training = self._train_sized(which, reserve)
@@ -274,7 +269,6 @@ class Study:
         return {"done": True, **training, "before": before, "after": after, "paired": stats}
 
     def bench(self) -> dict[str, Any]:
-        from sdlib.paths import project_root
 
         spec = self.spec["bench"]
         args = ([f"--shape={spec['shape']}"] if "shape" in spec else [f"--model={spec['model']}"]) + [
@@ -290,7 +284,6 @@ class Study:
 def _keep_private(result: dict[str, Any], path: Path) -> None:
     """Move the per-window curves and per-passage outcomes (for paired statistics) out of the summary into a
     record file."""
-    from sdlib.provenance import write_json
 
     write_json(path, {"per_window_D": result.pop("_per_window_D"), "greedy": result.pop("_greedy")})
 
@@ -355,7 +348,6 @@ DEVICE_WHEELS = ("lm_eval", "datasets", "dill", "multiprocess", "gguf")
 
 def working_tree_bytes() -> int:
     """Bytes of what a device call sends besides carried paths: tracked and untracked-not-ignored files."""
-    from sdlib.paths import project_root
 
     root = project_root()
     names = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=root,
@@ -370,11 +362,6 @@ def prepare(models: list[str], folder: str | Path = CARRY_DIR, python_version: s
     import hashlib
     from importlib.metadata import version
 
-    from sdlib.data import OFFLINE_SHA256, offline_file
-    from sdlib.errors import SdlibError
-    from sdlib.packaged import gguf_path, packaged
-    from sdlib.paths import project_root
-    from sdlib.provenance import write_json
 
     folder = project_root() / folder
     folder.mkdir(parents=True, exist_ok=True)
@@ -422,8 +409,6 @@ def prepare(models: list[str], folder: str | Path = CARRY_DIR, python_version: s
 def plan(folder: str | Path = CARRY_DIR, budget_s: int = 540) -> list[dict[str, Any]]:
     """The device calls that carry ``folder`` (made by ``prepare``) and run the study: each call's carry list,
     command and timeout, packed so each call stays under the 64 MiB limit with the working tree."""
-    from sdlib.errors import SdlibError
-    from sdlib.paths import project_root
 
     root = project_root()
     manifest_path = root / folder / "manifest.json"
@@ -473,8 +458,6 @@ def format_plan(calls: list[dict[str, Any]]) -> str:
 def import_results(source: str | Path) -> Path:
     """Bring a study's returned files home: ``study.json`` into ``figures/gpu/`` (committed, drawn by the gpu
     profile), the log and records under ``<build>/gpu-study/``. -> the study.json path."""
-    from sdlib.errors import SdlibError
-    from sdlib.paths import build_dir, figures_dir
 
     source = Path(source)
     if not (source / "study.json").exists():
@@ -495,7 +478,6 @@ def import_results(source: str | Path) -> Path:
 
 def load_study(path: str | Path) -> dict[str, Any]:
     """A study record (``study.json``); one clear error when there is none yet."""
-    from sdlib.errors import SdlibError
 
     path = Path(path)
     if not path.is_file():

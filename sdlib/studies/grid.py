@@ -14,8 +14,14 @@ from pathlib import Path
 from typing import Any
 
 from sdlib.errors import SdlibError
+from sdlib.paths import results_dir
+from sdlib.provenance import atomic_path
+from sdlib.stats import bootstrap_monotonicity
+from sdlib.studies.compare import layer_scores, movement
 from sdlib.studies.profiles import Pair, Profile
-from sdlib.train.config import TrainConfig, read_yaml
+from sdlib.train import finished, train
+from sdlib.train.config import TrainConfig, config_from_dict, read_yaml
+from sdlib.train.runlog import evals, read_log, steps
 from sdlib.types import Role
 
 KEYS = {"title", "eval_subset", "measure", "base", "cells"}
@@ -33,7 +39,6 @@ class Grid:
 
     def config(self, cell: str) -> TrainConfig:
         """The cell's full config: the base with the cell's keys over it."""
-        from sdlib.train.config import config_from_dict
 
         if cell not in self.cells:
             raise SdlibError(f"grid {self.name} has no cell {cell!r}: use {', '.join(self.cells)}")
@@ -65,9 +70,6 @@ def load_grid(path: str | Path) -> Grid:
 
 def cell_row(grid: Grid, cell: str | None) -> dict[str, Any]:
     """Measure and evaluate one cell's trained model (``cell`` None: the pretrained model); -> a table row."""
-    from sdlib.stats import bootstrap_monotonicity
-    from sdlib.studies.compare import layer_scores, movement
-    from sdlib.train.runlog import evals, read_log, steps
 
     profile, pair = grid.profile(cell or next(iter(grid.cells)))
     role = Role.SELF_DISTILLED if cell else Role.PRETRAINED
@@ -95,7 +97,6 @@ def cell_row(grid: Grid, cell: str | None) -> dict[str, Any]:
 
 def train_cells(grid: Grid, cells: list[str] | None = None) -> None:
     """Train (resume / reuse) the cells (all by default), one after another, without measuring them."""
-    from sdlib.train import train
 
     for cell in cells or list(grid.cells):
         print(f"== grid {grid.name}, cell {cell}: train", flush=True)
@@ -104,7 +105,6 @@ def train_cells(grid: Grid, cells: list[str] | None = None) -> None:
 
 def run(grid: Grid, cells: list[str] | None = None) -> None:
     """Train (resume / reuse), measure and evaluate the cells (all by default), then the pretrained model."""
-    from sdlib.train import train
 
     for cell in cells or list(grid.cells):
         print(f"== grid {grid.name}, cell {cell}: train", flush=True)
@@ -115,7 +115,6 @@ def run(grid: Grid, cells: list[str] | None = None) -> None:
 
 
 def finished_cells(grid: Grid) -> list[str]:
-    from sdlib.train import finished
 
     return [cell for cell in grid.cells if finished(grid.config(cell))]
 
@@ -124,8 +123,6 @@ def collect(grid: Grid, cells: list[str] | None = None):
     """The grid table over ``cells`` (default: every finished cell), the pretrained model first. -> (table, csv)."""
     import pandas as pd
 
-    from sdlib.paths import results_dir
-    from sdlib.provenance import atomic_path
 
     cells = cells or finished_cells(grid)
     if not cells:

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sdlib.metrics import layer_movement, monotonicity, movement
-from sdlib.models import decoder_parts
+from sdlib.parts import decoder_parts
 from sdlib.states import forward_states
 from sdlib.types import LAST_STATES
 

@@ -10,6 +10,10 @@ import numpy as np
 import torch
 
 from sdlib.cache import Record
+from sdlib.errors import SdlibError
+from sdlib.lens import lens_top1
+from sdlib.metrics import token_movement
+from sdlib.states import forward_states, hidden_states
 from sdlib.studies.profiles import ROLES, Pair
 from sdlib.types import LAST_STATES, Role
 
@@ -70,10 +74,6 @@ class LensGrid(Record):
 @torch.no_grad()
 def lens_grid_of(model, tok, text: str = FIG7_SENTENCE, label: str = "", role: Role | None = None,
                  n_positions: int = 8, n_last: int = 3) -> LensGrid:
-    from sdlib.errors import SdlibError
-    from sdlib.lens import lens_top1
-    from sdlib.metrics import token_movement
-    from sdlib.states import forward_states
 
     ids = tok(text, return_tensors="pt")["input_ids"].to(next(model.parameters()).device)
     T = ids.shape[1]
@@ -120,7 +120,6 @@ def pca_trajectories(pair: Pair, text: str = FIG7_SENTENCE, last_state: str = "n
                      exclude_positions: tuple[int, ...] = (0,), device: str | None = None) -> PcaTrajectories:
     from sklearn.decomposition import PCA
 
-    from sdlib.states import hidden_states
 
     per_model = {}
     for role in ROLES:

@@ -12,7 +12,10 @@ from typing import Any
 
 from torch import nn
 
+from sdlib.data import read_text, text_windows
+from sdlib.errors import SdlibError
 from sdlib.measurement import BatchObserver, Measurement, measure_windows, token_movement_both
+from sdlib.provenance import provenance
 
 __all__ = ["BatchObserver", "Measurement", "MeasureRecord", "MeasureSettings", "measure_windows", "measure_text",
            "measure_model", "token_movement_both", "format_measurement"]
@@ -21,7 +24,6 @@ def measure_text(model: nn.Module, tokenizer, text: str = "wikitext-test", n_win
                  window_len: int = 512, batch_size: int = 8, progress: bool = False,
                  observers: Sequence[BatchObserver] = ()) -> Measurement:
     """``measure_windows`` on a named text (``wikitext-test``, ``wikitext-valid``) or a file."""
-    from sdlib.data import read_text, text_windows
 
     body, data_hashes = read_text(text)
     windows = text_windows(tokenizer, body, n_windows, window_len)
@@ -41,7 +43,6 @@ class MeasureSettings:
     dtype: str = "float32"
 
     def __post_init__(self) -> None:
-        from sdlib.errors import SdlibError
 
         if self.windows < 1 or self.window_len < 2 or self.batch_size < 1:
             raise SdlibError("windows and batch size must be >= 1 and the window length >= 2")
@@ -70,7 +71,6 @@ def measure_model(model: nn.Module, tokenizer, settings: MeasureSettings = Measu
                   observers: Sequence[BatchObserver] = ()) -> MeasureRecord:
     """Measure a loaded model on ``settings.text``; -> its record with provenance (the one place it is built)."""
 
-    from sdlib.provenance import provenance
 
     m = measure_text(model, tokenizer, settings.text, settings.windows, settings.window_len, settings.batch_size,
                      progress=progress, observers=observers)

@@ -13,6 +13,10 @@ from pathlib import Path
 from typing import Any
 
 from sdlib.errors import SdlibError
+from sdlib.models import default_device, load, resolve_checkpoint
+from sdlib.packaged import PACKAGED
+from sdlib.paths import build_dir, configs_dir, figures_dir, project_root
+from sdlib.studies.atlas import AtlasSettings
 from sdlib.train.config import TrainConfig, load_config, read_yaml
 from sdlib.types import Role
 
@@ -47,7 +51,6 @@ class Pair:
     def load(self, role: Role, device: str | None = None):
         """(model, tokenizer); the self-distilled one must exist (a clear error says how to make it)."""
         if role == Role.SELF_DISTILLED:
-            from sdlib.models import resolve_checkpoint
 
             folder = self.trained_dir()
             if not folder.exists():
@@ -60,7 +63,6 @@ class Pair:
 
 @lru_cache(maxsize=4)
 def _load(source: str, options: tuple, device: str | None):
-    from sdlib.models import default_device, load
 
     return load(source, device=default_device(device), **dict(options))
 
@@ -87,7 +89,6 @@ class Profile:
         return list(self.atlas.get("models") or [])
 
     def atlas_settings(self):
-        from sdlib.studies.atlas import AtlasSettings
 
         values = {k: v for k, v in self.atlas.items() if k != "models"}
         unknown = set(values) - set(AtlasSettings.__dataclass_fields__)
@@ -97,14 +98,12 @@ class Profile:
 
     def packaged_models(self) -> list[str]:
         """The built-in real models this profile uses (installed by ``run_all.sh`` before it runs)."""
-        from sdlib.packaged import PACKAGED
 
         names = [p.config.model for p in self.pairs] + self.atlas_models()
         return [n for n in dict.fromkeys(names) if n in PACKAGED]
 
     def figures_dir(self) -> Path:
         """figures/ for the default profile (the committed figures); build/figures for the others."""
-        from sdlib.paths import build_dir, figures_dir
 
         if self.figures:
             return figures_dir() / self.figures
@@ -116,7 +115,6 @@ def load_profile(name: str = DEFAULT_PROFILE, trained: str | list[str] | None = 
     """The named profile; ``trained`` replaces the run folders (one per config), ``configs`` the configs,
     ``only`` keeps the pairs whose config name is listed (e.g. the paper profile's Llama models)."""
 
-    from sdlib.paths import configs_dir, project_root
 
     profiles = read_yaml(configs_dir() / "profiles.yaml", "profiles file")
     if name not in profiles:

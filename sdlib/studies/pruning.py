@@ -5,6 +5,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from sdlib.cache import cached_record
+from sdlib.evaluation.layers import EvalSettings, evaluate_layers
+from sdlib.parts import decoder_parts
+from sdlib.provenance import provenance
+from sdlib.pruning import STRATEGIES, generation_speed, keep_layers, prune
+from sdlib.studies.compare import fingerprint, movement, results_folder
 from sdlib.studies.profiles import Pair, Profile
 from sdlib.types import Role
 
@@ -15,12 +21,6 @@ def pruning_study(profile: Profile, pair: Pair, role: Role, device: str | None =
 
     -> {"rows": [{method, layers_removed, kept, removed, lambada_acc, wikitext_word_ppl, tokens_per_s}], ...}
     """
-    from sdlib.cache import cached_record
-    from sdlib.evaluation.layers import EvalSettings, evaluate_layers
-    from sdlib.models import decoder_parts
-    from sdlib.provenance import provenance
-    from sdlib.pruning import STRATEGIES, generation_speed, keep_layers, prune
-    from sdlib.studies.compare import fingerprint, movement, results_folder
 
     cfg = {"lambada_openai": 100, "wikitext": 1, "max_length": 512, "removals": [1, 2, 4], "new_tokens": 32,
            **profile.pruning}

@@ -11,6 +11,8 @@ import torch
 from torch import nn
 
 from sdlib.cache import Record
+from sdlib.parts import decoder_parts
+from sdlib.train import distillation_loss
 
 # dense bf16 peak FLOP/s by device name (the MFU denominators)
 PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12}
@@ -19,7 +21,6 @@ PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e1
 def model_flops_per_token(model: nn.Module, lens_samples: int = 0) -> float:
     """Training FLOPs per token: 6 x non-embedding params (student forward + backward) + 6 x n x d x V (the
     lenses; n = L + 1 layers, or the ``lens_samples`` sampled ones) + 2 x params (the teacher's forward)."""
-    from sdlib.models import decoder_parts
 
     parts = decoder_parts(model)
     vocab, d = parts.lm_head.weight.shape
@@ -55,7 +56,6 @@ class StepTiming(Record):
 
 def time_micro_batch(student: nn.Module, teacher: nn.Module, config, micro_batch: int, repeats: int = 2) -> float:
     """Seconds for one micro-batch forward + backward of the training loss (after a warm-up)."""
-    from sdlib.train import distillation_loss
 
     device = next(student.parameters()).device
     vocab = student.config.vocab_size

@@ -9,6 +9,10 @@ from typing import Any
 
 import yaml
 
+from sdlib.errors import SdlibError
+from sdlib.runs import CONFIG_FILE
+from sdlib.train.config import load_config
+
 DATASETS = {"fineweb-edu": "HuggingFaceFW/fineweb-edu"}
 
 
@@ -50,7 +54,6 @@ def _has_tabulate() -> bool:
 
 def push_to_hub(checkpoint: Path, repo_id: str) -> str:
     """Upload a checkpoint folder (weights, tokenizer, config, card) to the hub; one clear error offline."""
-    from sdlib.errors import SdlibError
 
     try:
         from huggingface_hub import HfApi
@@ -70,8 +73,6 @@ def refresh_card(checkpoint: Path, evaluation) -> Path:
     evaluation of it)."""
     import json
 
-    from sdlib.train.checkpoint import CONFIG_FILE
-    from sdlib.train.config import load_config
 
     checkpoint = Path(checkpoint)
     metrics = json.loads((checkpoint / "metrics.json").read_text())

@@ -20,6 +20,8 @@ from typing import Any
 import yaml
 
 from sdlib.errors import SdlibError
+from sdlib.paths import runs_dir
+from sdlib.provenance import atomic_path
 from sdlib.types import Device, KLDirection, LastState, OnNonFinite, Precision, ReportTo, Zeta2Form, parse
 
 PARAMETER_GROUPS = ("embeddings", "blocks", "last_block", "final_norm", "lm_head", "other")
@@ -144,7 +146,6 @@ class TrainConfig:
         return self.max_tokens // (self.batch_size * self.seq_len)
 
     def run_dir(self) -> Path:
-        from sdlib.paths import runs_dir
 
         return Path(self.output_dir).expanduser().resolve() if self.output_dir else runs_dir() / self.name
 
@@ -281,7 +282,6 @@ def load_config(path: str | os.PathLike | None = None, overrides: Sequence[str] 
 
 
 def save_config(config: TrainConfig, path: str | os.PathLike) -> None:
-    from sdlib.provenance import atomic_path
 
     with atomic_path(path) as tmp:
         tmp.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))

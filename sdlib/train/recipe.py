@@ -22,22 +22,19 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from sdlib.data import PackedSequences, read_text, text_windows, training_documents
 from sdlib.errors import SdlibError, first_line
 from sdlib.loss import LossParts, TeacherHead, self_distillation_loss
 from sdlib.measurement import LastStepObserver, measure_windows
-from sdlib.models import check_options, decoder_parts, default_device, load, max_sequence_length
+from sdlib.models import check_options, default_device, load, max_sequence_length
+from sdlib.parts import decoder_parts
+from sdlib.provenance import provenance, write_json
+from sdlib.runs import list_checkpoints, remove_partial_saves, resumable_checkpoint, run_lock
 from sdlib.states import forward_states
-from sdlib.train.checkpoint import (
-    list_checkpoints,
-    load_training_state,
-    remove_partial_saves,
-    restore_training_state,
-    resumable_checkpoint,
-    run_lock,
-    save_checkpoint,
-)
+from sdlib.train.card import model_card, push_to_hub
+from sdlib.train.checkpoint import load_training_state, restore_training_state, save_checkpoint
 from sdlib.train.config import MAY_CHANGE_ON_RESUME, TrainConfig, format_differences, resume_differences
-from sdlib.train.runlog import EvalRecord, RunLog, SkipRecord, StepRecord, StopRecord
+from sdlib.train.runlog import EvalRecord, RunLog, SkipRecord, StepRecord, StopRecord, evals, read_log
 from sdlib.types import OnNonFinite, Precision, ReportTo
 
 
@@ -78,7 +75,7 @@ class Distiller(torch.nn.Module):
     Under FSDP the root unit (embedding, final norm, lm_head) holds its full weights only inside the root's
     forward; a loss computed after ``model(...)`` returns would read the shards. ``Distiller(ids, mask,
     teacher=head)`` returns the ``LossParts``; without ``teacher`` it is the student's own forward (the S
-    measurement runs through it). ``module`` is the student, so ``sdlib.models.unwrap`` finds it.
+    measurement runs through it). ``module`` is the student, so ``sdlib.parts.unwrap`` finds it.
     """
 
     def __init__(self, student: torch.nn.Module, config: TrainConfig):
@@ -112,8 +109,6 @@ class SelfDistillation:
         from accelerate.utils import set_seed
         from transformers import get_cosine_schedule_with_warmup
 
-        from sdlib.data import PackedSequences, read_text, text_windows, training_documents
-        from sdlib.provenance import provenance, write_json
 
         config = self.config
         self.accelerator = accelerator = self._accelerator()
@@ -309,8 +304,6 @@ class SelfDistillation:
 
     def save(self, last_record: StepRecord | SkipRecord | None) -> Path | None:
         """A checkpoint of the current step (written by the main process; all processes wait for it)."""
-        from sdlib.provenance import provenance
-        from sdlib.train.card import model_card
 
         self.accelerator.wait_for_everyone()
         state_dict = {name.removeprefix("module."): value  # the Distiller's student; gathered from FSDP's shards
@@ -372,7 +365,6 @@ class SelfDistillation:
         if self.step == 0:
             self.evaluate()
         elif self.main:  # a resumed run: its first measurement is in the log
-            from sdlib.train.runlog import evals, read_log
 
             first = evals(read_log(self.run_dir, 0))
             self.first_eval = {"step": 0, "S": first[0].S, "D": first[0].D} if first else None
@@ -414,7 +406,6 @@ class SelfDistillation:
         if config.report_to != ReportTo.NONE:
             self.accelerator.end_training()
         if config.push_to_hub and self.main and checkpoint is not None and self.step == total:
-            from sdlib.train.card import push_to_hub
 
             print(f"pushed to {push_to_hub(checkpoint, config.push_to_hub)}", flush=True)
         return self.run_dir

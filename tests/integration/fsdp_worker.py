@@ -13,7 +13,8 @@ from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
 from torch.distributed.fsdp import ShardingStrategy
 from torch.distributed.fsdp.wrap import transformer_auto_wrap_policy
 
-from sdlib.models import decoder_parts, load
+from sdlib.models import load
+from sdlib.parts import decoder_parts
 from sdlib.train.config import load_config
 from sdlib.train.recipe import Distiller, teacher_head
 

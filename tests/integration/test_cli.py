@@ -5,13 +5,13 @@ import sys
 
 import pytest
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, hang_guard
 
 
 def _sdlib(*args, env_extra=None):
     env = {**os.environ, "PYTHONPATH": str(ROOT), **(env_extra or {})}
     return subprocess.run([sys.executable, "-m", "sdlib", *args], capture_output=True, text=True, env=env,
-                          timeout=300)
+                          timeout=hang_guard(1800))
 
 
 def test_measure_prints_curve_and_both_s(text_file, tmp_path):
@@ -59,7 +59,8 @@ def test_offline_data_dir_missing_file(tmp_path):
 @pytest.mark.slow
 def test_smollm2_movement_and_monotonicity(tmp_path):
     """Opt-in: SmolLM2-135M's last-layer jump is much larger in the normed convention."""
-    from sdlib.models import decoder_parts, load
+    from sdlib.models import load
+    from sdlib.parts import decoder_parts
     from sdlib.studies.measure import measure_text
 
     model, tokenizer = load("smollm2-135m")

@@ -7,7 +7,7 @@ import subprocess
 
 import pytest
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, hang_guard
 
 pytestmark = pytest.mark.data
 
@@ -15,7 +15,7 @@ pytestmark = pytest.mark.data
 def _dry_run(out, work, budget="600"):
     env = {**os.environ, "OUT": str(out), "WORK": str(work), "BUDGET": budget, "PYTHON": os.sys.executable}
     return subprocess.run(["bash", str(ROOT / "scripts" / "gpu_study.sh"), "--dry-run"], capture_output=True,
-                          text=True, env=env, timeout=900, cwd=ROOT)
+                          text=True, env=env, timeout=hang_guard(2400), cwd=ROOT)
 
 
 def test_dry_run_runs_every_stage_and_returns_few_files(tmp_path):
@@ -44,7 +44,7 @@ def test_dry_run_runs_every_stage_and_returns_few_files(tmp_path):
            "PYTHONPATH": str(ROOT)}
     for args in (["gpu-study", "import", str(out)], ["figures", "--profile", "gpu"]):
         done = subprocess.run([os.sys.executable, "-m", "sdlib", *args], capture_output=True, text=True, env=env,
-                              timeout=600, cwd=ROOT)
+                              timeout=hang_guard(1800), cwd=ROOT)
         assert done.returncode == 0, done.stderr[-3000:]
     drawn = tmp_path / "figures" / "gpu"
     assert {"study.json", "gpu_study.png", "gpu_study.html", "gpu_study.json"} <= {p.name for p in drawn.iterdir()}

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, hang_guard
 
 JUPYTER = Path(sys.executable).parent / "jupyter"
 
@@ -49,7 +49,7 @@ async def _execute(port, token, kernel_id, sources):
             "content": {"code": source, "silent": False, "store_history": True, "user_expressions": {},
                         "allow_stdin": False, "stop_on_error": True}}))
         while True:
-            msg = json.loads(await asyncio.wait_for(ws.read_message(), timeout=600))
+            msg = json.loads(await asyncio.wait_for(ws.read_message(), timeout=hang_guard(1800)))
             if msg.get("parent_header", {}).get("msg_id") != msg_id:
                 continue
             if msg["msg_type"] == "error":
@@ -117,7 +117,7 @@ def test_committed_figure_draws_offline_in_a_browser(page, tmp_path):
                            "--disable-component-update", "--disable-sync", "--no-first-run",
                            f"--user-data-dir={tmp_path / 'profile'}", "--enable-logging=stderr", "--v=0",
                            "--virtual-time-budget=10000", "--dump-dom", page.as_uri()],
-                          capture_output=True, text=True, timeout=120)
+                          capture_output=True, text=True, timeout=hang_guard(600))
     assert done.returncode == 0, done.stderr[-2000:]
     assert 'class="main-svg"' in done.stdout, f"plotly did not draw {page.name}"
     renderer_notes = ('] "[.WebGL-', '] "Canvas2D: Multiple readback operations')

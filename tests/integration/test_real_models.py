@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, hang_guard
 
 REAL = ["smollm2-135m", "gemma3-270m", "qwen2.5-coder-0.5b"]
 # S on the first 4 windows of 256 WikiText-2 test tokens (fp32, CPU), measured with sdlib at the commit that
@@ -33,7 +33,8 @@ pytestmark = [pytest.mark.slow, pytest.mark.data]
 
 def _sdlib(*args):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    done = subprocess.run([sys.executable, "-m", "sdlib", *args], capture_output=True, text=True, env=env, timeout=1800)
+    done = subprocess.run([sys.executable, "-m", "sdlib", *args], capture_output=True, text=True, env=env,
+                          timeout=hang_guard(3600))
     assert done.returncode == 0, done.stderr[-2000:]
     return done
 

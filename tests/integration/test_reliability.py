@@ -16,10 +16,10 @@ import torch
 
 from sdlib import models
 from sdlib.errors import SdlibError
+from sdlib.runs import latest_checkpoint, list_checkpoints
 from sdlib.train import train
-from sdlib.train.checkpoint import latest_checkpoint, list_checkpoints
 from sdlib.train.runlog import SkipRecord
-from tests.conftest import ROOT
+from tests.conftest import ROOT, hang_guard
 from tests.integration.test_cli import _sdlib
 from tests.integration.test_train import _config, _log, _steps, _weights
 
@@ -60,7 +60,7 @@ def _start(args, **env):
                             stderr=subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(ROOT), **env})
 
 
-def _wait_for(predicate, proc, timeout=120):
+def _wait_for(predicate, proc, timeout=hang_guard(600)):
     deadline = time.monotonic() + timeout
     while not predicate():
         assert proc.poll() is None, f"the run ended before the kill: {proc.stderr.read().decode()[-2000:]}"

@@ -19,7 +19,8 @@ from sdlib import models
 from sdlib.cli import main
 from sdlib.errors import SdlibError
 from sdlib.metrics import monotonicity
-from sdlib.train.checkpoint import list_checkpoints
+from sdlib.parts import decoder_parts
+from sdlib.runs import list_checkpoints
 from sdlib.train.runlog import read_log, steps
 from tests.conftest import ROOT
 
@@ -219,7 +220,7 @@ def test_a_curve_holding_nan_or_inf_has_no_s():
 def test_a_model_with_nan_states_is_refused_naming_the_layer(capsys, tmp_path):
     model, tok = models.load("tiny-llama", num_layers=3)
     with torch.no_grad():
-        models.decoder_parts(model).layers[1].mlp.down_proj.weight.fill_(float("nan"))
+        decoder_parts(model).layers[1].mlp.down_proj.weight.fill_(float("nan"))
     model.save_pretrained(tmp_path / "nan")
     tok.save_pretrained(tmp_path / "nan")
     text = tmp_path / "t.txt"
@@ -335,7 +336,7 @@ def test_the_fingerprint_notices_replaced_tensors():
     model, tok = models.load("tiny-llama", num_layers=2)
     first = model_fingerprint(model, tok)
     assert model_fingerprint(model, tok) == first
-    head = models.decoder_parts(model).lm_head
+    head = decoder_parts(model).lm_head
     head.weight.data = head.weight.data.clone() * 2  # replaced, not edited in place
     second = model_fingerprint(model, tok)
     assert second != first

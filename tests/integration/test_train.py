@@ -9,11 +9,11 @@ import torch
 from safetensors.torch import load_file
 
 from sdlib.errors import SdlibError
+from sdlib.runs import list_checkpoints
 from sdlib.train import LOG_FILE, train
-from sdlib.train.checkpoint import list_checkpoints
 from sdlib.train.config import load_config
 from sdlib.train.runlog import StopRecord, evals, read_log, steps
-from tests.conftest import ROOT
+from tests.conftest import ROOT, hang_guard
 
 
 def _config(text_file, tmp_path, name="run", **extra):
@@ -83,7 +83,7 @@ def _launch_tiny(accelerate_config: str, text_file, output_dir, *options: str) -
            str(ROOT / "configs" / "accelerate" / accelerate_config), "--num_processes", "2", *options,
            "-m", "sdlib", "train", str(ROOT / "configs" / "tiny.yaml"), "--output_dir", str(output_dir),
            "--data", str(text_file), "--eval_text", str(text_file), "--save_every", "0"]
-    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=hang_guard(1800))
 
 
 def test_two_processes_match_one(text_file, tmp_path):
@@ -206,7 +206,7 @@ def test_fsdp_on_two_cpu_processes(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29531",
            str(ROOT / "tests" / "integration" / "fsdp_worker.py"), str(out), str(ROOT / "configs" / "tiny.yaml")]
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=hang_guard(1800))
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(out.read_text())
     assert result["world"] == 2 and result["missing"] == []

@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from sdlib.metrics import monotonicity, movement
-from sdlib.models import decoder_parts, load
+from sdlib.models import load
+from sdlib.parts import decoder_parts
 from sdlib.studies.last_layer import (
     channel_energy_share,
     final_norm_rotation,

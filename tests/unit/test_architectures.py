@@ -12,6 +12,7 @@ import torch
 from sdlib import models
 from sdlib.lens import lens_logits
 from sdlib.loss import TeacherHead, reference_self_distillation_loss, self_distillation_loss
+from sdlib.parts import decoder_parts
 from sdlib.pruning import keep_layers
 from sdlib.states import forward_states
 from sdlib.train.config import load_config
@@ -35,7 +36,7 @@ def test_every_listed_architecture_is_covered():
 @pytest.mark.parametrize("name", ARCHITECTURES)
 def test_lens_at_last_layer_is_the_models_logits_from_one_forward_pass(name):
     model, _ = _load(name)
-    parts = models.decoder_parts(model)
+    parts = decoder_parts(model)
     calls = []
     handle = parts.backbone.register_forward_pre_hook(lambda *a: calls.append(1))
     ids = torch.randint(3, 259, (2, 9))
@@ -64,7 +65,7 @@ def test_chunked_loss_equals_reference(name, last_state):
     student, _ = _load(name, tie_word_embeddings=name.endswith("gemma2"))
     teacher, _ = _load(name, seed=1)
     student, teacher = student.double(), teacher.double()
-    parts, tparts = models.decoder_parts(student), models.decoder_parts(teacher)
+    parts, tparts = decoder_parts(student), decoder_parts(teacher)
     ids = torch.randint(3, 259, (2, 7))
     with torch.no_grad():
         t_hidden = tparts.backbone(input_ids=ids).last_hidden_state
@@ -114,7 +115,7 @@ def test_pruned_copy_saves_and_loads_in_plain_transformers(name, tmp_path):
     with torch.no_grad():
         assert torch.allclose(loaded(ids).logits, pruned(ids).logits, atol=1e-5)
     # it is the original without layer 1: its second layer holds the original's third layer's weights
-    kept, original = models.decoder_parts(loaded).layers[1], models.decoder_parts(model).layers[2]
+    kept, original = decoder_parts(loaded).layers[1], decoder_parts(model).layers[2]
     for (n, p), (_, q) in zip(kept.named_parameters(), original.named_parameters(), strict=True):
         assert torch.equal(p, q), n
 
@@ -129,10 +130,10 @@ def test_other_layouts_are_placed(kind):
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(AutoConfig.for_model(kind, vocab_size=300, **shape)).eval()
     models.check_head(model)
-    parts = models.decoder_parts(model)
+    parts = decoder_parts(model)
     assert parts.num_layers == 2
     with torch.no_grad():
         states = forward_states(model, torch.randint(3, 259, (1, 6)), keep_logits=True)
         assert torch.allclose(lens_logits(model, states.pre_norm, 1, "pre_norm"), states.logits, atol=1e-5)
     pruned = keep_layers(model, [1])
-    assert models.decoder_parts(pruned).num_layers == 1 and pruned.config.num_hidden_layers == 1
+    assert decoder_parts(pruned).num_layers == 1 and pruned.config.num_hidden_layers == 1

@@ -8,7 +8,8 @@ import torch
 
 from sdlib.loss import layer_weights
 from sdlib.metrics import monotonicity
-from sdlib.models import decoder_parts, load
+from sdlib.models import load
+from sdlib.parts import decoder_parts
 from sdlib.studies.atlas import AtlasRecord, AtlasSettings, TokenStats, atlas, init_gradients
 
 SETTINGS = AtlasSettings(windows=3, window_len=32, batch_size=2, eval_subset="tiny", init_sequences=2,

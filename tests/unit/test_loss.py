@@ -10,6 +10,7 @@ from sdlib.loss import (
     relative_step,
     self_distillation_loss,
 )
+from sdlib.parts import decoder_parts
 from sdlib.states import forward_states
 
 
@@ -35,7 +36,7 @@ def _setup(name, seed_teacher=1, dtype=torch.float64, tie=False):
 
 def _run(fn, student, teacher, ids, mask, teacher_as="head", **kw):
     student.zero_grad()
-    acc, tacc = models.decoder_parts(student), models.decoder_parts(teacher)
+    acc, tacc = decoder_parts(student), decoder_parts(teacher)
     with torch.no_grad():
         t_hidden = tacc.backbone(input_ids=ids, attention_mask=mask).last_hidden_state
     target = TeacherHead(t_hidden, tacc.lm_head.weight) if teacher_as == "head" else tacc.lm_head(t_hidden)
@@ -104,7 +105,7 @@ def test_zeta2_sums_layers_1_to_L_only():
 
 def test_normed_convention_uses_final_norm_in_zeta2():
     student, teacher, ids, mask = _setup("tiny-llama")
-    acc = models.decoder_parts(student)
+    acc = decoder_parts(student)
     with torch.no_grad():
         acc.norm.weight.mul_(3.0)  # makes normed and raw h_L differ in scale
     a, _ = _run(self_distillation_loss, student, teacher, ids, mask, last_state="normed")

@@ -93,12 +93,13 @@ def test_measure_windows_equals_layer_movement_of_the_whole_batch():
     """What every published S comes from (measure_windows, batched and summed in two conventions) equals the
     plain definition on the same tokens: layer_movement of all windows at once."""
     from sdlib import models
+    from sdlib.parts import decoder_parts
     from sdlib.states import hidden_states
     from sdlib.studies.measure import measure_windows
 
     model, _ = models.load("tiny-llama", num_layers=3, hidden_size=32)
     with torch.no_grad():
-        models.decoder_parts(model).norm.weight.copy_(torch.linspace(-2, 2, 32))  # the conventions differ
+        decoder_parts(model).norm.weight.copy_(torch.linspace(-2, 2, 32))  # the conventions differ
     windows = torch.randint(3, 259, (5, 24), generator=torch.Generator().manual_seed(0))
     m = measure_windows(model, windows, batch_size=2)
     with torch.no_grad():

@@ -4,12 +4,13 @@ import torch
 from sdlib import models
 from sdlib.errors import SdlibError
 from sdlib.lens import lens_logits, lens_top1
+from sdlib.parts import decoder_parts
 from sdlib.states import capture_last_layer_output, forward_states, hidden_states
 
 
 def test_tiny_models_load_and_options_change_shape(tiny):
     model, tokenizer = tiny
-    access = models.decoder_parts(model)
+    access = decoder_parts(model)
     assert access.num_layers == 3
     assert access.lm_head.weight.shape == (300, 32)
     text = "Hello, wörld!"
@@ -31,7 +32,7 @@ def test_lens_at_last_layer_equals_logits(tiny, convention):
     with torch.no_grad():
         logits = model(ids).logits
         states = hidden_states(model, ids, last_state=convention)
-        assert len(states) == models.decoder_parts(model).num_layers + 1  # h_-1 .. h_L: L + 2 = (L + 1) + 1
+        assert len(states) == decoder_parts(model).num_layers + 1  # h_-1 .. h_L: L + 2 = (L + 1) + 1
         assert torch.allclose(lens_logits(model, states, 2, convention), logits, atol=1e-5)
         mid = lens_logits(model, states, 0, convention)
         assert mid.shape == logits.shape and not torch.allclose(mid, logits)
@@ -47,7 +48,7 @@ def test_conventions_share_all_but_last_state(tiny):
     ids = torch.randint(0, 259, (1, 6))
     with torch.no_grad():
         both = forward_states(model, ids)
-        access = models.decoder_parts(model)
+        access = decoder_parts(model)
         for a, b in zip(both["normed"][:-1], both["pre_norm"][:-1]):
             assert a is b
         assert torch.allclose(access.norm(both["pre_norm"][-1]), both["normed"][-1], atol=1e-6)
@@ -55,7 +56,7 @@ def test_conventions_share_all_but_last_state(tiny):
 
 def test_hooks_are_removed_even_after_errors(tiny):
     model, _ = tiny
-    last = models.decoder_parts(model).layers[-1]
+    last = decoder_parts(model).layers[-1]
     before = len(last._forward_hooks)  # transformers keeps hooks of its own there
     with pytest.raises(RuntimeError):
         with capture_last_layer_output(model):
@@ -68,13 +69,13 @@ def test_unplaceable_model_names_what_was_looked_for():
     from transformers import GPT2Config, GPT2LMHeadModel
 
     gpt2 = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=8, n_head=2, vocab_size=50))
-    parts = models.decoder_parts(gpt2)  # GPT-2 places: h, ln_f, lm_head
+    parts = decoder_parts(gpt2)  # GPT-2 places: h, ln_f, lm_head
     assert parts.layers_name == "h" and parts.num_layers == 1
     del gpt2.transformer.ln_f
     with pytest.raises(SdlibError, match="final norm.*looked for norm, final_layer_norm"):
-        models.decoder_parts(gpt2)
+        decoder_parts(gpt2)
     with pytest.raises(SdlibError, match="output head"):
-        models.decoder_parts(torch.nn.Linear(2, 2))
+        decoder_parts(torch.nn.Linear(2, 2))
 
 
 def test_missing_folder_and_bad_options(tmp_path):
