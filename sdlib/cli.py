@@ -306,7 +306,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--models", default="qwen2.5-coder-0.5b,smollm2-135m", help="with prepare: the GGUFs to carry")
     p.add_argument("--budget", type=float, default=540, help="seconds the run may use (default 540)")
     p.add_argument("--out", default=os.environ.get("OUT", "build/gpu-study"), help="with run: what comes back ($OUT)")
-    p.add_argument("--work", default="/tmp/sdlib-gpu", help="with run: the machine's working folder (kept while warm)")
+    p.add_argument("--work", default="/tmp/sdlib-gpu", help="with run: the machine's working folder (kept between stages)")
     p.add_argument("--stages", nargs="*", default=None, help="with run: only these stages")
     p.add_argument("--dry-run", action="store_true", help="with run: every stage on the CPU with tiny models")
     p.set_defaults(func=_gpu_study)
