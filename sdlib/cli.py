@@ -91,7 +91,6 @@ def _eval(args: argparse.Namespace, extra: Sequence[str]) -> int:
 def _analyze(args: argparse.Namespace, extra: Sequence[str]) -> int:
     from dataclasses import replace
 
-
     if args.windows < 1 or args.window_len < 2:
         raise SdlibError("--windows must be >= 1 and --window-len >= 2")
     settings = replace(AtlasSettings(), windows=args.windows, window_len=args.window_len, text=args.text,

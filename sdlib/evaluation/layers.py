@@ -49,7 +49,6 @@ class EvalSettings:
 def load_subset(name_or_path: str, device: str) -> EvalSettings:
     """``auto`` (cpu-subset on a CPU, full elsewhere), a subset name under configs/eval, or a YAML path."""
 
-
     if name_or_path == "auto":
         name_or_path = "cpu-subset" if str(device).startswith("cpu") else "full"
     path = Path(name_or_path)
@@ -181,7 +180,6 @@ def evaluate_cached(source: str, tasks, settings: EvalSettings, *, device: str |
     -> (pandas DataFrame of tidy rows, path of results.csv).
     """
     import pandas as pd
-
 
     names = check_tasks(list(tasks) if not isinstance(tasks, str) else tasks)
     device = default_device(device)

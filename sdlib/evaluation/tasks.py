@@ -153,7 +153,6 @@ def _write_folder(folder: Path, expected: dict[str, bytes]) -> None:
     import shutil
     import tempfile
 
-
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
     try:

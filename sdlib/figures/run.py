@@ -72,7 +72,6 @@ def run_notebooks(profile_name: str, names: list[str] | None = None, options: di
     """Execute the notebooks (the profile's, or ``names``) into the profile's figures folder; -> seconds each."""
     import papermill
 
-
     profile = load_profile(profile_name)
     names = list(names or profile.notebooks or DEFAULT_NOTEBOOKS)
     unknown = [n for n in names if n not in NOTEBOOKS]

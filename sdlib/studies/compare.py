@@ -102,7 +102,6 @@ def summary(profile: Profile, device: str | None = None):
     import numpy as np
     import pandas as pd
 
-
     columns: dict[str, dict[str, str]] = {}
     for pair in profile.pairs:
         tables = {role: layer_scores(profile, pair, role, device=device) for role in ROLES}

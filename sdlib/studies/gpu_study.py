@@ -58,7 +58,6 @@ MIN_SECONDS = {"throughput": (60, 1), "baseline": (90, 1), "recipe": (180, 1), "
 class Study:
     def __init__(self, out: str | Path, work: str | Path, budget_s: float, dry_run: bool = False):
 
-
         self.t0 = time.monotonic()
         self.out, self.work, self.budget_s, self.dry_run = Path(out), Path(work), float(budget_s), dry_run
         self.out.mkdir(parents=True, exist_ok=True)
@@ -361,7 +360,6 @@ def prepare(models: list[str], folder: str | Path = CARRY_DIR, python_version: s
     per call. -> the manifest (also written as ``manifest.json``)."""
     import hashlib
     from importlib.metadata import version
-
 
     folder = project_root() / folder
     folder.mkdir(parents=True, exist_ok=True)

@@ -123,7 +123,6 @@ def collect(grid: Grid, cells: list[str] | None = None):
     """The grid table over ``cells`` (default: every finished cell), the pretrained model first. -> (table, csv)."""
     import pandas as pd
 
-
     cells = cells or finished_cells(grid)
     if not cells:
         raise SdlibError(f"no cell of grid {grid.name} has finished training yet: run `sdlib grid run` first")

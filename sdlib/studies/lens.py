@@ -120,7 +120,6 @@ def pca_trajectories(pair: Pair, text: str = FIG7_SENTENCE, last_state: str = "n
                      exclude_positions: tuple[int, ...] = (0,), device: str | None = None) -> PcaTrajectories:
     from sklearn.decomposition import PCA
 
-
     per_model = {}
     for role in ROLES:
         model, tok = pair.load(role, device)

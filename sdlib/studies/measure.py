@@ -71,7 +71,6 @@ def measure_model(model: nn.Module, tokenizer, settings: MeasureSettings = Measu
                   observers: Sequence[BatchObserver] = ()) -> MeasureRecord:
     """Measure a loaded model on ``settings.text``; -> its record with provenance (the one place it is built)."""
 
-
     m = measure_text(model, tokenizer, settings.text, settings.windows, settings.window_len, settings.batch_size,
                      progress=progress, observers=observers)
     return MeasureRecord(**{k: getattr(m, k) for k in Measurement.__dataclass_fields__}, model=name,

@@ -115,7 +115,6 @@ def load_profile(name: str = DEFAULT_PROFILE, trained: str | list[str] | None = 
     """The named profile; ``trained`` replaces the run folders (one per config), ``configs`` the configs,
     ``only`` keeps the pairs whose config name is listed (e.g. the paper profile's Llama models)."""
 
-
     profiles = read_yaml(configs_dir() / "profiles.yaml", "profiles file")
     if name not in profiles:
         raise SdlibError(f"unknown profile {name!r}: use one of {', '.join(profiles)}")

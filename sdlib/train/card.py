@@ -73,7 +73,6 @@ def refresh_card(checkpoint: Path, evaluation) -> Path:
     evaluation of it)."""
     import json
 
-
     checkpoint = Path(checkpoint)
     metrics = json.loads((checkpoint / "metrics.json").read_text())
     card = model_card(load_config(checkpoint / CONFIG_FILE), metrics.get("first_eval"), metrics.get("last_eval"),

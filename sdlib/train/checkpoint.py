@@ -30,7 +30,6 @@ def save_checkpoint(run_dir: str | os.PathLike, step: int, model, tokenizer, opt
     """Write ``step-<step>`` atomically (main process only). -> its path."""
     from accelerate.checkpointing import save_accelerator_state
 
-
     root = checkpoints_dir(run_dir)
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step-{step:06d}"

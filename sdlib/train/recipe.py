@@ -109,7 +109,6 @@ class SelfDistillation:
         from accelerate.utils import set_seed
         from transformers import get_cosine_schedule_with_warmup
 
-
         config = self.config
         self.accelerator = accelerator = self._accelerator()
         self.world, self.rank, self.main = accelerator.num_processes, accelerator.process_index, accelerator.is_main_process
