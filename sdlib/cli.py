@@ -21,7 +21,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from sdlib import packaged
+from sdlib import __version__, packaged
 from sdlib.data import read_text, text_windows
 from sdlib.errors import SdlibError
 from sdlib.evaluation.layers import evaluate_cached, format_table, load_subset
@@ -232,6 +232,7 @@ def build_parser() -> argparse.ArgumentParser:
                                      "decoder LLM, and self-distil them into convergence (Shibata et al. companion).",
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
                                      epilog="commands:\n" + "\n".join(__doc__.split("\n")[3:]))
+    parser.add_argument("--version", action="version", version=f"sdlib {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("train", help="self-distil a model from a YAML config",
                        formatter_class=argparse.RawDescriptionHelpFormatter,

@@ -44,3 +44,14 @@ def test_relative_folder_variables_become_absolute(monkeypatch, tmp_path):
     absolute_path_variables()
     assert os.environ["SDLIB_DATA_DIR"] == str((tmp_path / "../data").resolve())
     assert os.environ["SDLIB_BUILD_DIR"] == str(tmp_path / "build") and "SDLIB_CACHE_DIR" not in os.environ
+
+
+def test_license_citation_and_version_are_there():
+    import subprocess
+    import sys
+
+    assert (ROOT / "LICENSE").read_text().startswith("MIT License")
+    citation = yaml.safe_load((ROOT / "CITATION.cff").read_text())
+    assert citation["cff-version"] == "1.2.0" and "numerical convergence" in citation["preferred-citation"]["title"]
+    done = subprocess.run([sys.executable, "-m", "sdlib", "--version"], capture_output=True, text=True, cwd=ROOT)
+    assert done.returncode == 0 and done.stdout.strip() == "sdlib 0.2.0"
