@@ -226,6 +226,10 @@ def _model_args(p: argparse.ArgumentParser, cache: bool = True) -> None:
         p.add_argument("--no-cache", action="store_true", help="recompute even when a cached result matches")
 
 
+DTYPES = ("float32", "bfloat16", "float16")
+PROFILES = ("tiny", "smol", "paper", "gpu")
+
+
 def build_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(prog="sdlib", description="Measure how hidden states move layer by layer in a "
@@ -243,12 +247,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("measure", help="D curve and S (both last-state conventions) of a model or checkpoint")
     p.add_argument("model", help="smollm2-135m, qwen2.5-coder-0.5b, tiny-llama, a hub id, a model or run folder")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    p.add_argument("--dtype", default="float32", help="float32 (default), bfloat16, float16")
+    p.add_argument("--dtype", default="float32", choices=DTYPES, help="float32 (default), bfloat16, float16")
     p.add_argument("--text", default="wikitext-test", help="wikitext-test (default), wikitext-valid or a file")
     p.add_argument("--windows", type=int, default=64, help="number of windows (default 64)")
     p.add_argument("--window-len", type=int, default=512, help="tokens per window (default 512)")
     p.add_argument("--batch-size", type=int, default=8, help="windows per forward pass")
-    p.add_argument("--out", default=None, help="JSON output path (default: <build>/results/<model>/measure.json)")
+    p.add_argument("--output_path", "--output-path", "--out", dest="out", default=None,
+                   help="JSON output path (default: <build>/results/<model>/measure.json)")
     _model_args(p, cache=False)
     p.set_defaults(func=_measure)
     p = sub.add_parser("eval", help="LAMBADA / WikiText scores of every layer (logit lens), scored as lm-eval does")
@@ -259,8 +264,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=None, help="first N documents of each task (as lm-eval's --limit)")
     p.add_argument("--max-length", type=int, default=None, help="rolling-window length (default: the subset's)")
     p.add_argument("--batch-size", type=int, default=None, help="requests per forward pass (default 8)")
-    p.add_argument("--dtype", default="float32", help="float32 (default), bfloat16, float16")
-    p.add_argument("--out", default=None, help="output folder (default: <build>/results/<model>/eval)")
+    p.add_argument("--dtype", default="float32", choices=DTYPES, help="float32 (default), bfloat16, float16")
+    p.add_argument("--output_path", "--output-path", "--out", dest="out", default=None,
+                   help="output folder, as lm-eval's --output_path (default: <build>/results/<model>/eval)")
     _model_args(p)
     p.set_defaults(func=_eval)
     p = sub.add_parser("analyze", help="the convergence atlas of a model: D and S, the last step split into block and "
@@ -283,13 +289,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--figures", default=None, help="draw the grid figure into this folder (e.g. figures)")
     p.set_defaults(func=_grid)
     p = sub.add_parser("figures", help="measure + evaluate a profile's models (cached), then run its notebooks")
-    p.add_argument("--profile", default="smol", help="tiny, smol (default; writes figures/), paper or gpu")
+    p.add_argument("--profile", default="smol", choices=PROFILES, help="tiny, smol (default; writes figures/), paper or gpu")
     p.add_argument("--only", default=None, help="comma-separated notebook names (default: the profile's)")
     p.add_argument("--no-prepare", action="store_true", help="skip the measure/evaluate step")
     _model_args(p, cache=False)
     p.set_defaults(func=_figures)
     p = sub.add_parser("plan", help="what run_all.sh will do for a profile")
-    p.add_argument("--profile", default="smol", help="tiny, smol (default), paper or gpu")
+    p.add_argument("--profile", default="smol", choices=PROFILES, help="tiny, smol (default), paper or gpu")
     group = p.add_mutually_exclusive_group()
     group.add_argument("--configs", action="store_true", help="print only the training configs, one per line")
     group.add_argument("--models", action="store_true", help="print only the built-in real models it needs")
