@@ -102,7 +102,8 @@ def run_row(row: str, args) -> dict:
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
     else:
-        fn = {"reference": _reference_loss, "chunked": loss_module.self_distillation_loss}[row]
+        fn = {"reference": loss_module.reference_self_distillation_loss,
+              "chunked": loss_module.self_distillation_loss}[row]
 
         def step():
             parts = student_loss(student, ids, None, teacher_head(teacher, ids, None), config, loss_fn=fn)
@@ -125,12 +126,6 @@ def run_row(row: str, args) -> dict:
     if args.profile and row in ("exact", "sampled"):
         result["profile"] = profile_step(student, teacher, ids, config)
     return result
-
-
-def _reference_loss(*args, **kwargs):
-    """The plain loss: every layer's logits materialized, autograd keeps everything."""
-    kwargs.pop("zeta1", None)
-    return loss_module.reference_self_distillation_loss(*args, **kwargs)
 
 
 def profile_step(student, teacher, ids, config) -> dict[str, float]:

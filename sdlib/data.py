@@ -78,7 +78,7 @@ def read_text(source: str) -> tuple[str, dict[str, str]]:
         if path is None:
             rows = _hf_dataset(hf_path, config, split, streaming=False)
             return "".join(rows["text"]), {source: f"hf:{hf_path}/{config}/{split}"}
-        return path.read_text(encoding="utf-8"), {source: f"sha256:{file_sha256(path)}"}
+        return read_utf8(path), {source: f"sha256:{file_sha256(path)}"}
     path = Path(source).expanduser()
     if not path.is_file():
         raise SdlibError(f"text {source!r} is neither {' nor '.join(WIKITEXT)} nor an existing file")

@@ -443,13 +443,14 @@ def plan(folder: str | Path = CARRY_DIR, budget_s: int = 540) -> list[dict[str, 
 
 
 def format_plan(calls: list[dict[str, Any]]) -> str:
-    lines = ["Issue these device calls back to back (the machine is given back after ~30 s idle and /tmp with it),",
-             "with kind left out; then run `sdlib gpu-study import <files_at of the last call>` here.", ""]
+    """The steps on the GPU machine, in order: the files each step needs there, its command and a time limit;
+    then ``sdlib gpu-study import`` on the folder the last step writes."""
+    lines = ["On the GPU machine, in one working copy of this repository, one step after another:", ""]
     for i, call in enumerate(calls, 1):
-        lines.append(f"call {i}: run(command={call['command']!r}, timeout_s={call['timeout_s']}"
-                     + (f", carry={call['carry']!r})" if call["carry"] else ")")
-                     + (f"   # carries {call['bytes'] / 2**20:.1f} MiB" if call["bytes"] else ""))
-    lines += ["", "If time is left after the last call, call it again: finished stages are skipped, the rest continue."]
+        files = f" with {', '.join(call['carry'])} copied there ({call['bytes'] / 2**20:.1f} MiB)" if call["carry"] else ""
+        lines.append(f"step {i}: `{call['command']}`{files}, within {call['timeout_s']} s")
+    lines += ["", "then here: `sdlib gpu-study import <the folder the run step wrote>`. Running the last step again "
+              "skips finished stages and continues the rest."]
     return "\n".join(lines)
 
 

@@ -100,6 +100,8 @@ class SelfDistillation:
         self.run_dir = config.run_dir()
         self.checkpoint: Path | None = None
         """the checkpoint this run continues from (``check_resume`` finds it)"""
+        self.state: dict[str, Any] = {"step": 0}
+        """that checkpoint's training state (step, data position, config), read once"""
         self.first_eval: dict[str, Any] | None = None
         self.last_eval: dict[str, Any] | None = None
 
@@ -124,15 +126,13 @@ class SelfDistillation:
             raise SdlibError(f"seq_len {config.seq_len} is above {config.model}'s maximum of "
                              f"{max_sequence_length(student)} positions")
         self.teacher = copy.deepcopy(student).requires_grad_(False)  # the frozen starting weights
-        checkpoint = self.checkpoint
-        state: dict[str, Any] = {"step": 0}
+        checkpoint, state = self.checkpoint, self.state
         if checkpoint is not None:
             if accelerator.distributed_type == "FSDP":
                 raise SdlibError(f"resuming {self.run_dir} under FSDP is not supported: its optimizer state is sharded "
                                  "across processes and sdlib saves the main process's; resume with data parallelism "
                                  "(configs/accelerate/ddp.yaml) or start a new run")
-            state = load_training_state(checkpoint)
-            self._load_weights(student, checkpoint, state["config"])
+            self._load_weights(student, checkpoint)
         optimizer = torch.optim.AdamW(optimizer_groups(student, config), lr=config.lr,
                                       betas=(config.beta1, config.beta2), weight_decay=config.weight_decay)
         self.scheduler = get_cosine_schedule_with_warmup(optimizer, config.warmup_steps, config.total_steps)
@@ -194,14 +194,13 @@ class SelfDistillation:
                     if launch else "check the accelerate launch config")
             raise SdlibError(f"accelerate could not start ({first_line(err)}): {hint}") from None
 
-    def _load_weights(self, student, checkpoint: Path, saved: dict[str, Any]) -> None:
+    def _load_weights(self, student, checkpoint: Path) -> None:
+        """The checkpoint's weights into ``student`` (``check_resume`` has already held its config, the base model
+        included, equal to this run's)."""
         from safetensors import SafetensorError
         from safetensors.torch import load_file
 
         config = self.config
-        if saved.get("model") != config.model or saved.get("model_options") != config.model_options:
-            raise SdlibError(f"checkpoint {checkpoint} was trained from {saved.get('model')!r}, "
-                             f"not {config.model!r}: resume with the same model, or start a new run")
         weights = {}
         for f in sorted(checkpoint.glob("*.safetensors")):
             try:
@@ -345,7 +344,8 @@ class SelfDistillation:
         for note in passed_over:
             print(f"resume: passing over {note}; continuing from {checkpoint.name}", file=sys.stderr, flush=True)
         if checkpoint is not None:
-            refuse_changed_config(self.run_dir, load_training_state(checkpoint)["config"], self.config)
+            self.state = load_training_state(checkpoint)
+            refuse_changed_config(self.run_dir, self.state["config"], self.config)
         self.checkpoint = checkpoint
 
     def run(self) -> Path:
