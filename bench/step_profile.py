@@ -18,7 +18,8 @@ peak resident memory (and its growth over the set-up's peak: what the step adds)
 from the shapes: 2 per multiply-add, matmuls only) and the achieved GFLOP/s next to the matmul peak measured in
 the same process (a ``torch.mm`` of the step's largest shape, [tokens, d] x [d, vocab]). ``--profile`` adds the
 step split by part: teacher forward, student forward, the lens matmuls, the lens elementwise passes
-(log-softmax, KL, its gradient), zeta2, backward, optimizer.
+(log-softmax, KL, its gradient), zeta2, backward, optimizer (AdamW as the recipe builds it: fused where torch
+has the kernel).
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ from sdlib.parts import decoder_parts
 from sdlib.provenance import device_name
 from sdlib.states import forward_states
 from sdlib.studies.grid import load_grid
-from sdlib.train.recipe import SelfDistillation, student_loss, teacher_head
+from sdlib.train.recipe import SelfDistillation, fused_adamw, student_loss, teacher_head
 
 ROWS = ("ce", "exact", "sampled", "reference", "chunked")
 GRID = "configs/ablations/qwen-cpu.yaml"
@@ -93,7 +94,7 @@ def run_row(row: str, args) -> dict:
     if row in ("exact", "sampled"):
         step = recipe.train_step
     elif row == "ce":
-        optimizer = torch.optim.AdamW(student.parameters(), lr=config.lr)
+        optimizer = torch.optim.AdamW(student.parameters(), lr=config.lr, fused=fused_adamw(student, "cpu"))
 
         def step():
             out = student(input_ids=ids, labels=ids, use_cache=False)
@@ -163,7 +164,7 @@ def profile_step(student, teacher, ids, config) -> dict[str, float]:
         t0 = time.perf_counter()
         out.total.backward()
         parts_time["backward (blocks; the lens gradient is already computed)"] = time.perf_counter() - t0
-        optimizer = torch.optim.AdamW(student.parameters(), lr=config.lr)
+        optimizer = torch.optim.AdamW(student.parameters(), lr=config.lr, fused=fused_adamw(student, "cpu"))
         optimizer.step()  # its first step allocates the state: time the second
         t0 = time.perf_counter()
         optimizer.step()

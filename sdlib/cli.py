@@ -26,7 +26,7 @@ from sdlib.data import read_text, text_windows
 from sdlib.errors import SdlibError
 from sdlib.evaluation.layers import evaluate_cached, format_table, load_subset
 from sdlib.evaluation.tasks import TASKS, check_tasks, offline_task_dir
-from sdlib.figures.output import json_records, save_figure
+from sdlib.figures.output import save_figure
 from sdlib.figures.plots import ablation_figure
 from sdlib.figures.run import DEFAULT_NOTEBOOKS, prepare, run_notebooks
 from sdlib.models import default_device, load
@@ -113,13 +113,11 @@ def _grid(args: argparse.Namespace, extra: Sequence[str]) -> int:
         return 0
     if args.action == "run":
         grid.run(g, args.cells or None)
-    table, out = grid.collect(g, args.cells or None)
+    results = grid.collect(g, args.cells or None)
+    out, table = results.csv, results.table()
     print(grid.markdown_table(table))
     if args.figures:
-
-        numbers = {"grid": {"name": g.name, "title": g.title, "eval_subset": g.eval_subset, "measure": g.measure},
-                   "cells": json_records(table), "S_over_training": table.attrs["S_over_training"]}
-        save_figure(ablation_figure(table, title=g.title), f"ablation_grid_{g.name}", numbers, args.figures)
+        save_figure(ablation_figure(table, title=g.title), f"ablation_grid_{g.name}", results.numbers(), args.figures)
     print(f"written: {out}" + (f" and the figure in {args.figures}" if args.figures else ""))
     return 0
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import platform
 import subprocess
@@ -132,6 +133,16 @@ def write_json(path: str | os.PathLike, obj: Any) -> Path:
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(obj, indent=2, default=_json_default) + "\n")
     return Path(path)
+
+
+def nan_to_none(obj: Any) -> Any:
+    """``obj`` with every float NaN (a missing value) replaced by None, through dicts, lists and tuples: what
+    JSON can hold."""
+    if isinstance(obj, dict):
+        return {k: nan_to_none(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [nan_to_none(v) for v in obj]
+    return None if isinstance(obj, float) and math.isnan(obj) else obj
 
 
 def _json_default(obj: Any) -> Any:

@@ -219,6 +219,45 @@ def evaluate_cached(source: str, tasks, settings: EvalSettings, *, device: str |
     return table, csv_path
 
 
+@dataclass
+class LayerScores:
+    """The per-layer evaluation table (tidy rows: ``task, layer, metric, value, lo, hi, n`` + settings) with the
+    per-document 0/1 outcomes of the tasks that have them ([n_docs, L + 1] per task), for paired comparisons."""
+
+    table: Any
+    """pandas DataFrame"""
+    greedy: dict[str, np.ndarray] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, table) -> LayerScores:
+        """From a table ``evaluate_cached`` returned (its outcomes ride in ``table.attrs["greedy"]``)."""
+        return cls(table, dict(table.attrs.get("greedy", {})))
+
+    def _rows(self, task: str, metric: str):
+        rows = self.table[(self.table.task == task) & (self.table.metric == metric)].sort_values("layer")
+        if rows.empty:
+            raise SdlibError(f"no {task} {metric} in this evaluation (it has "
+                             f"{', '.join(sorted(set(self.table.task)))}): evaluate {task} first")
+        return rows
+
+    def curve(self, task: str, metric: str, intervals: bool = False) -> list:
+        """``metric`` of ``task`` at layers 0..L: floats, or (value, low, high) with ``intervals``."""
+        rows = self._rows(task, metric)
+        if not intervals:
+            return [float(v) for v in rows["value"]]
+        return [(float(v), float(lo), float(hi)) for v, lo, hi in zip(rows["value"], rows["lo"], rows["hi"])]
+
+    def n(self, task: str) -> int:
+        """Documents scored for ``task``."""
+        return int(self.table[self.table.task == task]["n"].iloc[0])
+
+    def final_correct(self, task: str) -> np.ndarray:
+        """The final layer's 0/1 outcome per document [n_docs] (float)."""
+        if task not in self.greedy:
+            raise SdlibError(f"{task} has no per-document outcomes in this evaluation")
+        return self.greedy[task][:, -1].astype(float)
+
+
 def with_intervals(rows: list[dict], greedy: np.ndarray | None, level: float = 0.95) -> list[dict]:
     """The rows with ``lo``/``hi``: a percentile bootstrap interval over documents for each accuracy (from the
     per-document greedy outcomes [n_docs, n_layers]); None for the other metrics."""

@@ -9,7 +9,7 @@ from typing import Any
 
 import plotly.graph_objects as go
 
-from sdlib.provenance import atomic_path, write_json
+from sdlib.provenance import atomic_path, nan_to_none, write_json
 from sdlib.provenance import provenance as make_provenance
 
 
@@ -39,8 +39,7 @@ def save_figure(fig: go.Figure, name: str, numbers: dict[str, Any], out_dir: str
 
 def json_records(df) -> list[dict[str, Any]]:
     """DataFrame rows as JSON-ready dicts, missing values (NaN) as None."""
-    return [{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()}
-            for row in df.to_dict("records")]
+    return nan_to_none(df.to_dict("records"))
 
 
 def finite_numbers(obj: Any) -> bool:

@@ -29,7 +29,7 @@ from torch import nn
 
 from sdlib.cache import Record, cached_record, model_fingerprint
 from sdlib.data import PackedSequences, training_documents
-from sdlib.evaluation.layers import evaluate_cached, load_subset
+from sdlib.evaluation.layers import LayerScores, evaluate_cached, load_subset
 from sdlib.loss import TeacherHead, _flat, layer_weights, self_distillation_loss, zeta2_terms
 from sdlib.metrics import movement
 from sdlib.models import default_device, load
@@ -279,14 +279,11 @@ def evaluation_summary(model_name: str, model: nn.Module, tokenizer, subset: str
     table, _ = evaluate_cached(model_name, ["lambada_openai", "wikitext"], settings, device=device,
                                loaded=(model, tokenizer), progress=True)
 
-    def column(task, metric):
-        rows = table[(table.task == task) & (table.metric == metric)].sort_values("layer")
-        return rows["layer"].tolist(), rows["value"].tolist(), int(rows["n"].iloc[0])
-
-    layers, acc, n_lambada = column("lambada_openai", "acc")
-    _, ppl, n_wiki = column("wikitext", "word_perplexity")
-    return {"layers": layers, "lambada_acc": acc, "lambada_n": n_lambada, "wikitext_word_ppl": ppl,
-            "wikitext_n": n_wiki, "subset": settings.subset, "max_length": settings.max_length,
+    scores = LayerScores.of(table)
+    acc = scores.curve("lambada_openai", "acc")
+    return {"layers": list(range(len(acc))), "lambada_acc": acc, "lambada_n": scores.n("lambada_openai"),
+            "wikitext_word_ppl": scores.curve("wikitext", "word_perplexity"), "wikitext_n": scores.n("wikitext"),
+            "subset": settings.subset, "max_length": settings.max_length,
             "limit": settings.limit}
 
 

@@ -7,7 +7,7 @@ from dataclasses import asdict
 from typing import Any
 
 from sdlib.cache import cached, model_fingerprint
-from sdlib.evaluation.layers import evaluate_cached, load_subset
+from sdlib.evaluation.layers import LayerScores, evaluate_cached, load_subset
 from sdlib.models import resolve_checkpoint
 from sdlib.paths import results_dir, slug
 from sdlib.stats import bootstrap_monotonicity, paired_ratio, paired_S_difference
@@ -115,15 +115,15 @@ def summary(profile: Profile, device: str | None = None):
                 col[f"S ({c})"] = _interval(r.S[c], lo, hi)
                 col[f"D_L ({c})"] = f"{r.D[c][-1]:.3f}"
                 col[f"D_L / D_L-1 ({c})"] = f"{r.last_layer_ratio[c]:.2f}"
-            acc = s[(s.task == "lambada_openai") & (s.metric == "acc")].sort_values("layer")
-            ppl = s[(s.task == "wikitext") & (s.metric == "word_perplexity")].sort_values("layer")
-            final, penult = acc.iloc[-1], acc.iloc[-2]
-            col["LAMBADA final layer"] = _interval(final["value"], final["lo"], final["hi"])
-            col["LAMBADA layer L-1"] = _interval(penult["value"], penult["lo"], penult["hi"])
+            scores = LayerScores.of(s)
+            acc = scores.curve("lambada_openai", "acc", intervals=True)
+            final, penult = acc[-1], acc[-2]
+            col["LAMBADA final layer"] = _interval(*final)
+            col["LAMBADA layer L-1"] = _interval(*penult)
             col["LAMBADA drop (final - penultimate) / final"] = (
-                f"{(final['value'] - penult['value']) / final['value']:.2f}" if final["value"] > 0 else "")
-            col["WikiText word ppl, final layer"] = f"{ppl['value'].iloc[-1]:.4g}"
-            col["tokens measured / LAMBADA passages"] = f"{r.n_tokens:,} / {int(final['n'])}"
+                f"{(final[0] - penult[0]) / final[0]:.2f}" if final[0] > 0 else "")
+            col["WikiText word ppl, final layer"] = f"{scores.curve('wikitext', 'word_perplexity')[-1]:.4g}"
+            col["tokens measured / LAMBADA passages"] = f"{r.n_tokens:,} / {scores.n('lambada_openai')}"
             columns[pair.label(role)] = col
         after = columns[pair.label(Role.SELF_DISTILLED)]
         for c in ("normed", "pre_norm"):

@@ -35,7 +35,7 @@ from typing import Any
 
 from sdlib.data import OFFLINE_SHA256, offline_file
 from sdlib.errors import SdlibError
-from sdlib.evaluation.layers import evaluate_cached, load_subset
+from sdlib.evaluation.layers import LayerScores, evaluate_cached, load_subset
 from sdlib.models import load
 from sdlib.packaged import PACKAGED, available, gguf_path, packaged
 from sdlib.paths import build_dir, configs_dir, figures_dir, project_root
@@ -165,16 +165,16 @@ class Study:
         settings = load_subset(self.spec["eval_subset"], self.device)
         table, _ = evaluate_cached(source, ["lambada_openai", "wikitext"], settings, device=self.device,
                                    loaded=(model, tokenizer), out_dir=self.records() / label / "eval", progress=False)
-        greedy = table.attrs["greedy"]["lambada_openai"]
-        lam = table[(table.task == "lambada_openai") & (table.metric == "acc")].sort_values("layer")
-        wiki = table[(table.task == "wikitext") & (table.metric == "word_perplexity")].sort_values("layer")
-        self.log(f"{label}: LAMBADA final {lam['value'].iloc[-1]:.4f} (n {int(lam['n'].iloc[0])}), WikiText word ppl "
-                 f"final {wiki['value'].iloc[-1]:.3f}")
+        scores = LayerScores.of(table)
+        greedy = scores.greedy["lambada_openai"]
+        lam, ppl = scores.curve("lambada_openai", "acc", intervals=True), scores.curve("wikitext", "word_perplexity")
+        self.log(f"{label}: LAMBADA final {lam[-1][0]:.4f} (n {scores.n('lambada_openai')}), WikiText word ppl "
+                 f"final {ppl[-1]:.3f}")
         return {"S": m.S, "S_median_curve": m.S_median, "D": m.D, "D_median": m.D_median,
                 "last_layer_ratio": m.last_layer_ratio, "tokens": m.n_tokens,
-                "lambada_acc": lam["value"].tolist(), "lambada_lo": lam["lo"].tolist(), "lambada_hi": lam["hi"].tolist(),
-                "lambada_n": int(lam["n"].iloc[0]), "wikitext_word_ppl": wiki["value"].tolist(),
-                "wikitext_n": int(wiki["n"].iloc[0]), "eval_subset": settings.subset,
+                "lambada_acc": [v for v, _, _ in lam], "lambada_lo": [lo for _, lo, _ in lam],
+                "lambada_hi": [hi for _, _, hi in lam], "lambada_n": scores.n("lambada_openai"),
+                "wikitext_word_ppl": ppl, "wikitext_n": scores.n("wikitext"), "eval_subset": settings.subset,
                 "_per_window_D": m.per_window_D, "_greedy": greedy}
 
     def baseline(self) -> dict[str, Any]:

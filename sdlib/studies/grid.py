@@ -9,20 +9,22 @@ at every layer, relative to the pretrained model; collected into one table and o
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import math
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from sdlib.errors import SdlibError
+from sdlib.evaluation.layers import LayerScores
 from sdlib.paths import results_dir
-from sdlib.provenance import atomic_path
-from sdlib.stats import bootstrap_monotonicity
+from sdlib.provenance import atomic_path, nan_to_none
+from sdlib.stats import bootstrap_monotonicity, paired_ratio, paired_S_difference
 from sdlib.studies.compare import layer_scores, movement
 from sdlib.studies.profiles import Pair, Profile
 from sdlib.train import finished, train
 from sdlib.train.config import TrainConfig, config_from_dict, read_yaml
-from sdlib.train.runlog import evals, read_log, steps
-from sdlib.types import Role
+from sdlib.train.runlog import EvalRecord, evals, read_log, steps
+from sdlib.types import LAST_STATES, Role
 
 KEYS = {"title", "eval_subset", "measure", "base", "cells"}
 
@@ -68,31 +70,94 @@ def load_grid(path: str | Path) -> Grid:
     return grid
 
 
-def cell_row(grid: Grid, cell: str | None) -> dict[str, Any]:
-    """Measure and evaluate one cell's trained model (``cell`` None: the pretrained model); -> a table row."""
+Interval = tuple[float, float, float]
+"""(value, low, high): a 95% bootstrap interval"""
+
+SETTINGS = ("model", "alpha", "k", "lr", "kl_direction", "last_state", "zeta2_form", "zeta1", "lens_samples", "seed",
+            "lr_multipliers")
+"""the config keys a grid table shows for every cell"""
+
+
+@dataclass
+class CellResult:
+    """One cell's trained model (or the pretrained model) measured and evaluated, paired with the pretrained
+    model on the same windows and passages."""
+
+    cell: str
+    """the cell's name, or ``pretrained``"""
+    settings: dict[str, Any]
+    """the config keys of ``SETTINGS``, as strings or numbers"""
+    tokens: int
+    """training tokens (0 for the pretrained model)"""
+    S: dict[str, Interval]
+    """S per last-state convention, with its bootstrap interval over windows"""
+    D_last: dict[str, float]
+    """D_L per convention"""
+    D_ratio: dict[str, float]
+    """D_L / D_{L-1} per convention"""
+    lambada: list[Interval]
+    """LAMBADA accuracy of every layer's lens (the last: the model's own output), with intervals over passages"""
+    lambada_n: int
+    wikitext_ppl: list[float]
+    """WikiText word perplexity of every layer's lens"""
+    S_change: dict[str, Interval] | None = None
+    """S minus the pretrained model's S, paired over the same windows (None for the pretrained model)"""
+    lambada_ratio: Interval | None = None
+    """final-layer LAMBADA accuracy / the pretrained model's, paired over the same passages"""
+    train_seconds: float | None = None
+    epochs: float | None = None
+    final_loss: float | None = None
+    over_training: list[EvalRecord] = field(default_factory=list)
+    """the training log's measurements (S, D and the last step's mechanism at every evaluation)"""
+
+    def row(self) -> dict[str, Any]:
+        """The flat table row (what the CSV and the figure read)."""
+        row: dict[str, Any] = {"cell": self.cell, **self.settings, "tokens": self.tokens}
+        for conv in LAST_STATES:
+            row |= {f"S_{conv}": self.S[conv][0], f"S_{conv}_lo": self.S[conv][1], f"S_{conv}_hi": self.S[conv][2],
+                    f"last_D_{conv}": self.D_last[conv], f"D_ratio_{conv}": self.D_ratio[conv]}
+            change = (self.S_change or {}).get(conv, (math.nan,) * 3)
+            row |= {f"S_{conv}_change": change[0], f"S_{conv}_change_lo": change[1], f"S_{conv}_change_hi": change[2]}
+        ratio = self.lambada_ratio or ((1.0, math.nan, math.nan) if self.tokens == 0 else (math.nan,) * 3)
+        row |= {"lambada_final": self.lambada[-1][0], "lambada_final_lo": self.lambada[-1][1],
+                "lambada_final_hi": self.lambada[-1][2], "lambada_penultimate": self.lambada[-2][0],
+                "lambada_n": self.lambada_n, "lambada_final_vs_pretrained": ratio[0],
+                "lambada_final_vs_pretrained_lo": ratio[1], "lambada_final_vs_pretrained_hi": ratio[2],
+                "wikitext_final_word_ppl": self.wikitext_ppl[-1],
+                "train_seconds": self.train_seconds, "epochs": self.epochs, "final_loss": self.final_loss}
+        return row
+
+
+def cell_result(grid: Grid, cell: str | None) -> CellResult:
+    """Measure and evaluate one cell's trained model (``cell`` None: the pretrained model), paired with the
+    pretrained model (both cached, so collecting again costs nothing)."""
 
     profile, pair = grid.profile(cell or next(iter(grid.cells)))
     role = Role.SELF_DISTILLED if cell else Role.PRETRAINED
-    m = movement(profile, pair, role)
-    scores = layer_scores(profile, pair, role, tasks=["lambada_openai"])
-    acc = scores[scores.metric == "acc"].sort_values("layer")
+    m, base = movement(profile, pair, role), movement(profile, pair, Role.PRETRAINED)
+    scores, base_scores = (LayerScores.of(layer_scores(profile, pair, r)) for r in (role, Role.PRETRAINED))
     c = pair.config
-    row = {"cell": cell or "pretrained", "model": c.model, "alpha": c.alpha, "k": c.k, "lr": c.lr,
-           "kl_direction": str(c.kl_direction), "last_state": str(c.last_state), "zeta2_form": str(c.zeta2_form),
-           "lens_samples": c.lens_samples, "seed": c.seed, "lr_multipliers": str(c.lr_multipliers or ""),
-           "tokens": c.total_steps * c.batch_size * c.seq_len if cell else 0,
-           "lambada_final": acc["value"].iloc[-1], "lambada_final_lo": acc["lo"].iloc[-1],
-           "lambada_final_hi": acc["hi"].iloc[-1], "lambada_penultimate": acc["value"].iloc[-2],
-           "lambada_n": int(acc["n"].iloc[0])}
-    for conv in ("normed", "pre_norm"):
-        lo, hi = bootstrap_monotonicity(m.per_window_D[conv])
-        row |= {f"S_{conv}": m.S[conv], f"S_{conv}_lo": lo, f"S_{conv}_hi": hi, f"last_D_{conv}": m.D[conv][-1]}
+    result = CellResult(
+        cell=cell or "pretrained", settings={k: _plain(getattr(c, k)) for k in SETTINGS},
+        tokens=c.total_steps * c.batch_size * c.seq_len if cell else 0,
+        S={conv: (m.S[conv], *bootstrap_monotonicity(m.per_window_D[conv])) for conv in LAST_STATES},
+        D_last={conv: m.D[conv][-1] for conv in LAST_STATES}, D_ratio=dict(m.last_layer_ratio),
+        lambada=scores.curve("lambada_openai", "acc", intervals=True), lambada_n=scores.n("lambada_openai"),
+        wikitext_ppl=scores.curve("wikitext", "word_perplexity"))
     if cell:
+        result.S_change = {conv: paired_S_difference(base.per_window_D[conv], m.per_window_D[conv])
+                           for conv in LAST_STATES}
+        result.lambada_ratio = paired_ratio(base_scores.final_correct("lambada_openai"),
+                                            scores.final_correct("lambada_openai"))
         log = read_log(c.run_dir())
         done = steps(log)
-        row |= {"epochs": done[-1].epochs, "train_seconds": sum(r.seconds for r in done), "final_loss": done[-1].loss,
-                "S_over_training": [(r.step, r.S["normed"], r.S["pre_norm"]) for r in evals(log)]}
-    return row
+        result.train_seconds, result.epochs = sum(r.seconds for r in done), done[-1].epochs
+        result.final_loss, result.over_training = done[-1].loss, evals(log)
+    return result
+
+
+def _plain(value: Any) -> Any:
+    return value if isinstance(value, (int, float, bool)) or value is None else str(value or "")
 
 
 def train_cells(grid: Grid, cells: list[str] | None = None) -> None:
@@ -110,8 +175,8 @@ def run(grid: Grid, cells: list[str] | None = None) -> None:
         print(f"== grid {grid.name}, cell {cell}: train", flush=True)
         train(grid.config(cell), resume=True)
         print(f"== grid {grid.name}, cell {cell}: measure and evaluate", flush=True)
-        cell_row(grid, cell)
-    cell_row(grid, None)
+        cell_result(grid, cell)
+    cell_result(grid, None)
 
 
 def finished_cells(grid: Grid) -> list[str]:
@@ -119,32 +184,61 @@ def finished_cells(grid: Grid) -> list[str]:
     return [cell for cell in grid.cells if finished(grid.config(cell))]
 
 
-def collect(grid: Grid, cells: list[str] | None = None):
-    """The grid table over ``cells`` (default: every finished cell), the pretrained model first. -> (table, csv)."""
-    import pandas as pd
+@dataclass
+class GridResults:
+    """Every collected cell, the pretrained model first, and where the table was written."""
 
+    grid: Grid
+    cells: list[CellResult]
+    csv: Path
+
+    def table(self):
+        """One row per cell (``CellResult.row``). -> DataFrame"""
+        import pandas as pd
+
+        return pd.DataFrame([c.row() for c in self.cells])
+
+    def numbers(self) -> dict[str, Any]:
+        """The figure's JSON: the grid's settings, the table and each cell's measurements over training."""
+        g = self.grid
+        return {"grid": {"name": g.name, "title": g.title, "eval_subset": g.eval_subset, "measure": g.measure},
+                "cells": nan_to_none(self.table().to_dict("records")),
+                "over_training": {c.cell: [asdict(r) for r in c.over_training] for c in self.cells[1:]}}
+
+
+def collect(grid: Grid, cells: list[str] | None = None) -> GridResults:
+    """The grid's results over ``cells`` (default: every finished cell), the pretrained model first; the table
+    is written to ``results/ablations-<grid>.csv``."""
     cells = cells or finished_cells(grid)
     if not cells:
         raise SdlibError(f"no cell of grid {grid.name} has finished training yet: run `sdlib grid run` first")
-    rows = [cell_row(grid, None)] + [cell_row(grid, cell) for cell in cells]
-    table = pd.DataFrame([{k: v for k, v in r.items() if k != "S_over_training"} for r in rows])
-    table["lambada_final_vs_pretrained"] = table["lambada_final"] / table.iloc[0]["lambada_final"]
-    table.attrs["S_over_training"] = {r["cell"]: r["S_over_training"] for r in rows[1:]}
-    out = results_dir() / f"ablations-{grid.name}.csv"
-    with atomic_path(out) as tmp:
-        table.to_csv(tmp, index=False)
-    return table, out
+    results = GridResults(grid, [cell_result(grid, None)] + [cell_result(grid, cell) for cell in cells],
+                          results_dir() / f"ablations-{grid.name}.csv")
+    with atomic_path(results.csv) as tmp:
+        results.table().to_csv(tmp, index=False)
+    return results
 
 
 def markdown_table(table) -> str:
-    """The grid table as Markdown (what RESULTS.md shows): per cell S with its interval in both conventions,
-    last-layer D, LAMBADA final / penultimate and final relative to the pretrained model, training time."""
-    lines = ["| cell | S normed [95%] | S pre_norm [95%] | D_L normed | D_L pre_norm | LAMBADA final / penult. "
-             "| final vs pretrained | train s |", "|---|---|---|---|---|---|---|---|"]
+    """The grid table as Markdown (what RESULTS.md shows): per cell S with its interval in both conventions and
+    its change from the pretrained model paired over the same windows, D_L and D_L / D_{L-1}, LAMBADA final /
+    penultimate and the final layer's accuracy relative to the pretrained model paired over the same passages,
+    and the training time."""
+    def interval(r, key, fmt=".4f"):
+        value, lo, hi = r[key], r[f"{key}_lo"], r[f"{key}_hi"]
+        if not math.isfinite(value):
+            return ""
+        return f"{value:{fmt}}" + (f" [{lo:{fmt}}, {hi:{fmt}}]" if math.isfinite(lo) and math.isfinite(hi) else "")
+
+    lines = ["| cell | S normed [95%] | change, paired | S pre_norm [95%] | change, paired | D_L normed (/ D_L-1) "
+             "| D_L pre_norm (/ D_L-1) | LAMBADA final / penult. | final / pretrained, paired | train min |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in table.to_dict("records"):
-        S = {c: f"{r[f'S_{c}']:.4f} [{r[f'S_{c}_lo']:.4f}, {r[f'S_{c}_hi']:.4f}]" for c in ("normed", "pre_norm")}
-        seconds = "" if r["cell"] == "pretrained" else f"{r['train_seconds']:.0f}"
-        lines.append(f"| {r['cell']} | {S['normed']} | {S['pre_norm']} | {r['last_D_normed']:.3f} | "
-                     f"{r['last_D_pre_norm']:.3f} | {r['lambada_final']:.3f} / {r['lambada_penultimate']:.3f} | "
-                     f"{r['lambada_final_vs_pretrained']:.0%} | {seconds} |")
+        minutes = "" if r["tokens"] == 0 else f"{r['train_seconds'] / 60:.0f}"
+        lines.append(f"| {r['cell']} | {interval(r, 'S_normed')} | {interval(r, 'S_normed_change', '+.4f')} | "
+                     f"{interval(r, 'S_pre_norm')} | {interval(r, 'S_pre_norm_change', '+.4f')} | "
+                     f"{r['last_D_normed']:.3f} ({r['D_ratio_normed']:.2f}) | "
+                     f"{r['last_D_pre_norm']:.3f} ({r['D_ratio_pre_norm']:.2f}) | "
+                     f"{r['lambada_final']:.3f} / {r['lambada_penultimate']:.3f} | "
+                     f"{interval(r, 'lambada_final_vs_pretrained', '.3f')} | {minutes} |")
     return "\n".join(lines)

@@ -9,14 +9,13 @@ checkpoint's step are dropped, in a rewrite that replaces the file atomically.
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from sdlib.errors import SdlibError
 from sdlib.measurement import LastStepStats
-from sdlib.provenance import atomic_path
+from sdlib.provenance import atomic_path, nan_to_none
 
 LOG_FILE = "log.jsonl"
 
@@ -76,8 +75,7 @@ KINDS: dict[str, type] = {"step": StepRecord, "eval": EvalRecord, "skip": SkipRe
 
 
 def to_line(record: Record) -> str:
-    values = asdict(record)
-    return json.dumps({k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in values.items()})
+    return json.dumps(nan_to_none(asdict(record)))
 
 
 def from_dict(data: dict[str, Any]) -> Record:

@@ -3,6 +3,7 @@ checked, cells train, and the collected table holds S with bootstrap intervals a
 
 import json
 
+import numpy as np
 import pytest
 import yaml
 
@@ -29,17 +30,29 @@ def test_grid_runs_cells_and_collects_them_with_intervals(tmp_path):
     done = _sdlib("grid", "run", str(path), "--figures", str(tmp_path / "figures"))
     assert done.returncode == 0, done.stderr[-2000:]
     grid = load_grid(path)
-    table, out = collect(grid)
+    results = collect(grid)
+    table, out = results.table(), results.csv
     md = markdown_table(table).splitlines()
     assert len(md) == 5 and md[3].startswith(f"| a-base | {table.loc[1, 'S_normed']:.4f} [")
     assert list(table["cell"]) == ["pretrained", "a-base", "b-cosine"] and out.name == "ablations-tiny.csv"
     figure = json.loads((tmp_path / "figures" / "ablation_grid_tiny.json").read_text())
     assert (tmp_path / "figures" / "ablation_grid_tiny.png").stat().st_size > 0
-    assert figure["numbers"]["grid"]["measure"]["windows"] == 8 and finite_numbers(figure["numbers"]["cells"])
-    assert [step for step, _, _ in figure["numbers"]["S_over_training"]["a-base"]][0] == 0
+    assert figure["numbers"]["grid"]["measure"]["windows"] == 8
+    assert finite_numbers([{k: v for k, v in c.items() if v is not None} for c in figure["numbers"]["cells"]])
+    assert [r["step"] for r in figure["numbers"]["over_training"]["a-base"]][0] == 0
     for conv in ("normed", "pre_norm"):
         assert ((table[f"S_{conv}_lo"] <= table[f"S_{conv}"] + 1e-12) &
                 (table[f"S_{conv}"] <= table[f"S_{conv}_hi"] + 1e-12)).all()
+        # the paired change is the difference of the two S values, its interval around it
+        change = table[f"S_{conv}"].iloc[1:] - table.loc[0, f"S_{conv}"]
+        assert (abs(table[f"S_{conv}_change"].iloc[1:] - change) < 1e-9).all()
+        assert ((table[f"S_{conv}_change_lo"].iloc[1:] <= change + 1e-12) &
+                (change <= table[f"S_{conv}_change_hi"].iloc[1:] + 1e-12)).all()
+    base = table.loc[0, "lambada_final"]  # 0 for a random tiny model: the ratio is then undefined (NaN)
+    ratio = table["lambada_final"].iloc[1:] / base if base > 0 else table["lambada_final"].iloc[1:] * float("nan")
+    assert np.allclose(table["lambada_final_vs_pretrained"].iloc[1:], ratio, atol=1e-9, equal_nan=True)
+    cell = results.cells[1]  # every lens layer scored on both tasks: one per D_l
+    assert len(cell.lambada) == len(cell.wikitext_ppl) == len(cell.over_training[0].D["normed"])
     assert table.loc[2, "zeta2_form"] == "cosine" and table.loc[2, "lens_samples"] == 2 and table.loc[1, "epochs"] > 0
     assert table.loc[0, "lambada_n"] == 16 and table.loc[0, "tokens"] == 0
     # the cells are the base with their keys over it; the runs are named after the grid and the cell

@@ -150,18 +150,27 @@ def test_monotone_curve_has_zero_monotonicity_penalty():
 
 
 def test_sampled_zeta1_is_unbiased():
+    """The estimate is sum_l (c_l / m) KL_l with c ~ Multinomial(m, w): each draw equals that sum of the exact
+    per-layer KLs, and E[c_l / m] = w_l, so its expectation is zeta1 for any KL values."""
     from sdlib.loss import sample_lens_weights
 
     student, teacher, ids, mask = _setup("tiny-llama")
     exact, _ = _run(self_distillation_loss, student, teacher, ids, mask, alpha=0.0)
+    w = layer_weights(3, 0.25).double()  # the three lens layers
     g = torch.Generator().manual_seed(0)
-    draws = torch.tensor([_run(self_distillation_loss, student, teacher, ids, mask, alpha=0.0, lens_samples=2,
-                               generator=g)[0].zeta1.item() for _ in range(400)], dtype=torch.float64)
-    stderr = draws.std() / 400 ** 0.5
-    assert abs(draws.mean().item() - exact.zeta1.item()) < 4 * stderr.item()
+    draws = []
+    for _ in range(60):
+        replay = torch.Generator()
+        replay.set_state(g.get_state())  # the weights this draw will use, drawn again from the same state
+        drawn = sample_lens_weights(w, 2, replay)
+        zeta1 = _run(self_distillation_loss, student, teacher, ids, mask, alpha=0.0, lens_samples=2,
+                     generator=g)[0].zeta1.item()
+        computed = drawn > 0
+        assert zeta1 == pytest.approx(float((drawn[computed] * exact.kl_per_layer[computed].double()).sum()), rel=1e-9)
+        draws.append(zeta1)
+    draws = torch.tensor(draws, dtype=torch.float64)
+    assert abs(draws.mean().item() - exact.zeta1.item()) < 4 * (draws.std() / len(draws) ** 0.5).item()
     assert draws.std() > 0  # it is an estimate, not the exact value
-    # exactly: E[c_l / m] = w_l, so the expectation of the estimator is zeta1 for any KL values
-    w = layer_weights(3, 0.25).double()
     counts = torch.stack([sample_lens_weights(w, 3, g) for _ in range(20000)]).mean(0)
     assert torch.allclose(counts, w, atol=0.01)
     one, _ = _run(self_distillation_loss, student, teacher, ids, mask, alpha=0.0, lens_samples=1, generator=g)
