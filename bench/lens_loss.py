@@ -3,8 +3,8 @@
     python bench/lens_loss.py --against HEAD~1                      # Qwen2.5-0.5B's head: d 896, vocab 151,936
     python bench/lens_loss.py --against HEAD~1 --lens-samples 4 --tokens 512
 
-No model is loaded: the states are random [tokens, d] tensors for the model's 24 blocks (plus the embedding
-output), the final norm an RMSNorm and lm_head an untied [vocab, d] linear with random weights, so the numbers
+No model is loaded: the states are random [tokens, d] tensors for the model's 24 decoder layers (plus the
+embedding output), the final norm an RMSNorm and lm_head an untied [vocab, d] linear with random weights, so the numbers
 are the lens's own cost (its matmuls and the element-wise passes over the [chunk, vocab] buffers) and fit next
 to a training run in memory. ``--against REV`` loads ``sdlib/loss.py`` as it was at git revision REV into this
 process and times both implementations in turn, on the same inputs, alternating, so their ratio is measured
@@ -46,7 +46,7 @@ def load_revision(rev: str):
 
 def inputs(args):
     g = torch.Generator().manual_seed(0)
-    states = [torch.randn(1, args.tokens, args.d, generator=g).requires_grad_() for _ in range(args.layers + 2)]
+    states = [torch.randn(1, args.tokens, args.d, generator=g).requires_grad_() for _ in range(args.layers + 1)]
     norm = nn.RMSNorm(args.d, eps=1e-6)
     head = nn.Linear(args.d, args.vocab, bias=False)
     with torch.no_grad():
@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--against", default=None, help="a git revision whose sdlib/loss.py is timed beside this one")
     p.add_argument("--d", type=int, default=896)
     p.add_argument("--vocab", type=int, default=151936)
-    p.add_argument("--layers", type=int, default=24, help="decoder blocks (the lens has one more layer)")
+    p.add_argument("--layers", type=int, default=24, help="decoder layers (one lens layer each)")
     p.add_argument("--tokens", type=int, default=256)
     p.add_argument("--chunk", type=int, default=512)
     p.add_argument("--lens-samples", type=int, default=0, help="0: the exact zeta1")
@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> None:
             step(module, *data, args)
             times[name].append(time.perf_counter() - t0)
     for name, ts in times.items():
-        print(json.dumps({"impl": name, "tokens": args.tokens, "vocab": args.vocab, "lens_layers": args.layers + 1,
+        print(json.dumps({"impl": name, "tokens": args.tokens, "vocab": args.vocab, "lens_layers": args.layers,
                           "lens_samples": args.lens_samples, "threads": torch.get_num_threads(),
                           "seconds": [round(t, 3) for t in ts], "tokens_per_s": round(args.tokens / min(ts), 1)}))
     if args.against:

@@ -43,6 +43,7 @@ from sdlib.studies.grid import load_grid
 from sdlib.train.recipe import SelfDistillation, fused_adamw, student_loss, teacher_head
 
 ROWS = ("ce", "exact", "sampled", "reference", "chunked")
+MATMUL_OPS = ("aten::mm", "aten::addmm", "aten::addmm_")  # the lm_head gradient accumulates in place (addmm_)
 GRID = "configs/ablations/qwen-cpu.yaml"
 
 
@@ -90,7 +91,7 @@ def run_row(row: str, args) -> dict:
     student, teacher = recipe.unwrapped, recipe.teacher
     ids = recipe.stream.batch(0, config.micro_batch)
     tokens = ids.numel()
-    n_layers = decoder_parts(student).num_layers + 1
+    n_layers = decoder_parts(student).num_layers  # the lens layers: one per decoder layer (0..L)
     if row in ("exact", "sampled"):
         step = recipe.train_step
     elif row == "ce":
@@ -152,12 +153,10 @@ def profile_step(student, teacher, ids, config) -> dict[str, float]:
         p = decoder_parts(student)
         with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
             t0 = time.perf_counter()
-            out = loss_module.self_distillation_loss(
-                states, p.norm, p.lm_head, head, alpha=config.alpha, k=config.k, last_state=config.last_state,
-                kl_direction=config.kl_direction, chunk_size=config.chunk_size, zeta2_form=config.zeta2_form,
-                lens_samples=config.lens_samples, logit_transform=p.transform)
+            out = loss_module.self_distillation_loss(states, p.norm, p.lm_head, head, config.loss(),
+                                                     logit_transform=p.transform)
             loss_seconds = time.perf_counter() - t0
-        matmuls = sum(e.self_cpu_time_total for e in prof.key_averages() if e.key in ("aten::mm", "aten::addmm")) / 1e6
+        matmuls = sum(e.self_cpu_time_total for e in prof.key_averages() if e.key in MATMUL_OPS) / 1e6
         parts_time["lens matmuls"] = matmuls
         parts_time["lens elementwise (log-softmax, KL, gradient)"] = max(loss_seconds - matmuls - zeta2_time[0], 0.0)
         parts_time["zeta2"] = zeta2_time[0]

@@ -27,7 +27,7 @@ from sdlib.errors import SdlibError
 from sdlib.evaluation.layers import evaluate_cached, format_table, load_subset
 from sdlib.evaluation.tasks import TASKS, check_tasks, offline_task_dir
 from sdlib.figures.output import save_figure
-from sdlib.figures.plots import ablation_figure
+from sdlib.figures.plots import ablation_figure, grid_training_figure
 from sdlib.figures.run import DEFAULT_NOTEBOOKS, prepare, run_notebooks
 from sdlib.models import default_device, load
 from sdlib.paths import results_dir, slug
@@ -112,12 +112,16 @@ def _grid(args: argparse.Namespace, extra: Sequence[str]) -> int:
         grid.train_cells(g, args.cells or None)
         return 0
     if args.action == "run":
-        grid.run(g, args.cells or None)
-    results = grid.collect(g, args.cells or None)
+        grid.run(g, args.cells or None, check_tasks(args.tasks))
+    results = grid.collect(g, args.cells or None, check_tasks(args.tasks))
     out, table = results.csv, results.table()
     print(grid.markdown_table(table))
     if args.figures:
-        save_figure(ablation_figure(table, title=g.title), f"ablation_grid_{g.name}", results.numbers(), args.figures)
+        numbers = results.numbers()
+        save_figure(ablation_figure(table, title=g.title), f"ablation_grid_{g.name}", numbers, args.figures)
+        save_figure(grid_training_figure(numbers["over_training"], title=f"{g.title}: over training"),
+                    f"ablation_grid_{g.name}_training", {"grid": numbers["grid"], "over_training": numbers["over_training"]},
+                    args.figures)
     print(f"written: {out}" + (f" and the figure in {args.figures}" if args.figures else ""))
     return 0
 
@@ -285,6 +289,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("grid", help="a grid file, e.g. configs/ablations/cpu.yaml")
     p.add_argument("cells", nargs="*", help="only these cells (default: all, or every finished one for collect)")
     p.add_argument("--figures", default=None, help="draw the grid figure into this folder (e.g. figures)")
+    p.add_argument("--tasks", default="lambada_openai,wikitext",
+                   help="per-layer tasks to evaluate, comma-separated (default: lambada_openai,wikitext; WikiText at every "
+                        "layer of a 151,936-word model takes ~30 min per model on a 2-core CPU)")
     p.set_defaults(func=_grid)
     p = sub.add_parser("figures", help="measure + evaluate a profile's models (cached), then run its notebooks")
     p.add_argument("--profile", default="smol", choices=PROFILES, help="tiny, smol (default; writes figures/), paper or gpu")

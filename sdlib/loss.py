@@ -19,7 +19,8 @@ keeps only the gradients, so the extra memory is O(chunk x vocab) plus one lm_he
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -71,12 +72,48 @@ class LossParts:
         return self.computed_layers is not None and not bool(self.computed_layers[layer])
 
 
-def _check_options(alpha: float, kl_direction: str, last_state: str, zeta2_form: str
-                   ) -> tuple[KLDirection, LastState, Zeta2Form]:
-    if not alpha >= 0:
-        raise SdlibError(f"alpha must be >= 0, got {alpha}")
-    return (parse(KLDirection, kl_direction, "KL direction"), parse(LastState, last_state, "last state"),
-            parse(Zeta2Form, zeta2_form, "zeta2 form"))
+@dataclass(frozen=True)
+class LossSettings:
+    """What zeta is: the paper's two knobs, the readings it leaves open, and how zeta1 is computed. The
+    training config holds one (``TrainConfig.loss``); words are parsed into their enums and checked here."""
+
+    alpha: float = 1.0
+    """weight of zeta2"""
+    k: float = 0.25
+    """w_l = softmax(k l)"""
+    kl_direction: KLDirection = KLDirection.FORWARD
+    """``forward``: KL(teacher || lens_l); ``reverse``: KL(lens_l || teacher)"""
+    last_state: LastState = LastState.NORMED
+    """zeta2's h_L: after the final norm (``normed``) or decoder layer L's raw output (``pre_norm``)"""
+    zeta2_form: Zeta2Form = Zeta2Form.RELATIVE_STEP
+    """``relative_step`` (the paper), ``cosine`` or ``monotonicity`` (see ``zeta2_terms``)"""
+    zeta1: bool = True
+    """False leaves the lens KL out (zeta = alpha zeta2; no lens is computed, ``kl_per_layer`` is NaN)"""
+    lens_samples: int = 0
+    """0: every lens layer (exact zeta1); m > 0: an unbiased estimate from m layers drawn with replacement with
+    probability w_l (``sample_lens_weights``); the others are not computed and their KL entries are NaN"""
+    chunk_size: int = 1024
+    """tokens per chunk of the lens (memory O(chunk x vocab)); it does not change the value"""
+
+    def __post_init__(self):
+        for name, enum, what in (("kl_direction", KLDirection, "KL direction"), ("last_state", LastState, "last state"),
+                                 ("zeta2_form", Zeta2Form, "zeta2 form")):
+            object.__setattr__(self, name, parse(enum, getattr(self, name), what))
+        if not self.alpha >= 0:
+            raise SdlibError(f"alpha must be >= 0, got {self.alpha}")
+        if self.chunk_size < 1:
+            raise SdlibError(f"chunk_size must be >= 1, got {self.chunk_size}")
+        if self.lens_samples < 0:
+            raise SdlibError(f"lens_samples must be >= 0 (0 = every lens layer), got {self.lens_samples}")
+
+    @classmethod
+    def of(cls, settings: LossSettings | None, overrides: dict[str, Any]) -> LossSettings:
+        """``settings`` (default: the defaults) with ``overrides`` over it; an unknown name is one clear error."""
+        unknown = sorted(set(overrides) - {f.name for f in fields(cls)})
+        if unknown:
+            raise SdlibError(f"unknown loss setting(s) {', '.join(unknown)}: use "
+                             f"{', '.join(f.name for f in fields(cls))}")
+        return replace(settings or cls(), **overrides)
 
 
 def _flat(h: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
@@ -130,153 +167,202 @@ def _rowdot(a: torch.Tensor, b: torch.Tensor, scratch: torch.Tensor) -> torch.Te
     return torch.mul(a, b, out=scratch).sum(dim=-1)
 
 
+@dataclass(frozen=True)
+class LensOptions:
+    """How ``LensKL`` computes: the teacher's log-probs per chunk, the KL direction, the chunk size, the matmul
+    dtype and the model's logit transform (the autograd function's one non-tensor input)."""
+
+    teacher_logprobs: Callable[[int, int, torch.Tensor], torch.Tensor]
+    direction: KLDirection
+    chunk_size: int
+    compute_dtype: torch.dtype
+    transform: LogitTransform
+
+
+class _Buffers:
+    """The [rows, V] buffers every layer and chunk reuses: no per-layer allocation (page faults on the CPU,
+    allocator churn on the GPU). ``z``: the lens logits, then log q, then the gradient; ``p``: the teacher's
+    probabilities (forward KL) or log q - log p (reverse); ``t``: the row dot products' products; ``logp``: the
+    teacher's log-probs (reverse only); ``dcap``: the soft-cap's derivative (only when the model soft-caps)."""
+
+    def __init__(self, rows: int, vocab: int, dtype: torch.dtype, device, reverse: bool, softcap: bool):
+        self.z = torch.empty(rows, vocab, dtype=dtype, device=device)
+        self.p, self.t = torch.empty_like(self.z), torch.empty_like(self.z)
+        self.logp = torch.empty_like(self.z) if reverse else None
+        self.dcap = torch.empty_like(self.z) if softcap else None
+
+    def rows(self, n: int) -> tuple[torch.Tensor, ...]:
+        """The first ``n`` rows of z, p, t, logp, dcap (None where absent)."""
+        return tuple(None if b is None else b[:n] for b in (self.z, self.p, self.t, self.logp, self.dcap))
+
+
+class _LensGrads:
+    """The gradient accumulators of ``LensKL``: one per normed state that needs it [N, d], lm_head's weight
+    [V, d] and bias [V]. Each layer's logit gradient g [rows, V] is folded in with the layer's weight / N."""
+
+    def __init__(self, states, lm_weight, lm_bias, need_h, need_w: bool, need_b: bool, dtype: torch.dtype):
+        self.h = [torch.zeros(s.shape, dtype=dtype, device=s.device) if need else None for s, need in zip(states, need_h)]
+        self.w = torch.zeros(lm_weight.shape, dtype=dtype, device=lm_weight.device) if need_w else None
+        self.b = torch.zeros(lm_bias.shape, dtype=dtype, device=lm_bias.device) if need_b else None
+
+    @property
+    def needed(self) -> bool:
+        return self.w is not None or self.b is not None or any(g is not None for g in self.h)
+
+    def add(self, layer: int, s: int, e: int, g: torch.Tensor, h: torch.Tensor, w_c: torch.Tensor, scale: float):
+        """dL/dh_layer[s:e] = scale g W, dL/dW += scale g^T h, dL/db += scale sum g (in place)."""
+        same = g.dtype == w_c.dtype
+        g_c = g if same else g.to(w_c.dtype)
+        if self.h[layer] is not None:
+            out = self.h[layer][s:e]
+            if same:
+                torch.mm(g_c, w_c, out=out)
+            else:
+                out.copy_(g_c @ w_c)
+            out.mul_(scale)
+        if self.w is not None:
+            if same:
+                self.w.addmm_(g_c.T, h, alpha=scale)
+            else:
+                self.w.add_(g_c.T @ h, alpha=scale)
+        if self.b is not None:
+            self.b.add_(g.sum(0), alpha=scale)
+
+
+def _lens_logprobs(h: torch.Tensor, w_c: torch.Tensor, bias, transform: LogitTransform, z: torch.Tensor,
+                   dcap: torch.Tensor | None) -> torch.Tensor:
+    """log q = log_softmax(transform(h W^T + b)) written into z [rows, V] (in place after the matmul); the
+    soft-cap's derivative into ``dcap`` when given."""
+    if h.dtype == z.dtype:
+        torch.mm(h, w_c.T, out=z)
+    else:
+        z.copy_(h @ w_c.T)
+    if bias is not None:
+        z.add_(bias)
+    transform.apply_(z, dcap)
+    return torch.log_softmax(z, dim=-1, out=z)  # one fused kernel; logsumexp would allocate a [rows, V] temporary
+
+
+def _kl_and_logit_grad(logq: torch.Tensor, p: torch.Tensor, t: torch.Tensor, logp: torch.Tensor | None,
+                       neg_entropy: torch.Tensor | None, need_grad: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Per-token KL [rows] and its gradient with respect to the logits [rows, V] (in logq's buffer, or None).
+
+    Forward (``logp`` None): KL(p || q) = sum p log p - sum p log q, d/dz = q - p, with p the teacher's
+    probabilities and ``neg_entropy`` = sum p log p. Reverse: KL(q || p) = sum q (log q - log p),
+    d/dz_j = q_j (log q_j - log p_j - KL); ``p`` is then free and takes log q - log p."""
+    if logp is None:
+        kl = neg_entropy - _rowdot(p, logq, t)
+        return kl, (logq.exp_().sub_(p) if need_grad else None)
+    diff = torch.sub(logq, logp, out=p)
+    q = logq.exp_()
+    kl = _rowdot(q, diff, t)
+    return kl, (q.mul_(diff.sub_(kl[:, None])) if need_grad else None)
+
+
 class LensKL(torch.autograd.Function):
     """zeta1 = sum_l w_l mean_tokens KL over all lens layers, with gradients computed in the forward pass.
 
-    Inputs: weights [n_layers], lm_head weight [V, d], bias [V] or None, teacher log-prob function,
-    direction, chunk size, compute dtype, the logit transform, then the n_layers normed student states [N, d]
-    each. Outputs: zeta1 (scalar, differentiable) and the per-layer mean KL [n_layers] (not differentiable).
+    Inputs (``SLOTS``, then the states): weights [n_layers], lm_head weight [V, d], bias [V] or None,
+    ``LensOptions``, then the n_layers normed student states [N, d] each. Outputs: zeta1 (scalar,
+    differentiable) and the per-layer mean KL [n_layers] (not differentiable). Token chunks are the outer loop,
+    layers the inner one, so the teacher's log-probs of a chunk are computed once.
     """
 
+    SLOTS = ("weights", "lm_weight", "lm_bias", "options")
+
     @staticmethod
-    def forward(ctx, weights, lm_weight, lm_bias, teacher_logprobs, direction, chunk_size, compute_dtype, transform,
-                *states):
+    def forward(ctx, weights, lm_weight, lm_bias, options: LensOptions, *states):
+        need = dict(zip(LensKL.SLOTS, ctx.needs_input_grad))
         n_layers, n_tokens = len(states), states[0].shape[0]
-        need_h = [ctx.needs_input_grad[8 + i] for i in range(n_layers)]
-        need_w, need_b = ctx.needs_input_grad[1], lm_bias is not None and ctx.needs_input_grad[2]
-        need_any = any(need_h) or need_w or need_b
-        w_c = lm_weight.to(compute_dtype)
-        acc = torch.float64 if compute_dtype == torch.float64 else torch.float32  # gradient accumulators
-        grad_h = [torch.zeros(s.shape, dtype=acc, device=s.device) if need else None
-                  for s, need in zip(states, need_h)]
-        grad_w = torch.zeros(lm_weight.shape, dtype=acc, device=lm_weight.device) if need_w else None
-        grad_b = torch.zeros(lm_bias.shape, dtype=acc, device=lm_bias.device) if need_b else None
+        w_c = lm_weight.to(options.compute_dtype)
+        acc = torch.float64 if options.compute_dtype == torch.float64 else torch.float32
+        grads = _LensGrads(states, lm_weight, lm_bias, ctx.needs_input_grad[len(LensKL.SLOTS):], need["lm_weight"],
+                           lm_bias is not None and need["lm_bias"], acc)
+        reverse = options.direction == KLDirection.REVERSE
+        buffers = _Buffers(min(options.chunk_size, n_tokens), lm_weight.shape[0], acc, lm_weight.device, reverse,
+                           bool(options.transform.softcap) and grads.needed)
         kl_sum = torch.zeros(n_layers, dtype=torch.float64, device=lm_weight.device)
         scale = (weights.to(torch.float64) / n_tokens).tolist()  # python floats: one host sync per call
-        vocab = lm_weight.shape[0]
-        # [chunk, V] buffers reused for every layer and chunk (three for the forward KL, four for the reverse):
-        # no per-layer allocation (page faults on the CPU, allocator churn on the GPU); every pass is in place,
-        # the log-softmax included (one fused kernel; torch.logsumexp would allocate a [chunk, V] temporary).
-        rows = min(chunk_size, n_tokens)
-        z_buf = torch.empty(rows, vocab, dtype=acc, device=lm_weight.device)
-        p_buf = torch.empty_like(z_buf)
-        t_buf = torch.empty_like(z_buf)  # the row dot products' element-wise products
-        logp_buf = torch.empty_like(z_buf) if direction == "reverse" else None
-        # the soft-cap's derivative per logit, kept for the gradient (only when the model soft-caps)
-        dcap_buf = torch.empty_like(z_buf) if transform.softcap and need_any else None
-        for s in range(0, n_tokens, chunk_size):
-            e = min(s + chunk_size, n_tokens)
-            z, p, t = z_buf[: e - s], p_buf[: e - s], t_buf[: e - s]
-            if direction == "forward":
-                logp = teacher_logprobs(s, e, z)
-                neg_entropy = _rowdot(torch.exp(logp, out=p), logp, t)  # sum p log p per token
+        for s in range(0, n_tokens, options.chunk_size):
+            e = min(s + options.chunk_size, n_tokens)
+            z, p, t, logp, dcap = buffers.rows(e - s)
+            neg_entropy = None
+            if reverse:
+                options.teacher_logprobs(s, e, logp)
             else:
-                logp = teacher_logprobs(s, e, logp_buf[: e - s])
+                teacher = options.teacher_logprobs(s, e, z)
+                neg_entropy = _rowdot(torch.exp(teacher, out=p), teacher, t)  # sum p log p per token
             for layer, state in enumerate(states):
                 if scale[layer] == 0:  # a layer left out of a sampled estimate: not computed at all
                     continue
-                h = state[s:e].to(compute_dtype)
-                if compute_dtype == acc:
-                    torch.mm(h, w_c.T, out=z)
-                else:
-                    z.copy_(h @ w_c.T)
-                if lm_bias is not None:
-                    z.add_(lm_bias)
-                transform.apply_(z, None if dcap_buf is None else dcap_buf[: e - s])
-                torch.log_softmax(z, dim=-1, out=z)  # z is now log q
-                if direction == "forward":  # KL(p || q) = sum p log p - sum p log q; d/dz = q - p
-                    kl = neg_entropy - _rowdot(p, z, t)
-                    g = z.exp_().sub_(p) if need_any else None
-                else:  # KL(q || p) = sum q (log q - log p); d/dz_j = q_j (log q_j - log p_j - KL)
-                    diff = torch.sub(z, logp, out=p)
-                    q = z.exp_()
-                    kl = _rowdot(q, diff, t)
-                    g = q.mul_(diff.sub_(kl[:, None])) if need_any else None
+                h = state[s:e].to(options.compute_dtype)
+                logq = _lens_logprobs(h, w_c, lm_bias, options.transform, z, dcap)
+                kl, g = _kl_and_logit_grad(logq, p, t, logp, neg_entropy, grads.needed)
                 kl_sum[layer] += kl.sum(dtype=torch.float64)
                 if g is None:
                     continue
-                if dcap_buf is not None:  # back through the soft-cap and the scale to lm_head's output
-                    g.mul_(dcap_buf[: e - s])
-                if transform.scale != 1.0:
-                    g.mul_(transform.scale)
-                g_c = g if compute_dtype == acc else g.to(compute_dtype)
-                if grad_h[layer] is not None:
-                    out = grad_h[layer][s:e]
-                    if compute_dtype == acc:
-                        torch.mm(g_c, w_c, out=out)
-                    else:
-                        out.copy_(g_c @ w_c)
-                    out.mul_(scale[layer])
-                if grad_w is not None:
-                    if compute_dtype == acc:
-                        grad_w.addmm_(g_c.T, h, alpha=scale[layer])
-                    else:
-                        grad_w.add_(g_c.T @ h, alpha=scale[layer])
-                if grad_b is not None:
-                    grad_b.add_(g.sum(0), alpha=scale[layer])
+                if dcap is not None:  # back through the soft-cap and the scale to lm_head's output
+                    g.mul_(dcap)
+                if options.transform.scale != 1.0:
+                    g.mul_(options.transform.scale)
+                grads.add(layer, s, e, g, h, w_c, scale[layer])
         kl_mean = (kl_sum / n_tokens).to(acc)
-        skipped = torch.tensor([v == 0 for v in scale], device=kl_mean.device)
         zeta1 = (weights.to(acc) * kl_mean).sum()
-        kl_mean = kl_mean.masked_fill(skipped, float("nan"))
-        ctx.grads = (grad_w, grad_b, grad_h, [s.dtype for s in states], lm_weight.dtype)
+        kl_mean = kl_mean.masked_fill(torch.tensor([v == 0 for v in scale], device=kl_mean.device), float("nan"))
+        ctx.grads, ctx.dtypes = grads, ([s.dtype for s in states], lm_weight.dtype)
         ctx.mark_non_differentiable(kl_mean)
         return zeta1, kl_mean
 
     @staticmethod
     def backward(ctx, grad_zeta1, _grad_kl):
-        grad_w, grad_b, grad_h, dtypes, w_dtype = ctx.grads
+        grads, (state_dtypes, w_dtype) = ctx.grads, ctx.dtypes
         del ctx.grads
-        scale = grad_zeta1
-        gw = None if grad_w is None else (grad_w * scale).to(w_dtype)
-        gb = None if grad_b is None else (grad_b * scale).to(w_dtype)
-        gh = [None if g is None else (g * scale).to(dt) for g, dt in zip(grad_h, dtypes)]
-        return (None, gw, gb, None, None, None, None, None, *gh)
+        gw = None if grads.w is None else (grads.w * grad_zeta1).to(w_dtype)
+        gb = None if grads.b is None else (grads.b * grad_zeta1).to(w_dtype)
+        gh = [None if g is None else (g * grad_zeta1).to(dt) for g, dt in zip(grads.h, state_dtypes)]
+        slots = {"weights": None, "lm_weight": gw, "lm_bias": gb, "options": None}
+        return (*(slots[name] for name in LensKL.SLOTS), *gh)
 
 
 def self_distillation_loss(pre_norm_states: Sequence[torch.Tensor], final_norm: nn.Module, lm_head: nn.Linear,
-                           teacher: TeacherHead | torch.Tensor, *, alpha: float = 1.0, k: float = 0.25,
-                           attention_mask: torch.Tensor | None = None, last_state: LastState | str = "normed",
-                           kl_direction: KLDirection | str = "forward", chunk_size: int = 1024,
-                           compute_dtype: torch.dtype | None = None, zeta2_form: Zeta2Form | str = "relative_step",
-                           lens_samples: int = 0, generator: torch.Generator | None = None,
-                           logit_transform: LogitTransform = IDENTITY, zeta1: bool = True) -> LossParts:
+                           teacher: TeacherHead | torch.Tensor, settings: LossSettings | None = None, *,
+                           attention_mask: torch.Tensor | None = None, compute_dtype: torch.dtype | None = None,
+                           generator: torch.Generator | None = None, logit_transform: LogitTransform = IDENTITY,
+                           **overrides) -> LossParts:
     """zeta for one batch (see the module doc), chunked: O(chunk x vocab) extra memory.
 
     pre_norm_states: (h_{-1}, h_0, ..., h_L) as L + 2 tensors [batch, seq, d], with h_L the *raw* output
         of decoder layer L (``sdlib.states.forward_states(...)["pre_norm"]``); the final norm is applied here.
     teacher: a ``TeacherHead`` (teacher's final normed states + its lm_head) or precomputed teacher logits
         or log-probs [batch, seq, vocab].
+    settings: what zeta is (``LossSettings``; default: the paper's alpha 1, k 0.25); ``overrides`` change any of
+        its fields for this call (``alpha=0.0``, ``lens_samples=4``, ...).
     attention_mask: [batch, seq], 1 = token counts in the means; None = all tokens.
     compute_dtype: matmul dtype of the lens (default: lm_head's dtype, or the autocast dtype when active).
-    zeta2_form: ``relative_step`` (the paper), ``cosine`` or ``monotonicity`` (see ``zeta2_terms``).
-    lens_samples: 0 = every layer (exact zeta1); m > 0 = an unbiased estimate from m layers drawn with
-        replacement with probability w_l (``sample_lens_weights``); the others are not computed and their
-        ``kl_per_layer`` entries are NaN.
+    generator: the CPU generator that draws a sampled zeta1's layers (default: the global one).
     logit_transform: what the model applies to lm_head's output (``sdlib.parts.DecoderParts.transform``).
-    zeta1: False leaves the lens KL out (zeta = alpha * zeta2; no lens is computed, ``kl_per_layer`` is NaN).
     """
-    kl_direction, last_state, zeta2_form = _check_options(alpha, kl_direction, last_state, zeta2_form)
-    if chunk_size < 1:
-        raise SdlibError(f"chunk_size must be >= 1, got {chunk_size}")
-    num_layers = len(pre_norm_states) - 1  # L + 1
+    settings = LossSettings.of(settings, overrides)
     valid = _valid_tokens(attention_mask)
     flat = [_flat(h, valid) for h in pre_norm_states]
     normed = [final_norm(h) for h in flat[1:]]  # lens inputs of layers 0..L
-    weights = layer_weights(num_layers, k).to(flat[0].device, torch.float64 if flat[0].dtype == torch.float64
-                                              else torch.float32)
+    num_layers = len(normed)  # L + 1
+    weights = layer_weights(num_layers, settings.k).to(flat[0].device, torch.float64 if flat[0].dtype == torch.float64
+                                                       else torch.float32)
+    if not settings.zeta1:
+        return _loss_parts(*_no_zeta1(weights), flat, normed[-1], weights, settings,
+                           torch.zeros(num_layers, dtype=torch.bool))
     if compute_dtype is None:
         device_type = flat[0].device.type
         compute_dtype = (torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type)
                          else lm_head.weight.dtype)
-    if not zeta1:
-        return _loss_parts(*_no_zeta1(weights), flat, normed[-1], weights, alpha, last_state, zeta2_form,
-                           torch.zeros(num_layers, dtype=torch.bool))
-    teacher_fn = _teacher_logprobs_fn(teacher, valid, compute_dtype)
-    lens_weights = weights if not lens_samples else sample_lens_weights(weights, lens_samples, generator)
-    zeta1, kl_per_layer = LensKL.apply(lens_weights, lm_head.weight, lm_head.bias, teacher_fn, kl_direction,
-                                       chunk_size, compute_dtype, logit_transform, *normed)
-    return _loss_parts(zeta1, kl_per_layer, flat, normed[-1], weights, alpha, last_state, zeta2_form,
-                       None if not lens_samples else (lens_weights > 0).cpu())
+    options = LensOptions(_teacher_logprobs_fn(teacher, valid, compute_dtype), settings.kl_direction,
+                          settings.chunk_size, compute_dtype, logit_transform)
+    sampled = settings.lens_samples > 0
+    lens_weights = sample_lens_weights(weights, settings.lens_samples, generator) if sampled else weights
+    zeta1, kl_per_layer = LensKL.apply(lens_weights, lm_head.weight, lm_head.bias, options, *normed)
+    return _loss_parts(zeta1, kl_per_layer, flat, normed[-1], weights, settings,
+                       (lens_weights > 0).cpu() if sampled else None)
 
 
 def _no_zeta1(weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -300,11 +386,11 @@ def sample_lens_weights(weights: torch.Tensor, m: int, generator: torch.Generato
 
 
 def _loss_parts(zeta1: torch.Tensor, kl_per_layer: torch.Tensor, flat: Sequence[torch.Tensor],
-                normed_last: torch.Tensor, weights: torch.Tensor, alpha: float, last_state: str,
-                zeta2_form: str = "relative_step", computed_layers: torch.Tensor | None = None) -> LossParts:
+                normed_last: torch.Tensor, weights: torch.Tensor, settings: LossSettings,
+                computed_layers: torch.Tensor | None = None) -> LossParts:
     """Add alpha * zeta2 to zeta1 and package the parts (shared by the chunked and the reference loss)."""
-    zeta2, per_layer = zeta2_terms(flat, normed_last, weights, last_state, zeta2_form)
-    return LossParts(total=zeta1 + alpha * zeta2, zeta1=zeta1.detach(), zeta2=zeta2.detach(),
+    zeta2, per_layer = zeta2_terms(flat, normed_last, weights, settings.last_state, settings.zeta2_form)
+    return LossParts(total=zeta1 + settings.alpha * zeta2, zeta1=zeta1.detach(), zeta2=zeta2.detach(),
                      kl_per_layer=kl_per_layer.detach(), zeta2_per_layer=per_layer.detach(),
                      computed_layers=computed_layers)
 
@@ -344,18 +430,15 @@ def zeta2_terms(flat: Sequence[torch.Tensor], normed_last: torch.Tensor, weights
 
 
 def reference_self_distillation_loss(pre_norm_states: Sequence[torch.Tensor], final_norm: nn.Module,
-                                     lm_head: nn.Linear, teacher: TeacherHead | torch.Tensor, *, alpha: float = 1.0,
-                                     k: float = 0.25, attention_mask: torch.Tensor | None = None,
-                                     last_state: LastState | str = "normed", kl_direction: KLDirection | str = "forward",
-                                     chunk_size: int | None = None, compute_dtype: torch.dtype | None = None,
-                                     zeta2_form: Zeta2Form | str = "relative_step", lens_samples: int = 0,
-                                     generator: torch.Generator | None = None,
-                                     logit_transform: LogitTransform = IDENTITY, zeta1: bool = True) -> LossParts:
+                                     lm_head: nn.Linear, teacher: TeacherHead | torch.Tensor,
+                                     settings: LossSettings | None = None, *, attention_mask: torch.Tensor | None = None,
+                                     logit_transform: LogitTransform = IDENTITY, **overrides) -> LossParts:
     """The plain version of ``self_distillation_loss``: every layer's logits materialized, fp32 log-softmax,
-    autograd keeps everything. For tests and benchmarks only; same arguments (``chunk_size``,
-    ``compute_dtype``, ``lens_samples`` and ``generator`` are accepted and ignored: zeta1 is always exact) and
-    result."""
-    kl_direction, last_state, zeta2_form = _check_options(alpha, kl_direction, last_state, zeta2_form)
+    autograd keeps everything. For tests and benchmarks only; the same arguments and result, with zeta1 always
+    exact (a sampled ``lens_samples`` is refused; ``chunk_size`` does not change the value)."""
+    settings = LossSettings.of(settings, overrides)
+    if settings.lens_samples:
+        raise SdlibError("the reference loss computes zeta1 exactly: use lens_samples 0 with it")
     num_layers = len(pre_norm_states) - 1
     valid = _valid_tokens(attention_mask)
     flat = [_flat(h, valid) for h in pre_norm_states]
@@ -366,14 +449,14 @@ def reference_self_distillation_loss(pre_norm_states: Sequence[torch.Tensor], fi
     acc = torch.float64 if lm_head.weight.dtype == torch.float64 else torch.float32
     logp = torch.log_softmax(t_logits.detach().to(acc), dim=-1)
     normed = [final_norm(h) for h in flat[1:]]
-    if not zeta1:
-        weights = layer_weights(num_layers, k).to(flat[0].device, torch.float32)
-        return _loss_parts(*_no_zeta1(weights), flat, normed[-1], weights, alpha, last_state, zeta2_form,
+    if not settings.zeta1:
+        weights = layer_weights(num_layers, settings.k).to(flat[0].device, torch.float32)
+        return _loss_parts(*_no_zeta1(weights), flat, normed[-1], weights, settings,
                            torch.zeros(num_layers, dtype=torch.bool))
     all_logq = torch.stack([torch.log_softmax(logit_transform(lm_head(h)).to(acc), dim=-1) for h in normed])  # [L+1, N, V]
-    if kl_direction == "forward":
+    if settings.kl_direction == KLDirection.FORWARD:
         kl = (logp.exp() * (logp - all_logq)).sum(-1).mean(-1)
     else:
         kl = (all_logq.exp() * (all_logq - logp)).sum(-1).mean(-1)
-    weights = layer_weights(num_layers, k).to(kl)
-    return _loss_parts((weights * kl).sum(), kl, flat, normed[-1], weights, alpha, last_state, zeta2_form)
+    weights = layer_weights(num_layers, settings.k).to(kl)
+    return _loss_parts((weights * kl).sum(), kl, flat, normed[-1], weights, settings)

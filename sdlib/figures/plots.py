@@ -231,6 +231,45 @@ def ablation_figure(table, title: str = "One-factor grid", target_S: float = 0.8
     return fig
 
 
+TRAINING_PANELS = (  # (title, value of one logged measurement, y axis type)
+    ("S (normed)", lambda r: r["S"]["normed"], "linear"),
+    ("S (pre_norm)", lambda r: r["S"]["pre_norm"], "linear"),
+    ("D_L (normed)", lambda r: r["D"]["normed"][-1], "linear"),
+    ("D_L-1", lambda r: r["D"]["normed"][-2], "linear"),
+    ("zeta2's last term, normed: ||h_L - h_L-1||² / ||h_L-1||²",
+     lambda r: (r.get("last_step") or {}).get("zeta2_last", {}).get("normed"), "linear"),
+    ("median ||h_L|| (normed) and ||h_L-1|| (dotted)", lambda r: (r.get("last_step") or {}).get("norm_h_last"), "linear"),
+    ("massive channel's share of ||x_L||²", lambda r: (r.get("last_step") or {}).get("channel_share_x_last"), "linear"),
+    ("output entropy (nats)", lambda r: (r.get("last_step") or {}).get("entropy_last"), "linear"),
+)
+
+
+def grid_training_figure(over_training: dict[str, list[dict[str, Any]]], title: str = "Over training") -> go.Figure:
+    """Each cell's training-log measurements against the step: S in both conventions, D_L and D_L-1, zeta2's
+    last-layer term, the norms of h_L and h_L-1, the massive channel's share of x_L and the output's entropy
+    (how each recipe lowers its loss). ``over_training``: cell -> the ``EvalRecord`` dicts of its log."""
+    rows, cols = 2, 4
+    fig = make_subplots(rows=rows, cols=cols, subplot_titles=[t for t, _, _ in TRAINING_PANELS],
+                        horizontal_spacing=0.06, vertical_spacing=0.16)
+    for i, (cell, records) in enumerate(over_training.items()):
+        color = PALETTE[i % len(PALETTE)]
+        steps = [r["step"] for r in records]
+        for j, (name, value, axis) in enumerate(TRAINING_PANELS):
+            row, col = j // cols + 1, j % cols + 1
+            fig.add_trace(go.Scatter(x=steps, y=[value(r) for r in records], mode="lines+markers", name=cell,
+                                     legendgroup=cell, showlegend=j == 0, line={"color": color},
+                                     marker={"size": 4}), row=row, col=col)
+            if name.startswith("median ||h_L||"):
+                fig.add_trace(go.Scatter(x=steps, y=[(r.get("last_step") or {}).get("norm_h_prev") for r in records],
+                                         mode="lines", name=f"{cell}: ||h_L-1||", legendgroup=cell, showlegend=False,
+                                         line={"color": color, "dash": "dot"}), row=row, col=col)
+            fig.update_yaxes(type=axis, row=row, col=col)
+            fig.update_xaxes(title_text="optimizer step" if row == rows else None, row=row, col=col)
+    fig.update_layout(title=title, template="plotly_white", width=1700, height=760,
+                      legend={"orientation": "h", "y": -0.12, "x": 0})
+    return fig
+
+
 ATLAS_GROUPS = ("embeddings", "blocks", "last_block", "final_norm", "lm_head")
 PPL_CAP = 1e20  # the perplexity panels' top: an early layer's 1e56 would flatten every other curve
 

@@ -30,7 +30,7 @@ from torch import nn
 from sdlib.cache import Record, cached_record, model_fingerprint
 from sdlib.data import PackedSequences, training_documents
 from sdlib.evaluation.layers import LayerScores, evaluate_cached, load_subset
-from sdlib.loss import TeacherHead, _flat, layer_weights, self_distillation_loss, zeta2_terms
+from sdlib.loss import LossSettings, TeacherHead, layer_weights, self_distillation_loss
 from sdlib.metrics import movement
 from sdlib.models import default_device, load
 from sdlib.parts import decoder_parts
@@ -221,18 +221,18 @@ def init_gradients(model: nn.Module, tokenizer, settings: AtlasSettings) -> dict
     with torch.enable_grad():
         states = forward_states(model, ids).pre_norm
         head = TeacherHead(teacher, parts.lm_head.weight, parts.lm_head.bias, parts.transform)
-        z1 = self_distillation_loss(states, parts.norm, parts.lm_head, head, alpha=0.0, k=settings.k,
-                                    chunk_size=256, logit_transform=parts.transform)
+        loss = LossSettings(alpha=settings.alpha, k=settings.k, chunk_size=256)
+        z1 = self_distillation_loss(states, parts.norm, parts.lm_head, head, loss, alpha=0.0,
+                                    logit_transform=parts.transform)
         grads = {"zeta1": torch.autograd.grad(z1.total, params, retain_graph=True, allow_unused=True)}
-        flat = [_flat(h, None) for h in states]
-        weights = layer_weights(len(states) - 1, settings.k).to(flat[0].device)
+        weights = layer_weights(len(states) - 1, settings.k).to(states[0].device)
         zeta2, per_layer = {}, {}
-        for last_state in LAST_STATES:
-            value, terms = zeta2_terms(flat, parts.norm(flat[-1]), weights, last_state)
-            grads[f"zeta2_{last_state}"] = torch.autograd.grad(settings.alpha * value, params, retain_graph=True,
-                                                               allow_unused=True)
-            zeta2[last_state] = settings.alpha * float(value.detach())
-            per_layer[last_state] = (settings.alpha * weights[1:] * terms.detach()).tolist()
+        for last_state in LAST_STATES:  # alpha * zeta2 alone: the loss without its lens term
+            z2 = self_distillation_loss(states, parts.norm, parts.lm_head, head, loss, zeta1=False,
+                                        last_state=last_state, logit_transform=parts.transform)
+            grads[f"zeta2_{last_state}"] = torch.autograd.grad(z2.total, params, retain_graph=True, allow_unused=True)
+            zeta2[last_state] = settings.alpha * float(z2.zeta2)
+            per_layer[last_state] = (settings.alpha * weights[1:] * z2.zeta2_per_layer).tolist()
     model.train(was_training)
 
     def by_group(flat_grads):

@@ -10,12 +10,14 @@ at every layer, relative to the pretrained model; collected into one table and o
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from sdlib.errors import SdlibError
 from sdlib.evaluation.layers import LayerScores
+from sdlib.evaluation.tasks import TASKS, check_tasks
 from sdlib.paths import results_dir
 from sdlib.provenance import atomic_path, nan_to_none
 from sdlib.stats import bootstrap_monotonicity, paired_ratio, paired_S_difference
@@ -99,7 +101,7 @@ class CellResult:
     """LAMBADA accuracy of every layer's lens (the last: the model's own output), with intervals over passages"""
     lambada_n: int
     wikitext_ppl: list[float]
-    """WikiText word perplexity of every layer's lens"""
+    """WikiText word perplexity of every layer's lens (empty when WikiText was not evaluated)"""
     S_change: dict[str, Interval] | None = None
     """S minus the pretrained model's S, paired over the same windows (None for the pretrained model)"""
     lambada_ratio: Interval | None = None
@@ -123,19 +125,22 @@ class CellResult:
                 "lambada_final_hi": self.lambada[-1][2], "lambada_penultimate": self.lambada[-2][0],
                 "lambada_n": self.lambada_n, "lambada_final_vs_pretrained": ratio[0],
                 "lambada_final_vs_pretrained_lo": ratio[1], "lambada_final_vs_pretrained_hi": ratio[2],
-                "wikitext_final_word_ppl": self.wikitext_ppl[-1],
+                "wikitext_final_word_ppl": self.wikitext_ppl[-1] if self.wikitext_ppl else math.nan,
                 "train_seconds": self.train_seconds, "epochs": self.epochs, "final_loss": self.final_loss}
         return row
 
 
-def cell_result(grid: Grid, cell: str | None) -> CellResult:
-    """Measure and evaluate one cell's trained model (``cell`` None: the pretrained model), paired with the
-    pretrained model (both cached, so collecting again costs nothing)."""
+def cell_result(grid: Grid, cell: str | None, tasks: Sequence[str] = TASKS) -> CellResult:
+    """Measure and evaluate one cell's trained model (``cell`` None: the pretrained model) on ``tasks`` (LAMBADA is
+    required), paired with the pretrained model (both cached, so collecting again costs nothing)."""
 
     profile, pair = grid.profile(cell or next(iter(grid.cells)))
     role = Role.SELF_DISTILLED if cell else Role.PRETRAINED
     m, base = movement(profile, pair, role), movement(profile, pair, Role.PRETRAINED)
-    scores, base_scores = (LayerScores.of(layer_scores(profile, pair, r)) for r in (role, Role.PRETRAINED))
+    tasks = check_tasks(list(tasks))
+    if "lambada_openai" not in tasks:
+        raise SdlibError(f"a grid's table needs lambada_openai among its tasks, got {', '.join(tasks)}")
+    scores, base_scores = (LayerScores.of(layer_scores(profile, pair, r, tasks=tasks)) for r in (role, Role.PRETRAINED))
     c = pair.config
     result = CellResult(
         cell=cell or "pretrained", settings={k: _plain(getattr(c, k)) for k in SETTINGS},
@@ -143,7 +148,7 @@ def cell_result(grid: Grid, cell: str | None) -> CellResult:
         S={conv: (m.S[conv], *bootstrap_monotonicity(m.per_window_D[conv])) for conv in LAST_STATES},
         D_last={conv: m.D[conv][-1] for conv in LAST_STATES}, D_ratio=dict(m.last_layer_ratio),
         lambada=scores.curve("lambada_openai", "acc", intervals=True), lambada_n=scores.n("lambada_openai"),
-        wikitext_ppl=scores.curve("wikitext", "word_perplexity"))
+        wikitext_ppl=scores.curve("wikitext", "word_perplexity") if "wikitext" in tasks else [])
     if cell:
         result.S_change = {conv: paired_S_difference(base.per_window_D[conv], m.per_window_D[conv])
                            for conv in LAST_STATES}
@@ -168,15 +173,15 @@ def train_cells(grid: Grid, cells: list[str] | None = None) -> None:
         train(grid.config(cell), resume=True)
 
 
-def run(grid: Grid, cells: list[str] | None = None) -> None:
+def run(grid: Grid, cells: list[str] | None = None, tasks: Sequence[str] = TASKS) -> None:
     """Train (resume / reuse), measure and evaluate the cells (all by default), then the pretrained model."""
 
     for cell in cells or list(grid.cells):
         print(f"== grid {grid.name}, cell {cell}: train", flush=True)
         train(grid.config(cell), resume=True)
         print(f"== grid {grid.name}, cell {cell}: measure and evaluate", flush=True)
-        cell_result(grid, cell)
-    cell_result(grid, None)
+        cell_result(grid, cell, tasks)
+    cell_result(grid, None, tasks)
 
 
 def finished_cells(grid: Grid) -> list[str]:
@@ -201,18 +206,18 @@ class GridResults:
     def numbers(self) -> dict[str, Any]:
         """The figure's JSON: the grid's settings, the table and each cell's measurements over training."""
         g = self.grid
-        return {"grid": {"name": g.name, "title": g.title, "eval_subset": g.eval_subset, "measure": g.measure},
-                "cells": nan_to_none(self.table().to_dict("records")),
-                "over_training": {c.cell: [asdict(r) for r in c.over_training] for c in self.cells[1:]}}
+        return nan_to_none({"grid": {"name": g.name, "title": g.title, "eval_subset": g.eval_subset, "measure": g.measure},
+                            "cells": self.table().to_dict("records"),
+                            "over_training": {c.cell: [asdict(r) for r in c.over_training] for c in self.cells[1:]}})
 
 
-def collect(grid: Grid, cells: list[str] | None = None) -> GridResults:
+def collect(grid: Grid, cells: list[str] | None = None, tasks: Sequence[str] = TASKS) -> GridResults:
     """The grid's results over ``cells`` (default: every finished cell), the pretrained model first; the table
     is written to ``results/ablations-<grid>.csv``."""
     cells = cells or finished_cells(grid)
     if not cells:
         raise SdlibError(f"no cell of grid {grid.name} has finished training yet: run `sdlib grid run` first")
-    results = GridResults(grid, [cell_result(grid, None)] + [cell_result(grid, cell) for cell in cells],
+    results = GridResults(grid, [cell_result(grid, None, tasks)] + [cell_result(grid, cell, tasks) for cell in cells],
                           results_dir() / f"ablations-{grid.name}.csv")
     with atomic_path(results.csv) as tmp:
         results.table().to_csv(tmp, index=False)

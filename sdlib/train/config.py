@@ -20,6 +20,7 @@ from typing import Any
 import yaml
 
 from sdlib.errors import SdlibError
+from sdlib.loss import LossSettings
 from sdlib.paths import runs_dir
 from sdlib.provenance import atomic_path
 from sdlib.types import Device, KLDirection, LastState, OnNonFinite, Precision, ReportTo, Zeta2Form, parse
@@ -144,6 +145,11 @@ class TrainConfig:
     @property
     def total_steps(self) -> int:
         return self.max_tokens // (self.batch_size * self.seq_len)
+
+    def loss(self) -> LossSettings:
+        """The loss this run trains with (its alpha, k, KL direction, last state, zeta2 form, zeta1 switch,
+        lens samples and chunk size)."""
+        return LossSettings(**{f.name: getattr(self, f.name) for f in fields(LossSettings)})
 
     def run_dir(self) -> Path:
 

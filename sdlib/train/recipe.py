@@ -55,10 +55,8 @@ def student_loss(student, input_ids: torch.Tensor, attention_mask: torch.Tensor 
     """zeta of the student against ``teacher``: student forward (through any wrapper), then the chunked loss."""
     states = forward_states(student, input_ids, attention_mask).pre_norm
     parts = decoder_parts(student)
-    return loss_fn(states, parts.norm, parts.lm_head, teacher, alpha=config.alpha, k=config.k,
-                   attention_mask=attention_mask, last_state=config.last_state, kl_direction=config.kl_direction,
-                   chunk_size=config.chunk_size, zeta2_form=config.zeta2_form, lens_samples=config.lens_samples,
-                   logit_transform=parts.transform, zeta1=config.zeta1)
+    return loss_fn(states, parts.norm, parts.lm_head, teacher, config.loss(), attention_mask=attention_mask,
+                   logit_transform=parts.transform)
 
 
 def distillation_loss(student, teacher, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,

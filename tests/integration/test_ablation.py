@@ -40,6 +40,9 @@ def test_grid_runs_cells_and_collects_them_with_intervals(tmp_path):
     assert figure["numbers"]["grid"]["measure"]["windows"] == 8
     assert finite_numbers([{k: v for k, v in c.items() if v is not None} for c in figure["numbers"]["cells"]])
     assert [r["step"] for r in figure["numbers"]["over_training"]["a-base"]][0] == 0
+    training = json.loads((tmp_path / "figures" / "ablation_grid_tiny_training.json").read_text())
+    assert set(training["numbers"]["over_training"]) == {"a-base", "b-cosine"}
+    assert training["numbers"]["over_training"]["b-cosine"][-1]["last_step"]["entropy_last"] > 0
     for conv in ("normed", "pre_norm"):
         assert ((table[f"S_{conv}_lo"] <= table[f"S_{conv}"] + 1e-12) &
                 (table[f"S_{conv}"] <= table[f"S_{conv}_hi"] + 1e-12)).all()

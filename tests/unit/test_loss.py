@@ -12,6 +12,7 @@ from sdlib.loss import (
 )
 from sdlib.parts import decoder_parts
 from sdlib.states import forward_states
+from sdlib.types import KLDirection
 
 
 def test_layer_weights():
@@ -116,9 +117,28 @@ def test_normed_convention_uses_final_norm_in_zeta2():
 
 def test_bad_options():
     student, teacher, ids, mask = _setup("tiny-llama")
-    for kw in ({"kl_direction": "sideways"}, {"last_state": "middle"}, {"alpha": -1.0}, {"chunk_size": 0}):
-        with pytest.raises(SdlibError):
+    for kw, message in (({"kl_direction": "sideways"}, "KL direction"), ({"last_state": "middle"}, "last state"),
+                        ({"alpha": -1.0}, "alpha must be >= 0"), ({"chunk_size": 0}, "chunk_size must be >= 1"),
+                        ({"lens_samples": -1}, "lens_samples must be >= 0"),
+                        ({"alpah": 1.0}, "unknown loss setting")):
+        with pytest.raises(SdlibError, match=message):
             _run(self_distillation_loss, student, teacher, ids, mask, **kw)
+    with pytest.raises(SdlibError, match="reference loss computes zeta1 exactly"):
+        _run(reference_self_distillation_loss, student, teacher, ids, mask, lens_samples=2)
+
+
+def test_settings_and_keywords_give_the_same_loss():
+    """A LossSettings object and the same values as keywords are one loss; keywords override the object."""
+    from sdlib.loss import LossSettings
+
+    student, teacher, ids, mask = _setup("tiny-llama")
+    settings = LossSettings(alpha=0.5, k=0.5, kl_direction="reverse", zeta2_form="cosine", chunk_size=3)
+    a, _ = _run(self_distillation_loss, student, teacher, ids, mask, settings=settings)
+    b, _ = _run(self_distillation_loss, student, teacher, ids, mask, alpha=0.5, k=0.5, kl_direction="reverse",
+                zeta2_form="cosine", chunk_size=3)
+    c, _ = _run(self_distillation_loss, student, teacher, ids, mask, settings=settings, alpha=0.0)
+    assert a.total.item() == b.total.item() and settings.kl_direction is KLDirection.REVERSE
+    assert c.total.item() == pytest.approx(a.zeta1.item(), rel=1e-12) and c.total.item() != a.total.item()
 
 
 @pytest.mark.parametrize("form", ["cosine", "monotonicity"])
