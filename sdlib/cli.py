@@ -10,7 +10,8 @@ the package and prints the result; a fixable error is one line (``sdlib: error: 
     sdlib figures --profile P                          measure + evaluate a profile's models, run its notebooks
     sdlib plan --profile P                             what run_all.sh will do for a profile
     sdlib models [install NAME]                        the built-in real models
-    sdlib gpu-study prepare|plan|run|import            the paper's recipe in one short GPU window
+    sdlib gpu-study run|import                         the paper's recipe on a GPU machine in a given time
+    sdlib bundle create|join FOLDER                    models, data and wheels for a machine without network
 """
 
 from __future__ import annotations
@@ -20,8 +21,9 @@ import json
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
-from sdlib import __version__, packaged
+from sdlib import __version__, bundle, packaged
 from sdlib.data import read_text, text_windows
 from sdlib.errors import SdlibError
 from sdlib.evaluation.layers import evaluate_cached, format_table, load_subset
@@ -181,19 +183,35 @@ def _gpu_study(args: argparse.Namespace, extra: Sequence[str]) -> int:
     if args.action == "run":
         results = gpu_study.Study(args.out, args.work, args.budget, dry_run=args.dry_run).run(args.stages)
         print("\n".join(gpu_study.summary_lines(results)))
-    elif args.action == "prepare":
-        manifest = gpu_study.prepare([m for m in args.models.split(",") if m])
-        print(f"prepared {gpu_study.CARRY_DIR}/: {len(manifest['wheels'])} wheels, data, "
-              + ", ".join(f"{m} in {len(v['parts'])} parts" for m, v in manifest["models"].items()))
-        print(gpu_study.format_plan(gpu_study.plan(budget_s=args.budget)))
-    elif args.action == "plan":
-        print(gpu_study.format_plan(gpu_study.plan(budget_s=args.budget)))
     else:
         if not args.source:
-            raise SdlibError("name the folder the device returned: `sdlib gpu-study import FOLDER`")
+            raise SdlibError("name the folder the study wrote (its --out): `sdlib gpu-study import FOLDER`")
         path = gpu_study.import_results(args.source)
         print("\n".join(gpu_study.summary_lines(json.loads(path.read_text()))))
         print(f"written: {path}; draw it with `sdlib figures --profile gpu`")
+    return 0
+
+
+def _bundle(args: argparse.Namespace, extra: Sequence[str]) -> int:
+
+    if args.action == "create":
+        manifest = bundle.create(args.folder, [m for m in args.models.split(",") if m], data=not args.no_data,
+                                 wheels=[w for w in args.wheels.split(",") if w], python_version=args.python,
+                                 part_size=bundle.parse_size(args.part_size))
+        print(f"written: {args.folder}: {len(manifest.parts)} parts of up to {manifest.part_size / 2**20:.0f} MiB "
+              f"({manifest.bytes / 2**20:.1f} MiB in all): {', '.join(manifest.models) or 'no models'}, "
+              f"{len(manifest.data)} data files, {len(manifest.wheels)} wheels. Copy the folder to the other machine "
+              f"and run `sdlib bundle join FOLDER --into DEST` there.")
+        return 0
+    if not args.into:
+        raise SdlibError("name where to unpack the bundle: `sdlib bundle join FOLDER --into DEST`")
+    env = bundle.join(args.folder, args.into)
+    print(f"checked and unpacked {args.folder} into {args.into}; point sdlib at it with:")
+    for key, value in env.items():
+        print(f"export {key}={value}")
+    wheels = Path(args.into) / "wheels"
+    if wheels.is_dir() and any(wheels.glob("*.whl")):
+        print(f"and install its wheels with: python -m pip install --no-index --no-deps {wheels}/*.whl")
     return 0
 
 
@@ -310,17 +328,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("action", nargs="?", default="list", choices=("list", "install"))
     p.add_argument("names", nargs="*", help="with install: model names (comma- or space-separated)")
     p.set_defaults(func=_models)
-    p = sub.add_parser("gpu-study", help="the paper's recipe on a GPU in one short window: prepare the carried files, "
-                                         "print the device calls, run the stages, import the results")
-    p.add_argument("action", choices=("prepare", "plan", "run", "import"))
-    p.add_argument("source", nargs="?", help="with import: the folder the device returned")
-    p.add_argument("--models", default="qwen2.5-coder-0.5b,smollm2-135m", help="with prepare: the GGUFs to carry")
+    p = sub.add_parser("gpu-study", help="the paper's recipe on a GPU machine in a given time: run the stages, "
+                                         "import what they wrote")
+    p.add_argument("action", choices=("run", "import"))
+    p.add_argument("source", nargs="?", help="with import: the folder the study wrote (its --out)")
     p.add_argument("--budget", type=float, default=540, help="seconds the run may use (default 540)")
     p.add_argument("--out", default=os.environ.get("OUT", "build/gpu-study"), help="with run: what comes back ($OUT)")
     p.add_argument("--work", default="/tmp/sdlib-gpu", help="with run: the machine's working folder (kept between stages)")
     p.add_argument("--stages", nargs="*", default=None, help="with run: only these stages")
     p.add_argument("--dry-run", action="store_true", help="with run: every stage on the CPU with tiny models")
     p.set_defaults(func=_gpu_study)
+    p = sub.add_parser("bundle", help="models, data and wheels in checked parts, for a machine without network")
+    p.add_argument("action", choices=("create", "join"))
+    p.add_argument("folder", help="the bundle's folder (create: a new one; join: the copied one)")
+    p.add_argument("--models", default="qwen2.5-coder-0.5b", help="with create: built-in models, comma-separated")
+    p.add_argument("--no-data", action="store_true", help="with create: leave the offline data out")
+    p.add_argument("--wheels", default="", help="with create: pip requirements to carry as wheels, comma-separated "
+                                                "(e.g. lm_eval==0.4.13,gguf)")
+    p.add_argument("--python", default="3.12", help="with create --wheels: the other machine's Python version")
+    p.add_argument("--part-size", default="60M", help="with create: the largest part (e.g. 60M, 1G)")
+    p.add_argument("--into", default=None, help="with join: the new folder to unpack into")
+    p.set_defaults(func=_bundle)
     sub.add_parser("lm-eval", help="lm-eval's CLI with the sdlib-layer model (--model_args pretrained=...,layer=N)",
                    add_help=False)
     return parser

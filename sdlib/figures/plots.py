@@ -343,7 +343,7 @@ def gpu_study_figure(study: dict[str, Any], title: str | None = None) -> go.Figu
     movement curve before (dashed) and after (solid) in both conventions, S over training, and LAMBADA accuracy
     (with its 95% interval) and WikiText word perplexity per layer before and after."""
     stages = study["stages"]
-    runs = [stages[name] for name in ("recipe", "second") if stages.get(name, {}).get("done")]
+    runs = [stages[name] for name in ("recipe", "cosine") if stages.get(name, {}).get("done")]
     env = study.get("environment", {})
     fig = make_subplots(rows=len(runs) or 1, cols=4, horizontal_spacing=0.06, vertical_spacing=0.16,
                         subplot_titles=[t for s in runs for t in (

@@ -8,9 +8,13 @@ Stages, in order of information per minute (``configs/gpu/study.yaml`` names the
    LAMBADA and WikiText at every layer on the full tasks.
 3. ``recipe``: the paper's recipe, with as many steps (up to its 10M tokens) as the time left allows at the
    measured step time; then the same measurement and evaluation, and paired statistics against the baseline.
-4. ``second``: the same on SmolLM2-135M with zeta2 on the pre-norm state and a 100x final-norm learning rate,
-   when that model was carried and time remains.
-5. ``bench``: ``bench/train_step.py`` on the Llama-3.2-1B shape, the plain loss against sdlib's.
+4. ``cosine``: arm B, beyond this paper: the same with the angular zeta2 of the same authors' follow-up
+   (``zeta2_form: cosine``), paired against the same baseline.
+
+Both training stages keep the paper's 76 optimizer steps and size the batch (sequences per step) to the time
+they get, from the measured time per sequence; exact zeta1 when at least one probe micro-batch of sequences fits
+in each step, else zeta1 from 4 sampled lens layers. The probe of the largest micro-batch that fits starts at 16
+sequences. A machine without network gets the models and data from ``sdlib bundle``.
 
 Each stage writes its numbers into ``<work>/study.json`` as soon as it ends, and ``publish`` copies what exists
 to ``<out>`` (at most 8 files: ``study.json``, ``log.txt``, ``records.tar.gz``), so a run cut short still
@@ -24,8 +28,6 @@ import json
 import math
 import os
 import shutil
-import subprocess
-import sys
 import tarfile
 import time
 import traceback
@@ -33,11 +35,9 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from sdlib.data import OFFLINE_SHA256, offline_file
 from sdlib.errors import SdlibError
 from sdlib.evaluation.layers import LayerScores, evaluate_cached, load_subset
 from sdlib.models import load
-from sdlib.packaged import PACKAGED, available, gguf_path, packaged
 from sdlib.paths import build_dir, configs_dir, figures_dir, project_root
 from sdlib.provenance import device_name, package_versions, write_json
 from sdlib.stats import paired_ratio, paired_S_difference
@@ -48,11 +48,12 @@ from sdlib.train.config import load_config, read_yaml
 from sdlib.train.runlog import StopRecord, evals, read_log
 from sdlib.train.runlog import steps as steps_of
 
-STAGES = ("throughput", "baseline", "recipe", "second", "bench")
+STAGES = ("throughput", "baseline", "recipe", "cosine")
+TRAINING_STAGES = ("recipe", "cosine")
 PAPER_TOKENS = 10_000_000
 PAPER_STEPS = 76
 # seconds a stage needs at the least before it is worth starting (real / dry run)
-MIN_SECONDS = {"throughput": (60, 1), "baseline": (90, 1), "recipe": (180, 1), "second": (150, 1), "bench": (60, 1)}
+MIN_SECONDS = {"throughput": (60, 1), "baseline": (90, 1), "recipe": (180, 1), "cosine": (180, 1)}
 
 
 class Study:
@@ -184,22 +185,25 @@ class Study:
         return {"done": True, "model": config.model, **result}
 
     def _train_sized(self, which: str, reserve_s: float) -> dict[str, Any]:
-        """Train ``which`` for as many steps as the time left allows (up to the config's budget)."""
+        """Train ``which`` for the config's number of optimizer steps with as many sequences per step (up to the
+        config's batch) as the time left allows; ``sized_batch`` says how."""
 
         config = self.config(which)
-        timing = self._timing(config, which)
-        exact, sampled = timing
-        available = self.left() - reserve_s - (20 if not self.dry_run else 0)  # model loads, first evaluation
-        steps_full = config.total_steps
-        use = exact if available / exact["step_seconds"] >= steps_full or exact is sampled else sampled
-        steps = max(1, min(steps_full, int(available // use["step_seconds"])))
-        tokens_per_step = config.batch_size * config.seq_len
-        config = replace(config, micro_batch=use["micro_batch"], lens_samples=use["lens_samples"],
-                         max_tokens=steps * tokens_per_step, max_minutes=max(available, 1) / 60)
+        exact, sampled = self._timing(config, which)
+        # the time left, shared with the training stages still to come, each keeping its reserve back
+        to_come = [name for name in TRAINING_STAGES[TRAINING_STAGES.index(which):]
+                   if not self.results["stages"].get(name, {}).get("done")]
+        available = (self.left() - len(to_come) * (reserve_s + (20 if not self.dry_run else 0))) / len(to_come)
+        steps = config.total_steps
+        use, batch = sized_batch(exact, sampled, config.batch_size, steps, available)
+        config = replace(config, batch_size=batch, micro_batch=min(use["micro_batch"], batch),
+                         lens_samples=use["lens_samples"], max_tokens=steps * batch * config.seq_len,
+                         max_minutes=max(available, 1) / 60)
         config.validate()
-        self.log(f"{which}: {steps} steps x {tokens_per_step:,} tokens = {steps * tokens_per_step:,} "
+        tokens_per_step = batch * config.seq_len
+        self.log(f"{which}: {steps} steps x {batch} sequences x {config.seq_len} = {steps * tokens_per_step:,} tokens "
                  f"({steps * tokens_per_step / PAPER_TOKENS:.1%} of the paper's 10M), lens_samples {config.lens_samples}, "
-                 f"micro-batch {config.micro_batch}, about {steps * use['step_seconds']:.0f} s")
+                 f"micro-batch {config.micro_batch}, about {steps * batch * use['seconds_per_sequence']:.0f} s")
         run = train(config, resume=True, progress=False)
         log = read_log(run)
         (self.records() / which).mkdir(exist_ok=True)
@@ -207,7 +211,7 @@ class Study:
         shutil.copyfile(run / "run.json", self.records() / which / "run.json")
         trained = steps_of(log)
         last = trained[-1] if trained else None
-        return {"config": config.to_dict(), "steps": len(trained), "planned_steps": steps,
+        return {"config": config.to_dict(), "steps": len(trained), "planned_steps": steps, "sequences_per_step": batch,
                 "tokens": last.tokens if last else 0,
                 "fraction_of_paper_tokens": (last.tokens if last else 0) / PAPER_TOKENS,
                 "epochs_of_data": last.epochs if last else None,
@@ -222,7 +226,7 @@ class Study:
         """(exact, sampled) step timings for ``config``: the throughput stage's for the recipe, measured here for
         another model."""
         stage = self.results["stages"].get("throughput", {})
-        if which == "recipe" and stage.get("done"):
+        if which in ("recipe", "cosine") and stage.get("done"):
             timings = stage["timings"]
         else:
 
@@ -235,14 +239,8 @@ class Study:
     def recipe(self) -> dict[str, Any]:
         return self._distil("recipe", self.results["stages"].get("baseline", {}))
 
-    def second(self) -> dict[str, Any]:
-
-        config = self.config("second")
-        if config.model in PACKAGED and not available(config.model):
-            return {"done": False, "reason": f"{config.model} was not carried to this machine"}
-        base = self._measure_and_evaluate(config.model, "second-baseline", **config.model_options)
-        _keep_private(base, self.records() / "second-baseline" / "paired.json")
-        return self._distil("second", {"model": config.model, **base}, baseline_label="second-baseline")
+    def cosine(self) -> dict[str, Any]:
+        return self._distil("cosine", self.results["stages"].get("baseline", {}))
 
     def _distil(self, which: str, baseline: dict[str, Any], baseline_label: str = "baseline") -> dict[str, Any]:
 
@@ -267,17 +265,18 @@ class Study:
         before = {k: v for k, v in baseline.items() if k not in ("done", "seconds")}
         return {"done": True, **training, "before": before, "after": after, "paired": stats}
 
-    def bench(self) -> dict[str, Any]:
-
-        spec = self.spec["bench"]
-        args = ([f"--shape={spec['shape']}"] if "shape" in spec else [f"--model={spec['model']}"]) + [
-            f"--micro-batch={spec['micro_batch']}", f"--seq-len={spec['seq_len']}", f"--chunk={spec['chunk']}",
-            "--steps=2"] + (["--in-process"] if self.device == "cpu" else [])
-        done = subprocess.run([sys.executable, str(project_root() / "bench" / "train_step.py"), *args],
-                              capture_output=True, text=True, timeout=max(30, self.left()))
-        lines = [json.loads(x) for x in done.stdout.splitlines() if x.startswith("{")]
-        return {"done": done.returncode == 0, "command": "python bench/train_step.py " + " ".join(args), "rows": lines,
-                "stderr_tail": done.stderr[-1000:] if done.returncode else ""}
+def sized_batch(exact: dict[str, Any], sampled: dict[str, Any], batch: int, steps: int, seconds: float
+                ) -> tuple[dict[str, Any], int]:
+    """(the timing to use, sequences per step) so that ``steps`` steps fit in ``seconds``: the exact zeta1 when a
+    step of at least one of its measured micro-batches fits, else the sampled one; at most ``batch`` sequences and
+    at least one, a multiple of the micro-batch when larger than it. Timings carry ``seconds_per_sequence``."""
+    for timing in (exact, sampled):
+        timing.setdefault("seconds_per_sequence", timing["seconds_per_micro_batch"] / timing["micro_batch"])
+    fits = int(seconds / steps / exact["seconds_per_sequence"])
+    use = exact if fits >= exact["micro_batch"] or exact is sampled else sampled
+    n = max(1, min(batch, int(seconds / steps / use["seconds_per_sequence"])))
+    micro = use["micro_batch"]
+    return use, (n // micro) * micro if n > micro else n
 
 
 def _keep_private(result: dict[str, Any], path: Path) -> None:
@@ -319,139 +318,17 @@ def summary_lines(results: dict[str, Any]) -> list[str]:
         elif name == "baseline":
             lines.append(f"baseline ({s['model']}): S normed {s['S']['normed']:.4f}, pre_norm {s['S']['pre_norm']:.4f}; "
                          f"LAMBADA final {s['lambada_acc'][-1]:.4f} [{s['lambada_lo'][-1]:.4f}, {s['lambada_hi'][-1]:.4f}]")
-        elif name in ("recipe", "second"):
+        elif name in TRAINING_STAGES:
             a, p = s["after"], s.get("paired", {})
             diff = p.get("S_normed_difference", {})
             ratio = p.get("lambada_final_ratio", {})
-            lines.append(f"{name}: {s['steps']} steps, {s['tokens']:,} tokens ({s['fraction_of_paper_tokens']:.1%} of 10M), "
+            lines.append(f"{name}: {s['steps']} steps x {s.get('sequences_per_step', '?')} sequences, "
+                         f"{s['tokens']:,} tokens ({s['fraction_of_paper_tokens']:.1%} of 10M), "
                          f"{s['zeta1']}; S normed {a['S']['normed']:.4f} (paired diff {diff.get('value', math.nan):+.4f} "
                          f"[{diff.get('lo', math.nan):+.4f}, {diff.get('hi', math.nan):+.4f}]), pre_norm "
                          f"{a['S']['pre_norm']:.4f}; LAMBADA final ratio {ratio.get('value', math.nan):.3f} "
                          f"[{ratio.get('lo', math.nan):.3f}, {ratio.get('hi', math.nan):.3f}]")
-        elif name == "bench":
-            for row in s["rows"]:
-                lines.append(f"bench: {row}")
     return lines
-
-
-# --- carrying the study to a GPU machine -------------------------------------------------------------------------
-
-CARRY_DIR = ".gpu"
-CALL_LIMIT = 64 * 2**20  # what one device call may carry, the working tree included
-PART_LIMIT = 60 * 2**20
-# what the GPU machine's image lacks of what the study imports (found by running an evaluation here and listing
-# the distributions of sys.modules; its own torch, transformers, accelerate, pandas, ... are used as they are);
-# versions: this environment's, so the device runs what CI tests
-DEVICE_WHEELS = ("lm_eval", "datasets", "dill", "multiprocess", "gguf")
-
-
-def working_tree_bytes() -> int:
-    """Bytes of what a device call sends besides carried paths: tracked and untracked-not-ignored files."""
-
-    root = project_root()
-    names = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=root,
-                           capture_output=True, check=True).stdout.split(b"\0")
-    return sum((root / n.decode()).stat().st_size for n in names if n and (root / n.decode()).is_file())
-
-
-def prepare(models: list[str], folder: str | Path = CARRY_DIR, python_version: str = "3.12") -> dict[str, Any]:
-    """Fill the git-ignored ``folder`` with what the GPU machine needs: the device wheels (``pip download`` for
-    its Python), the offline data (one tar.gz), and each model's checked GGUF in parts small enough to carry one
-    per call. -> the manifest (also written as ``manifest.json``)."""
-    import hashlib
-    from importlib.metadata import version
-
-    folder = project_root() / folder
-    folder.mkdir(parents=True, exist_ok=True)
-    ignored = subprocess.run(["git", "check-ignore", "-q", str(folder)], cwd=project_root()).returncode == 0
-    if not ignored:
-        raise SdlibError(f"{folder} is not git-ignored: add it to .gitignore first (it must not travel as the tree)")
-    (folder / "wheels").mkdir(parents=True, exist_ok=True)
-    requirements = [f"{name}=={version(name)}" for name in DEVICE_WHEELS]
-    platforms = [f"--platform=manylinux_2_{n}_x86_64" for n in (17, 24, 27, 28, 31, 34, 35)] + [
-        "--platform=manylinux2014_x86_64"]
-    done = subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:",
-                           f"--python-version={python_version}", "--implementation=cp", *platforms,
-                           "-d", str(folder / "wheels"), *requirements], capture_output=True, text=True)
-    if done.returncode != 0:
-        raise SdlibError(f"pip could not download the device wheels: {done.stderr.strip().splitlines()[-1:]}")
-    data = folder / "data.tar.gz"
-    with tarfile.open(data, "w:gz") as tar:
-        for relative in OFFLINE_SHA256:
-            path = offline_file(relative, relative)
-            if path is None:
-                raise SdlibError("SDLIB_DATA_DIR is unset: point it at the offline data (../shared/data) to carry it")
-            tar.add(path, arcname=relative)
-    part_size = min(PART_LIMIT, CALL_LIMIT - working_tree_bytes() - 4 * 2**20)
-    gguf_dir = folder / "gguf"
-    shutil.rmtree(gguf_dir, ignore_errors=True)
-    gguf_dir.mkdir()
-    manifest: dict[str, Any] = {"part_size": part_size, "wheels": sorted(p.name for p in (folder / "wheels").glob("*.whl")),
-                                "data": data.name, "models": {}}
-    for name in models:
-        model = packaged(name)
-        whole = gguf_path(model, gguf_dir)  # joined and checked (size, sha256)
-        parts = []
-        with open(whole, "rb") as f:
-            for i, block in enumerate(iter(lambda: f.read(part_size), b"")):
-                part = gguf_dir / f"{model.gguf_file}.part{i:02d}"
-                part.write_bytes(block)
-                parts.append({"file": part.name, "bytes": len(block), "sha256": hashlib.sha256(block).hexdigest()})
-        whole.unlink()
-        manifest["models"][name] = {"gguf_file": model.gguf_file, "bytes": model.size, "sha256": model.sha256,
-                                    "parts": parts}
-    write_json(folder / "manifest.json", manifest)
-    return manifest
-
-
-def plan(folder: str | Path = CARRY_DIR, budget_s: int = 540) -> list[dict[str, Any]]:
-    """The device calls that carry ``folder`` (made by ``prepare``) and run the study: each call's carry list,
-    command and timeout, packed so each call stays under the 64 MiB limit with the working tree."""
-
-    root = project_root()
-    manifest_path = root / folder / "manifest.json"
-    if not manifest_path.exists():
-        raise SdlibError(f"{manifest_path} is missing: run `sdlib gpu-study prepare` first")
-    manifest = json.loads(manifest_path.read_text())
-    room = CALL_LIMIT - working_tree_bytes() - 2**20
-
-    def size(relative: str) -> int:
-        path = root / relative
-        return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.is_dir() else path.stat().st_size
-
-    first = [f"{folder}/wheels", f"{folder}/data.tar.gz", f"{folder}/manifest.json"]
-    calls = [{"carry": first, "bytes": sum(size(c) for c in first), "command": "bash scripts/gpu_study.sh probe",
-              "timeout_s": 180}]
-    for model in manifest["models"].values():
-        for part in model["parts"]:
-            relative = f"{folder}/gguf/{part['file']}"
-            last = calls[-1]
-            if len(last["carry"]) < 8 and last["bytes"] + part["bytes"] <= room:
-                last["carry"].append(relative)
-                last["bytes"] += part["bytes"]
-            else:
-                calls.append({"carry": [relative], "bytes": part["bytes"], "timeout_s": 120})
-    for call in calls:
-        parts = [c for c in call["carry"] if "/gguf/" in c]
-        if "command" not in call:
-            call["command"] = "bash scripts/gpu_study.sh receive " + " ".join(parts)
-        elif parts:
-            call["command"] += "; bash scripts/gpu_study.sh receive " + " ".join(parts)
-    calls.append({"carry": [], "bytes": 0, "timeout_s": min(600, budget_s + 45),
-                  "command": f"bash scripts/gpu_study.sh run --budget {budget_s}"})
-    return calls
-
-
-def format_plan(calls: list[dict[str, Any]]) -> str:
-    """The steps on the GPU machine, in order: the files each step needs there, its command and a time limit;
-    then ``sdlib gpu-study import`` on the folder the last step writes."""
-    lines = ["On the GPU machine, in one working copy of this repository, one step after another:", ""]
-    for i, call in enumerate(calls, 1):
-        files = f" with {', '.join(call['carry'])} copied there ({call['bytes'] / 2**20:.1f} MiB)" if call["carry"] else ""
-        lines.append(f"step {i}: `{call['command']}`{files}, within {call['timeout_s']} s")
-    lines += ["", "then here: `sdlib gpu-study import <the folder the run step wrote>`. Running the last step again "
-              "skips finished stages and continues the rest."]
-    return "\n".join(lines)
 
 
 def import_results(source: str | Path) -> Path:
@@ -460,7 +337,7 @@ def import_results(source: str | Path) -> Path:
 
     source = Path(source)
     if not (source / "study.json").exists():
-        raise SdlibError(f"{source} holds no study.json: point at the folder the device returned (files_at)")
+        raise SdlibError(f"{source} holds no study.json: point at the folder the study wrote (its --out)")
     target = figures_dir() / "gpu"
     target.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(source / "study.json", target / "study.json")
@@ -480,6 +357,6 @@ def load_study(path: str | Path) -> dict[str, Any]:
 
     path = Path(path)
     if not path.is_file():
-        raise SdlibError(f"no GPU study results at {path} yet: run the study on a GPU machine (`sdlib gpu-study "
-                         "plan` prints the calls) and `sdlib gpu-study import` what comes back")
+        raise SdlibError(f"no GPU study results at {path} yet: run `sdlib gpu-study run` on a GPU machine and "
+                         "`sdlib gpu-study import` the folder it wrote")
     return json.loads(path.read_text())

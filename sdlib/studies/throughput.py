@@ -80,7 +80,7 @@ def time_micro_batch(student: nn.Module, teacher: nn.Module, config, micro_batch
     return (time.perf_counter() - t0) / repeats
 
 
-def largest_micro_batch(student: nn.Module, teacher: nn.Module, config, candidates=(64, 32, 16, 8, 4, 2, 1)
+def largest_micro_batch(student: nn.Module, teacher: nn.Module, config, candidates=(16, 8, 4, 2, 1)
                         ) -> tuple[int, float]:
     """The largest micro-batch (a divisor of the config's batch size) whose step fits in memory, and its time."""
     device = next(student.parameters()).device

@@ -1,5 +1,5 @@
 """The GPU study's dry run: the same stages end to end on the CPU with tiny models, what comes back, resuming,
-a budget that runs out, and the device-call plan."""
+a budget that runs out, and the batch sized to the time."""
 
 import json
 import os
@@ -25,19 +25,21 @@ def test_dry_run_runs_every_stage_and_returns_few_files(tmp_path):
     assert sorted(p.name for p in out.iterdir()) == ["log.txt", "records.tar.gz", "study.json"]  # <= 8 files
     study = json.loads((out / "study.json").read_text())
     stages = study["stages"]
-    assert all(stages[s]["done"] for s in ("throughput", "baseline", "recipe", "second", "bench")), stages
+    assert all(stages[s]["done"] for s in ("throughput", "baseline", "recipe", "cosine")), stages
     assert study["environment"]["device"].startswith("cpu")
     recipe = stages["recipe"]
-    assert recipe["tokens"] == recipe["steps"] * 8 * 64 and 0 < recipe["fraction_of_paper_tokens"] < 1
+    batch = recipe["sequences_per_step"]
+    assert recipe["tokens"] == recipe["steps"] * batch * 64 and 0 < recipe["fraction_of_paper_tokens"] < 1
+    assert recipe["steps"] == recipe["planned_steps"] == 16  # the config's steps are kept; the batch is sized
     assert {"value", "lo", "hi"} <= set(recipe["paired"]["S_normed_difference"])
     assert recipe["after"]["lambada_n"] == 16 and len(recipe["after"]["lambada_acc"]) == 4
     assert [r["step"] for r in recipe["S_over_training"]][0] == 0
-    assert stages["second"]["config"]["lr_multipliers"] == {"final_norm": 100}
-    assert stages["second"]["config"]["last_state"] == "pre_norm"
-    assert len(stages["bench"]["rows"]) >= 2
+    cosine = stages["cosine"]
+    assert cosine["config"]["zeta2_form"] == "cosine" and recipe["config"]["zeta2_form"] == "relative_step"
+    assert cosine["steps"] == 16 and {"value", "lo", "hi"} <= set(cosine["paired"]["lambada_final_ratio"])
     # a second call finds every stage done and skips it
     again = _dry_run(out, work)
-    assert again.returncode == 0 and again.stdout.count("results exist, skipped") == 5
+    assert again.returncode == 0 and again.stdout.count("results exist, skipped") == 4
     assert json.loads((out / "study.json").read_text())["stages"]["recipe"] == recipe
     # what comes back is drawn by the gpu profile's notebook
     env = {**os.environ, "SDLIB_FIGURES_DIR": str(tmp_path / "figures"), "SDLIB_BUILD_DIR": str(tmp_path / "build"),
@@ -59,25 +61,20 @@ def test_a_spent_budget_still_returns_a_record(tmp_path):
     assert not any(s["done"] for s in stages.values()) and "left of the budget" in stages["recipe"]["reason"]
 
 
-def test_plan_packs_every_part_once_under_the_call_limit(tmp_path):
-    from sdlib.studies.gpu_study import CALL_LIMIT, plan, working_tree_bytes
+def test_the_batch_is_sized_to_the_time_and_the_steps_are_kept():
+    from sdlib.studies.gpu_study import sized_batch
 
-    folder = tmp_path / "carry"
-    (folder / "wheels").mkdir(parents=True)
-    (folder / "wheels" / "a.whl").write_bytes(b"x" * 1000)
-    (folder / "data.tar.gz").write_bytes(b"d" * 100)
-    parts = [{"file": f"m.gguf.part{i:02d}", "bytes": 30 * 2**20, "sha256": ""} for i in range(5)]
-    (folder / "gguf").mkdir()
-    for p in parts:
-        (folder / "gguf" / p["file"]).write_bytes(b"")
-    (folder / "manifest.json").write_text(json.dumps({"models": {"m": {"parts": parts}}}))
-    calls = plan(folder, budget_s=300)
-    carried = [c for call in calls for c in call["carry"] if "/gguf/" in c]
-    assert sorted(carried) == sorted(f"{folder}/gguf/{p['file']}" for p in parts)
-    assert all(call["bytes"] + working_tree_bytes() <= CALL_LIMIT for call in calls)
-    assert calls[0]["command"].startswith("bash scripts/gpu_study.sh probe")
-    assert calls[-1]["command"] == "bash scripts/gpu_study.sh run --budget 300" and calls[-1]["timeout_s"] <= 600
-
+    exact = {"micro_batch": 16, "seconds_per_micro_batch": 8.0, "lens_samples": 0}  # 0.5 s a sequence
+    sampled = {"micro_batch": 16, "seconds_per_micro_batch": 4.0, "lens_samples": 4}  # 0.25 s a sequence
+    use, batch = sized_batch(dict(exact), dict(sampled), 128, 76, 76 * 128 * 0.5 + 1)  # the paper's batch fits
+    assert use["lens_samples"] == 0 and batch == 128
+    use, batch = sized_batch(dict(exact), dict(sampled), 128, 76, 76 * 40 * 0.5)  # 40 exact sequences a step
+    assert use["lens_samples"] == 0 and batch == 32  # a multiple of the micro-batch
+    use, batch = sized_batch(dict(exact), dict(sampled), 128, 76, 76 * 10 * 0.5)  # not one exact micro-batch
+    assert use["lens_samples"] == 4 and batch == 16
+    use, batch = sized_batch(dict(exact), dict(sampled), 128, 76, 76 * 3 * 0.25)
+    assert use["lens_samples"] == 4 and batch == 3
+    assert sized_batch(dict(exact), dict(sampled), 128, 76, 1.0)[1] == 1  # never below one sequence
 
 def test_import_puts_the_record_where_the_gpu_profile_reads_it(tmp_path, monkeypatch):
     from sdlib.studies.gpu_study import import_results

@@ -15,7 +15,7 @@ LAYERS = [
     ("parts", ["parts"]),
     ("maths", ["metrics", "stats", "loss", "states", "lens", "measurement"]),
     ("models", ["models", "packaged"]),
-    ("data", ["data"]),
+    ("data", ["data", "bundle"]),
     ("train", ["train"]),
     ("evaluation", ["evaluation", "pruning"]),
     ("studies", ["studies"]),
