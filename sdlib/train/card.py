@@ -12,13 +12,15 @@ import yaml
 from sdlib.errors import SdlibError
 from sdlib.runs import CONFIG_FILE
 from sdlib.train.config import load_config
+from sdlib.train.runlog import EvalRecord, from_dict
+from sdlib.types import LAST_STATES
 
 DATASETS = {"fineweb-edu": "HuggingFaceFW/fineweb-edu"}
 
 
-def model_card(config, first_eval: dict[str, Any] | None, last_eval: dict[str, Any] | None, step: int,
+def model_card(config, first_eval: EvalRecord | None, last_eval: EvalRecord | None, step: int,
                evaluation=None) -> str:
-    """The README.md text. ``first_eval``/``last_eval``: the run's measurements at step 0 and now ({"S": ...});
+    """The README.md text. ``first_eval``/``last_eval``: the run's measurements at step 0 and now;
     ``evaluation``: a tidy per-layer table (``sdlib.evaluation``) or None."""
     header = {"library_name": "transformers", "tags": ["sdlib", "self-distillation", "hidden-state-convergence"],
               "base_model": config.model if "/" in config.model and not Path(config.model).exists() else None,
@@ -33,7 +35,7 @@ def model_card(config, first_eval: dict[str, Any] | None, last_eval: dict[str, A
     if first_eval and last_eval:
         lines += ["## Monotonicity S of the hidden-state movement (held-out text)", "",
                   "| last state | before | after |", "|---|---|---|"]
-        lines += [f"| {c} | {first_eval['S'][c]:.4f} | {last_eval['S'][c]:.4f} |" for c in ("normed", "pre_norm")]
+        lines += [f"| {c} | {first_eval.S[c]:.4f} | {last_eval.S[c]:.4f} |" for c in LAST_STATES]
         lines.append("")
     if evaluation is not None and len(evaluation):
         wide = evaluation.pivot_table(index="layer", columns=["task", "metric"], values="value")
@@ -68,6 +70,11 @@ def push_to_hub(checkpoint: Path, repo_id: str) -> str:
     return f"https://huggingface.co/{repo_id}"
 
 
+def _eval_record(data: dict[str, Any] | None) -> EvalRecord | None:
+    """A measurement saved in a checkpoint's metrics.json (older checkpoints saved step, S and D only)."""
+    return None if not data else from_dict({"tokens": 0, **data, "kind": "eval"})
+
+
 def refresh_card(checkpoint: Path, evaluation) -> Path:
     """Rewrite a checkpoint's model card with its per-layer evaluation table (after ``sdlib eval`` or the figures'
     evaluation of it)."""
@@ -75,7 +82,7 @@ def refresh_card(checkpoint: Path, evaluation) -> Path:
 
     checkpoint = Path(checkpoint)
     metrics = json.loads((checkpoint / "metrics.json").read_text())
-    card = model_card(load_config(checkpoint / CONFIG_FILE), metrics.get("first_eval"), metrics.get("last_eval"),
-                      metrics["step"], evaluation)
+    card = model_card(load_config(checkpoint / CONFIG_FILE), _eval_record(metrics.get("first_eval")),
+                      _eval_record(metrics.get("last_eval")), metrics["step"], evaluation)
     (checkpoint / "README.md").write_text(card, encoding="utf-8")
     return checkpoint / "README.md"

@@ -16,6 +16,7 @@ import shutil
 import sys
 import time
 from contextlib import nullcontext
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -100,8 +101,9 @@ class SelfDistillation:
         """the checkpoint this run continues from (``check_resume`` finds it)"""
         self.state: dict[str, Any] = {"step": 0}
         """that checkpoint's training state (step, data position, config), read once"""
-        self.first_eval: dict[str, Any] | None = None
-        self.last_eval: dict[str, Any] | None = None
+        self.first_eval: EvalRecord | None = None
+        """the run's measurement at step 0 (what the model card compares with)"""
+        self.last_eval: EvalRecord | None = None
 
     # --- setup ------------------------------------------------------------------------------------------------
 
@@ -293,9 +295,9 @@ class SelfDistillation:
             self.massive_channel = last_step.channel  # followed for the rest of the run
         record = EvalRecord(step=self.step, D=m.D, S=m.S, tokens=m.n_tokens, last_step=last_step)
         self.log.append(record)
-        self.last_eval = {"step": self.step, "D": m.D, "S": m.S, "tokens": m.n_tokens}
+        self.last_eval = record
         if self.first_eval is None or self.step == 0:
-            self.first_eval = self.last_eval
+            self.first_eval = record
         self._track({f"S/{c}": v for c, v in m.S.items()})
         return record
 
@@ -311,7 +313,7 @@ class SelfDistillation:
             training_state = {"step": self.step, "config": config.to_dict(), "skipped_steps": self.skipped,
                               "sequences_read": self.sequences_read}
             metrics = {"step": self.step, "last_step": None if last_record is None else _asdict(last_record),
-                       "first_eval": self.first_eval, "last_eval": self.last_eval,
+                       "first_eval": _asdict(self.first_eval), "last_eval": _asdict(self.last_eval),
                        **provenance(seed=config.seed, device=self.accelerator.device, data=self.data_hashes)}
             path = save_checkpoint(self.run_dir, self.step, self.unwrapped, self.tokenizer, self.optimizer,
                                    self.scheduler, training_state, config, metrics,
@@ -365,7 +367,7 @@ class SelfDistillation:
         elif self.main:  # a resumed run: its first measurement is in the log
 
             first = evals(read_log(self.run_dir, 0))
-            self.first_eval = {"step": 0, "S": first[0].S, "D": first[0].D} if first else None
+            self.first_eval = first[0] if first else None
             if first and first[0].last_step is not None:
                 self.massive_channel = first[0].last_step.channel
         total = config.total_steps
@@ -463,10 +465,8 @@ def _launched_as_main() -> bool:
     return os.environ.get("RANK", "0") == "0"
 
 
-def _asdict(record) -> dict[str, Any]:
-    from dataclasses import asdict
-
-    return asdict(record)
+def _asdict(record) -> dict[str, Any] | None:
+    return None if record is None else asdict(record)
 
 
 def _nonfinite_message(step: int, parts: LossParts) -> str:
