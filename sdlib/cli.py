@@ -40,7 +40,7 @@ from sdlib.studies.atlas import AtlasSettings, atlas, format_atlas
 from sdlib.studies.last_layer import format_report, last_layer_report
 from sdlib.studies.measure import MeasureSettings, format_measurement, measure_model
 from sdlib.studies.profiles import load_profile
-from sdlib.train import train
+from sdlib.train import finished, train
 from sdlib.train.config import config_help, load_config
 
 
@@ -150,8 +150,9 @@ def _plan(args: argparse.Namespace, extra: Sequence[str]) -> int:
         for pair in p.pairs:
             c = pair.config
             done = [s for s, _ in list_checkpoints(c.run_dir())]
-            state = ("finished, reused" if done and done[-1] >= c.total_steps else
-                     f"resume from step {done[-1]}" if done else "train")
+            state = ("finished, reused" if finished(c) else "train" if not done else
+                     f"resume from step {done[-1]}" if done[-1] < c.total_steps else
+                     "holds a finished run of another config: refused (another --name, or remove it)")
             print(f"  train {pair.config_path}: {c.model}, {c.total_steps} steps x {c.batch_size * c.seq_len} tokens "
                   f"-> {c.run_dir()} ({state})")
         if p.pairs:

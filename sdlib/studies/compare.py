@@ -14,7 +14,7 @@ from sdlib.stats import bootstrap_monotonicity, paired_ratio, paired_S_differenc
 from sdlib.studies.measure import MeasureRecord, MeasureSettings, measure_model
 from sdlib.studies.profiles import ROLES, Pair, Profile
 from sdlib.train.card import refresh_card
-from sdlib.types import Role
+from sdlib.types import LAST_STATES, Role
 
 # The paper's reported numbers (Shibata et al.), for the summary table; absent where it gives none.
 PAPER = {
@@ -110,7 +110,7 @@ def summary(profile: Profile, device: str | None = None):
         for role in ROLES:
             r, s = records[role], tables[role]
             col: dict[str, str] = {}
-            for c in ("normed", "pre_norm"):
+            for c in LAST_STATES:
                 lo, hi = bootstrap_monotonicity(r.per_window_D[c]) if len(r.per_window_D[c]) >= 2 else (np.nan,) * 2
                 col[f"S ({c})"] = _interval(r.S[c], lo, hi)
                 col[f"D_L ({c})"] = f"{r.D[c][-1]:.3f}"
@@ -126,7 +126,7 @@ def summary(profile: Profile, device: str | None = None):
             col["tokens measured / LAMBADA passages"] = f"{r.n_tokens:,} / {scores.n('lambada_openai')}"
             columns[pair.label(role)] = col
         after = columns[pair.label(Role.SELF_DISTILLED)]
-        for c in ("normed", "pre_norm"):
+        for c in LAST_STATES:
             d, lo, hi = paired_S_difference(records[Role.PRETRAINED].per_window_D[c],
                                             records[Role.SELF_DISTILLED].per_window_D[c])
             after[f"S ({c}) change, paired"] = _interval(d, lo, hi, signed=True)

@@ -47,6 +47,7 @@ from sdlib.train import LOG_FILE, train
 from sdlib.train.config import load_config, read_yaml
 from sdlib.train.runlog import StopRecord, evals, read_log
 from sdlib.train.runlog import steps as steps_of
+from sdlib.types import LAST_STATES
 
 STAGES = ("throughput", "baseline", "recipe", "cosine")
 TRAINING_STAGES = ("recipe", "cosine")
@@ -251,7 +252,7 @@ class Study:
         stats: dict[str, Any] = {}
         if paired_path.exists():
             before = json.loads(paired_path.read_text())
-            for last_state in ("normed", "pre_norm"):
+            for last_state in LAST_STATES:
                 d, lo, hi = paired_S_difference(before["per_window_D"][last_state], after["_per_window_D"][last_state])
                 stats[f"S_{last_state}_difference"] = {"value": d, "lo": lo, "hi": hi}
             import numpy as np
