@@ -108,8 +108,8 @@ class SelfDistillation:
     # --- setup ------------------------------------------------------------------------------------------------
 
     def setup(self) -> None:
+        """The accelerator and process layout, then the models, the optimizer, the data and the log, in order."""
         from accelerate.utils import set_seed
-        from transformers import get_cosine_schedule_with_warmup
 
         config = self.config
         self.accelerator = accelerator = self._accelerator()
@@ -120,19 +120,33 @@ class SelfDistillation:
                              f"{self.world} processes: make it a multiple of {self.world}")
         self.accum = per_step // self.world
         set_seed(config.seed)
+        student = self._setup_model()
+        self._setup_optimizer(student)
+        self._setup_data()
+        self._setup_log()
 
+    def _setup_model(self) -> torch.nn.Module:
+        """The student (a resumed run's weights loaded) and the frozen teacher (the starting weights)."""
+        config, checkpoint = self.config, self.checkpoint
         student, self.tokenizer = load(config.model, **config.model_options)
         if config.seq_len > max_sequence_length(student):
             raise SdlibError(f"seq_len {config.seq_len} is above {config.model}'s maximum of "
                              f"{max_sequence_length(student)} positions")
         self.teacher = copy.deepcopy(student).requires_grad_(False)  # the frozen starting weights
-        checkpoint, state = self.checkpoint, self.state
         if checkpoint is not None:
-            if accelerator.distributed_type == "FSDP":
+            if self.accelerator.distributed_type == "FSDP":
                 raise SdlibError(f"resuming {self.run_dir} under FSDP is not supported: its optimizer state is sharded "
                                  "across processes and sdlib saves the main process's; resume with data parallelism "
                                  "(configs/accelerate/ddp.yaml) or start a new run")
             self._load_weights(student, checkpoint)
+        return student
+
+    def _setup_optimizer(self, student: torch.nn.Module) -> None:
+        """AdamW over the student's parameter groups and the cosine schedule, prepared by accelerate with the
+        student (a resumed run's optimizer and schedule state restored)."""
+        from transformers import get_cosine_schedule_with_warmup
+
+        config, accelerator = self.config, self.accelerator
         optimizer = torch.optim.AdamW(optimizer_groups(student, config), lr=config.lr,
                                       betas=(config.beta1, config.beta2), weight_decay=config.weight_decay,
                                       fused=fused_adamw(student, accelerator.device))
@@ -141,20 +155,26 @@ class SelfDistillation:
         self.model, self.optimizer = accelerator.prepare(Distiller(student, config), optimizer)
         self.teacher.to(accelerator.device)
         self.unwrapped = accelerator.unwrap_model(self.model).module  # the student
-        if checkpoint is not None:
-            restore_training_state(checkpoint, self.optimizer, self.scheduler)
-        self.step, self.skipped = state["step"], state.get("skipped_steps", 0)
-        self.sequences_read = state.get("sequences_read", self.step * config.batch_size)  # the data position
+        if self.checkpoint is not None:
+            restore_training_state(self.checkpoint, self.optimizer, self.scheduler)
+        self.step, self.skipped = self.state["step"], self.state.get("skipped_steps", 0)
+        self.sequences_read = self.state.get("sequences_read", self.step * config.batch_size)  # the data position
 
+    def _setup_data(self) -> None:
+        """The training stream (in the seeded order) and the held-out windows with the teacher's states on them."""
+        config = self.config
         shuffle = config.seed if config.shuffle else None
         documents, self.data_hashes = training_documents(config.data, shuffle_seed=shuffle)
         finite = config.data != "fineweb-edu" or self.data_hashes.get("fineweb-edu", "").startswith("sha256:")
         self.stream = PackedSequences(documents, self.tokenizer, config.seq_len, eager=finite, shuffle_seed=shuffle)
-        eval_body, eval_hashes = read_text(config.eval_text)
+        eval_body, self.eval_hashes = read_text(config.eval_text)
         self.eval_windows = text_windows(self.tokenizer, eval_body, config.eval_windows, config.eval_window_len)
         self.teacher_eval = self._teacher_states(self.eval_windows)
         self.massive_channel: int | None = None
 
+    def _setup_log(self) -> None:
+        """The run folder's log (cut back to the resumed step), ``run.json`` and any tracker."""
+        config, accelerator = self.config, self.accelerator
         self.log = RunLog(self.run_dir, enabled=self.main)
         if self.main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -162,7 +182,7 @@ class SelfDistillation:
             write_json(self.run_dir / "run.json", {
                 "config": config.to_dict(), "total_steps": config.total_steps, "processes": self.world,
                 "accumulation": self.accum, **provenance(seed=config.seed, device=accelerator.device,
-                                                         data={**self.data_hashes, **eval_hashes},
+                                                         data={**self.data_hashes, **self.eval_hashes},
                                                          limits={"max_tokens": config.max_tokens})})
         if config.report_to != ReportTo.NONE:
             accelerator.init_trackers(config.name, config={k: v for k, v in config.to_dict().items()
