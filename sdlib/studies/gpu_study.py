@@ -204,7 +204,8 @@ class Study:
         tokens_per_step = batch * config.seq_len
         self.log(f"{which}: {steps} steps x {batch} sequences x {config.seq_len} = {steps * tokens_per_step:,} tokens "
                  f"({steps * tokens_per_step / PAPER_TOKENS:.1%} of the paper's 10M), lens_samples {config.lens_samples}, "
-                 f"micro-batch {config.micro_batch}, about {steps * batch * use['seconds_per_sequence']:.0f} s")
+                 f"micro-batch {config.micro_batch}, about "
+                 f"{steps * batch * use['seconds_per_micro_batch'] / use['micro_batch']:.0f} s")
         run = train(config, resume=True, progress=False)
         log = read_log(run)
         (self.records() / which).mkdir(exist_ok=True)
@@ -270,12 +271,13 @@ def sized_batch(exact: dict[str, Any], sampled: dict[str, Any], batch: int, step
                 ) -> tuple[dict[str, Any], int]:
     """(the timing to use, sequences per step) so that ``steps`` steps fit in ``seconds``: the exact zeta1 when a
     step of at least one of its measured micro-batches fits, else the sampled one; at most ``batch`` sequences and
-    at least one, a multiple of the micro-batch when larger than it. Timings carry ``seconds_per_sequence``."""
-    for timing in (exact, sampled):
-        timing.setdefault("seconds_per_sequence", timing["seconds_per_micro_batch"] / timing["micro_batch"])
-    fits = int(seconds / steps / exact["seconds_per_sequence"])
+    at least one, a multiple of the micro-batch when larger than it."""
+    def per_sequence(timing: dict[str, Any]) -> float:
+        return timing["seconds_per_micro_batch"] / timing["micro_batch"]
+
+    fits = int(seconds / steps / per_sequence(exact))
     use = exact if fits >= exact["micro_batch"] or exact is sampled else sampled
-    n = max(1, min(batch, int(seconds / steps / use["seconds_per_sequence"])))
+    n = max(1, min(batch, int(seconds / steps / per_sequence(use))))
     micro = use["micro_batch"]
     return use, (n // micro) * micro if n > micro else n
 

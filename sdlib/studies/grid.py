@@ -130,27 +130,35 @@ class CellResult:
         return row
 
 
-def cell_result(grid: Grid, cell: str | None, tasks: Sequence[str] = TASKS) -> CellResult:
-    """Measure and evaluate one cell's trained model (``cell`` None: the pretrained model) on ``tasks`` (LAMBADA is
-    required), paired with the pretrained model (both cached, so collecting again costs nothing)."""
-
-    profile, pair = grid.profile(cell or next(iter(grid.cells)))
-    role = Role.SELF_DISTILLED if cell else Role.PRETRAINED
-    m, base = movement(profile, pair, role), movement(profile, pair, Role.PRETRAINED)
+def measured(grid: Grid, cell: str | None, tasks: Sequence[str] = TASKS) -> tuple[Any, LayerScores]:
+    """(the movement record, the per-layer scores on ``tasks``) of one cell's trained model (``cell`` None: the
+    pretrained model); both cached, so asking again costs nothing but the model's load."""
     tasks = check_tasks(list(tasks))
     if "lambada_openai" not in tasks:
         raise SdlibError(f"a grid's table needs lambada_openai among its tasks, got {', '.join(tasks)}")
-    scores, base_scores = (LayerScores.of(layer_scores(profile, pair, r, tasks=tasks)) for r in (role, Role.PRETRAINED))
-    c = pair.config
+    profile, pair = grid.profile(cell or next(iter(grid.cells)))
+    role = Role.SELF_DISTILLED if cell else Role.PRETRAINED
+    return movement(profile, pair, role), LayerScores.of(layer_scores(profile, pair, role, tasks=tasks))
+
+
+def cell_result(grid: Grid, cell: str | None, tasks: Sequence[str] = TASKS,
+                base: tuple[Any, LayerScores] | None = None) -> CellResult:
+    """One cell's trained model (``cell`` None: the pretrained model) measured and evaluated on ``tasks`` (LAMBADA
+    is required), paired with the pretrained model's ``base = measured(grid, None, tasks)`` (measured here when
+    not given)."""
+
+    m, scores = base if cell is None and base is not None else measured(grid, cell, tasks)
+    c = grid.config(cell or next(iter(grid.cells)))
     result = CellResult(
         cell=cell or "pretrained", settings={k: _plain(getattr(c, k)) for k in SETTINGS},
         tokens=c.total_steps * c.batch_size * c.seq_len if cell else 0,
         S={conv: (m.S[conv], *bootstrap_monotonicity(m.per_window_D[conv])) for conv in LAST_STATES},
         D_last={conv: m.D[conv][-1] for conv in LAST_STATES}, D_ratio=dict(m.last_layer_ratio),
         lambada=scores.curve("lambada_openai", "acc", intervals=True), lambada_n=scores.n("lambada_openai"),
-        wikitext_ppl=scores.curve("wikitext", "word_perplexity") if "wikitext" in tasks else [])
+        wikitext_ppl=scores.curve("wikitext", "word_perplexity") if "wikitext" in scores.table.task.values else [])
     if cell:
-        result.S_change = {conv: paired_S_difference(base.per_window_D[conv], m.per_window_D[conv])
+        base_m, base_scores = base or measured(grid, None, tasks)
+        result.S_change = {conv: paired_S_difference(base_m.per_window_D[conv], m.per_window_D[conv])
                            for conv in LAST_STATES}
         result.lambada_ratio = paired_ratio(base_scores.final_correct("lambada_openai"),
                                             scores.final_correct("lambada_openai"))
@@ -180,8 +188,8 @@ def run(grid: Grid, cells: list[str] | None = None, tasks: Sequence[str] = TASKS
         print(f"== grid {grid.name}, cell {cell}: train", flush=True)
         train(grid.config(cell), resume=True)
         print(f"== grid {grid.name}, cell {cell}: measure and evaluate", flush=True)
-        cell_result(grid, cell, tasks)
-    cell_result(grid, None, tasks)
+        measured(grid, cell, tasks)
+    measured(grid, None, tasks)
 
 
 def finished_cells(grid: Grid) -> list[str]:
@@ -217,7 +225,9 @@ def collect(grid: Grid, cells: list[str] | None = None, tasks: Sequence[str] = T
     cells = cells or finished_cells(grid)
     if not cells:
         raise SdlibError(f"no cell of grid {grid.name} has finished training yet: run `sdlib grid run` first")
-    results = GridResults(grid, [cell_result(grid, None, tasks)] + [cell_result(grid, cell, tasks) for cell in cells],
+    base = measured(grid, None, tasks)  # the pretrained model, loaded once for every pairing
+    results = GridResults(grid, [cell_result(grid, None, tasks, base)] + [cell_result(grid, cell, tasks, base)
+                                                                             for cell in cells],
                           results_dir() / f"ablations-{grid.name}.csv")
     with atomic_path(results.csv) as tmp:
         results.table().to_csv(tmp, index=False)
