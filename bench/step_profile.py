@@ -11,7 +11,7 @@ Rows (each in its own process, so each peak resident memory is its own):
   loss with every lens layer, backward, clipping, AdamW);
 * ``sampled``: the same with ``lens_samples: 4``;
 * ``reference`` / ``chunked``: the self-distillation step with the plain reference loss (every layer's logits
-  materialized, ``sdlib.loss.reference_self_distillation_loss``) or sdlib's chunked loss, without the optimizer.
+  materialized, ``tests/reference_loss.py``) or sdlib's chunked loss, without the optimizer.
 
 Each row prints one JSON line: tokens/s (median over ``--steps`` timed steps after one warm-up), the process's
 peak resident memory (and its growth over the set-up's peak: what the step adds), the step's FLOPs (counted
@@ -32,6 +32,7 @@ import subprocess
 import sys
 import time
 from dataclasses import replace
+from pathlib import Path
 
 import torch
 
@@ -41,6 +42,9 @@ from sdlib.provenance import device_name
 from sdlib.states import forward_states
 from sdlib.studies.grid import load_grid
 from sdlib.train.recipe import SelfDistillation, fused_adamw, student_loss, teacher_head
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the plain reference loss lives with the tests
+from tests.reference_loss import reference_self_distillation_loss  # noqa: E402
 
 ROWS = ("ce", "exact", "sampled", "reference", "chunked")
 MATMUL_OPS = ("aten::mm", "aten::addmm", "aten::addmm_")  # the lm_head gradient accumulates in place (addmm_)
@@ -104,8 +108,7 @@ def run_row(row: str, args) -> dict:
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
     else:
-        fn = {"reference": loss_module.reference_self_distillation_loss,
-              "chunked": loss_module.self_distillation_loss}[row]
+        fn = {"reference": reference_self_distillation_loss, "chunked": loss_module.self_distillation_loss}[row]
 
         def step():
             parts = student_loss(student, ids, None, teacher_head(teacher, ids, None), config, loss_fn=fn)

@@ -13,7 +13,8 @@ default; ``kl_direction="reverse"`` gives KL(student || teacher).
 zeta1 never holds every layer's logits: ``LensKL`` walks token chunks (outer) and layers (inner),
 computes each chunk's KL and its gradient with respect to the normed states and lm_head at once, and
 keeps only the gradients, so the extra memory is O(chunk x vocab) plus one lm_head-sized buffer.
-``reference_self_distillation_loss`` materializes everything with plain autograd; tests hold the two equal.
+``tests/reference_loss.py`` writes the loss out plainly (every layer's logits, plain autograd); tests hold the two
+equal.
 """
 
 from __future__ import annotations
@@ -23,7 +24,6 @@ from dataclasses import dataclass, fields, replace
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from sdlib.errors import SdlibError
@@ -388,7 +388,7 @@ def sample_lens_weights(weights: torch.Tensor, m: int, generator: torch.Generato
 def _loss_parts(zeta1: torch.Tensor, kl_per_layer: torch.Tensor, flat: Sequence[torch.Tensor],
                 normed_last: torch.Tensor, weights: torch.Tensor, settings: LossSettings,
                 computed_layers: torch.Tensor | None = None) -> LossParts:
-    """Add alpha * zeta2 to zeta1 and package the parts (shared by the chunked and the reference loss)."""
+    """Add alpha * zeta2 to zeta1 and package the parts ."""
     zeta2, per_layer = zeta2_terms(flat, normed_last, weights, settings.last_state, settings.zeta2_form)
     return LossParts(total=zeta1 + settings.alpha * zeta2, zeta1=zeta1.detach(), zeta2=zeta2.detach(),
                      kl_per_layer=kl_per_layer.detach(), zeta2_per_layer=per_layer.detach(),
@@ -427,36 +427,3 @@ def zeta2_terms(flat: Sequence[torch.Tensor], normed_last: torch.Tensor, weights
     if form == "cosine":
         return (weights[1:] * D[1:]).sum(), D[1:]
     return soft_non_monotonicity(D), D[1:]
-
-
-def reference_self_distillation_loss(pre_norm_states: Sequence[torch.Tensor], final_norm: nn.Module,
-                                     lm_head: nn.Linear, teacher: TeacherHead | torch.Tensor,
-                                     settings: LossSettings | None = None, *, attention_mask: torch.Tensor | None = None,
-                                     logit_transform: LogitTransform = IDENTITY, **overrides) -> LossParts:
-    """The plain version of ``self_distillation_loss``: every layer's logits materialized, fp32 log-softmax,
-    autograd keeps everything. For tests and benchmarks only; the same arguments and result, with zeta1 always
-    exact (a sampled ``lens_samples`` is refused; ``chunk_size`` does not change the value)."""
-    settings = LossSettings.of(settings, overrides)
-    if settings.lens_samples:
-        raise SdlibError("the reference loss computes zeta1 exactly: use lens_samples 0 with it")
-    num_layers = len(pre_norm_states) - 1
-    valid = _valid_tokens(attention_mask)
-    flat = [_flat(h, valid) for h in pre_norm_states]
-    if isinstance(teacher, TeacherHead):
-        t_logits = teacher.transform(F.linear(_flat(teacher.hidden, valid), teacher.weight, teacher.bias))
-    else:
-        t_logits = _flat(teacher, valid)
-    acc = torch.float64 if lm_head.weight.dtype == torch.float64 else torch.float32
-    logp = torch.log_softmax(t_logits.detach().to(acc), dim=-1)
-    normed = [final_norm(h) for h in flat[1:]]
-    if not settings.zeta1:
-        weights = layer_weights(num_layers, settings.k).to(flat[0].device, torch.float32)
-        return _loss_parts(*_no_zeta1(weights), flat, normed[-1], weights, settings,
-                           torch.zeros(num_layers, dtype=torch.bool))
-    all_logq = torch.stack([torch.log_softmax(logit_transform(lm_head(h)).to(acc), dim=-1) for h in normed])  # [L+1, N, V]
-    if settings.kl_direction == KLDirection.FORWARD:
-        kl = (logp.exp() * (logp - all_logq)).sum(-1).mean(-1)
-    else:
-        kl = (all_logq.exp() * (all_logq - logp)).sum(-1).mean(-1)
-    weights = layer_weights(num_layers, settings.k).to(kl)
-    return _loss_parts((weights * kl).sum(), kl, flat, normed[-1], weights, settings)

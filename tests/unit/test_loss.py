@@ -6,13 +6,13 @@ from sdlib.errors import SdlibError
 from sdlib.loss import (
     TeacherHead,
     layer_weights,
-    reference_self_distillation_loss,
     relative_step,
     self_distillation_loss,
 )
 from sdlib.parts import decoder_parts
 from sdlib.states import forward_states
 from sdlib.types import KLDirection
+from tests.reference_loss import reference_self_distillation_loss
 
 
 def test_layer_weights():
