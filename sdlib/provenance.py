@@ -136,13 +136,13 @@ def write_json(path: str | os.PathLike, obj: Any) -> Path:
 
 
 def nan_to_none(obj: Any) -> Any:
-    """``obj`` with every float NaN (a missing value) replaced by None, through dicts, lists and tuples: what
-    JSON can hold."""
+    """``obj`` with every float NaN (a missing value) or infinity replaced by None, through dicts, lists and
+    tuples: what JSON can hold."""
     if isinstance(obj, dict):
         return {k: nan_to_none(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
         return [nan_to_none(v) for v in obj]
-    return None if isinstance(obj, float) and math.isnan(obj) else obj
+    return None if isinstance(obj, float) and not math.isfinite(obj) else obj
 
 
 def _json_default(obj: Any) -> Any:

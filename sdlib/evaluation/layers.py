@@ -9,6 +9,7 @@ the tidy table (``model, checkpoint, task, layer, metric, value, n`` + settings)
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -64,6 +65,24 @@ def load_subset(name_or_path: str, device: str) -> EvalSettings:
     max_length = raw.get("max_length")
     return EvalSettings(subset=raw.get("name", path.stem), limit=limit,
                         max_length=None if max_length is None else _positive(max_length, f"{path}: max_length"))
+
+
+def eval_settings(subset: str, device: str, *, limit: int | None = None, max_length: int | None = None,
+                  dtype: str = "float32", tasks: Sequence[str] = ()) -> EvalSettings:
+    """The subset's settings with a per-task ``limit`` (as lm-eval's --limit) and ``max_length`` over them (the
+    subset is then ``custom``)."""
+    for flag, value in (("limit", limit), ("max_length", max_length)):
+        if value is not None and value < 1:
+            raise SdlibError(f"{flag} must be at least 1, got {value}")
+    settings = load_subset(subset, device)
+    if limit is not None:
+        settings.limit = {t: limit for t in tasks}
+    if max_length is not None:
+        settings.max_length = max_length
+    if limit is not None or max_length is not None:
+        settings.subset = "custom"
+    settings.dtype = dtype
+    return settings
 
 
 def _positive(value: Any, what: str) -> int:
@@ -170,6 +189,44 @@ def tidy_rows(result: TaskResult, model: str, checkpoint: str | None, settings: 
     return rows
 
 
+@dataclass
+class LayerScores:
+    """The per-layer evaluation table (tidy rows: ``task, layer, metric, value, lo, hi, n`` + settings) with the
+    per-document 0/1 outcomes of the tasks that have them ([n_docs, L + 1] per task), for paired comparisons."""
+
+    table: Any
+    """pandas DataFrame"""
+    greedy: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def labelled(self, **columns: Any) -> LayerScores:
+        """The same scores with constant columns added to the table (e.g. ``role``, ``label``)."""
+        return LayerScores(self.table.assign(**columns), self.greedy)
+
+    def _rows(self, task: str, metric: str):
+        rows = self.table[(self.table.task == task) & (self.table.metric == metric)].sort_values("layer")
+        if rows.empty:
+            raise SdlibError(f"no {task} {metric} in this evaluation (it has "
+                             f"{', '.join(sorted(set(self.table.task)))}): evaluate {task} first")
+        return rows
+
+    def curve(self, task: str, metric: str, intervals: bool = False) -> list:
+        """``metric`` of ``task`` at layers 0..L: floats, or (value, low, high) with ``intervals``."""
+        rows = self._rows(task, metric)
+        if not intervals:
+            return [float(v) for v in rows["value"]]
+        return [(float(v), float(lo), float(hi)) for v, lo, hi in zip(rows["value"], rows["lo"], rows["hi"])]
+
+    def n(self, task: str) -> int:
+        """Documents scored for ``task``."""
+        return int(self.table[self.table.task == task]["n"].iloc[0])
+
+    def final_correct(self, task: str) -> np.ndarray:
+        """The final layer's 0/1 outcome per document [n_docs] (float)."""
+        if task not in self.greedy:
+            raise SdlibError(f"{task} has no per-document outcomes in this evaluation")
+        return self.greedy[task][:, -1].astype(float)
+
+
 def evaluate_cached(source: str, tasks, settings: EvalSettings, *, device: str | None = None, batch_size: int = 8,
                     out_dir: str | Path | None = None, use_cache: bool = True, progress: bool = True,
                     loaded: tuple[nn.Module, Any] | None = None):
@@ -177,7 +234,7 @@ def evaluate_cached(source: str, tasks, settings: EvalSettings, *, device: str |
 
     Each task's result is cached under ``<out_dir>/cache`` keyed by the model's weights, the tokenizer and
     the settings, so a retrained checkpoint never reuses a stale result; files are written atomically.
-    -> (pandas DataFrame of tidy rows, path of results.csv).
+    -> (``LayerScores``: the tidy rows and the per-document outcomes, path of results.csv).
     """
     import pandas as pd
 
@@ -208,7 +265,6 @@ def evaluate_cached(source: str, tasks, settings: EvalSettings, *, device: str |
         rows += with_intervals(record["rows"], greedy.get(name))
         records[name] = {k: record[k] for k in ("rows", "provenance", "settings", "fingerprint")}
     table = pd.DataFrame(rows)
-    table.attrs["greedy"] = greedy  # per-document 0/1 outcomes, for paired comparisons (sdlib.stats)
     if not all(math.isfinite(v) for v in table["value"]):
         bad = table[~table["value"].map(math.isfinite)].iloc[0]
         print(f"warning: non-finite {bad['metric']} at layer {bad['layer']} of {bad['task']}")
@@ -216,46 +272,7 @@ def evaluate_cached(source: str, tasks, settings: EvalSettings, *, device: str |
     with atomic_path(csv_path) as tmp:
         table.to_csv(tmp, index=False)
     write_json(out_dir / "results.json", {"model": str(source), "checkpoint": checkpoint, "tasks": records})
-    return table, csv_path
-
-
-@dataclass
-class LayerScores:
-    """The per-layer evaluation table (tidy rows: ``task, layer, metric, value, lo, hi, n`` + settings) with the
-    per-document 0/1 outcomes of the tasks that have them ([n_docs, L + 1] per task), for paired comparisons."""
-
-    table: Any
-    """pandas DataFrame"""
-    greedy: dict[str, np.ndarray] = field(default_factory=dict)
-
-    @classmethod
-    def of(cls, table) -> LayerScores:
-        """From a table ``evaluate_cached`` returned (its outcomes ride in ``table.attrs["greedy"]``)."""
-        return cls(table, dict(table.attrs.get("greedy", {})))
-
-    def _rows(self, task: str, metric: str):
-        rows = self.table[(self.table.task == task) & (self.table.metric == metric)].sort_values("layer")
-        if rows.empty:
-            raise SdlibError(f"no {task} {metric} in this evaluation (it has "
-                             f"{', '.join(sorted(set(self.table.task)))}): evaluate {task} first")
-        return rows
-
-    def curve(self, task: str, metric: str, intervals: bool = False) -> list:
-        """``metric`` of ``task`` at layers 0..L: floats, or (value, low, high) with ``intervals``."""
-        rows = self._rows(task, metric)
-        if not intervals:
-            return [float(v) for v in rows["value"]]
-        return [(float(v), float(lo), float(hi)) for v, lo, hi in zip(rows["value"], rows["lo"], rows["hi"])]
-
-    def n(self, task: str) -> int:
-        """Documents scored for ``task``."""
-        return int(self.table[self.table.task == task]["n"].iloc[0])
-
-    def final_correct(self, task: str) -> np.ndarray:
-        """The final layer's 0/1 outcome per document [n_docs] (float)."""
-        if task not in self.greedy:
-            raise SdlibError(f"{task} has no per-document outcomes in this evaluation")
-        return self.greedy[task][:, -1].astype(float)
+    return LayerScores(table, greedy), csv_path
 
 
 def with_intervals(rows: list[dict], greedy: np.ndarray | None, level: float = 0.95) -> list[dict]:

@@ -14,8 +14,10 @@ from sdlib.provenance import provenance as make_provenance
 
 
 def save_figure(fig: go.Figure, name: str, numbers: dict[str, Any], out_dir: str | Path,
-                provenance: dict[str, Any] | None = None, png: bool = True) -> dict[str, Path]:
-    """-> {"html": path, "png": path, "json": path}. ``numbers`` must be JSON-serialisable (arrays allowed)."""
+                provenance: dict[str, Any] | None = None, png: bool = True, records: Any = None) -> dict[str, Path]:
+    """-> {"html": path, "png": path, "json": path}. ``numbers`` (what the figure shows, for readers) must be
+    JSON-serialisable (arrays allowed); ``records``, what it was drawn from so a notebook can redraw it without
+    computing: a list of records (``to_dict``) or a tidy DataFrame (its rows)."""
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -32,8 +34,11 @@ def save_figure(fig: go.Figure, name: str, numbers: dict[str, Any], out_dir: str
         paths["png"] = out / f"{name}.png"
         with atomic_path(paths["png"]) as tmp:
             fig.write_image(tmp, format="png", scale=1.5)
-    write_json(paths["json"], {"figure": name, "numbers": numbers,
-                               "provenance": provenance or make_provenance()})
+    stored = {"figure": name, "numbers": numbers, "provenance": provenance or make_provenance()}
+    if records is not None:
+        # a DataFrame's rows (missing values as null), or each record exactly as it caches (NaN kept)
+        stored["records"] = json_records(records) if hasattr(records, "columns") else [r.to_dict() for r in records]
+    write_json(paths["json"], stored)
     return paths
 
 

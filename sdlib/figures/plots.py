@@ -21,30 +21,72 @@ def show_token(token: str) -> str:
     return token.replace(" ", "␣").replace("\n", "⏎") or "∅"
 
 
-def _colors(models: Sequence[str]) -> dict[str, str]:
-    return {m: PALETTE[i % len(PALETTE)] for i, m in enumerate(dict.fromkeys(models))}
+PRETRAINED_GREY = "#8c8c8c"
+
+
+def model_colors(series: Sequence[tuple[str, str | None]]) -> dict[tuple[str, str | None], str]:
+    """One colour per model, the same in every figure: ``series`` are (base model, role) pairs. With one base
+    model the pretrained model is grey and the self-distilled one blue; with several, each base model has a hue
+    and its pretrained model a lighter tint of it."""
+    bases = list(dict.fromkeys(base for base, _ in series))
+    out = {}
+    for base, role in dict.fromkeys(series):
+        hue = PALETTE[bases.index(base) % len(PALETTE)]
+        if role != str(Role.PRETRAINED):
+            out[(base, role)] = hue
+        else:
+            out[(base, role)] = PRETRAINED_GREY if len(bases) == 1 else _tint(hue, 0.55)
+    return out
+
+
+def _tint(color: str, amount: float) -> str:
+    """``color`` (#rrggbb) mixed with white by ``amount``."""
+    rgb = [int(color[i:i + 2], 16) for i in (1, 3, 5)]
+    return "#" + "".join(f"{round(c + (255 - c) * amount):02x}" for c in rgb)
 
 
 def movement_figure(records: Sequence[Any], title: str = "Hidden-state movement per layer") -> go.Figure:
-    """D_l against layer, one panel per last-state convention; S in each legend entry. Records:
-    ``sdlib.studies.measure.MeasureRecord`` (label, model, role, D, S)."""
-    fig = make_subplots(rows=1, cols=len(LAST_STATES), shared_yaxes=True,
-                        subplot_titles=[f"last state: {c}" for c in LAST_STATES])
-    colors = _colors([r.model for r in records])
+    """D_l against layer, one panel per last-state convention, S in each legend entry; below, where a base model
+    has both a pretrained and a self-distilled record, the change D_l(after) - D_l(before) per layer, which the
+    shared y axis of D (set by D_0 and D_L) would hide. Records: ``sdlib.studies.measure.MeasureRecord``."""
+    pairs = _before_after(records)
+    rows = 2 if pairs else 1
+    fig = make_subplots(rows=rows, cols=len(LAST_STATES), shared_xaxes=True, vertical_spacing=0.1,
+                        row_heights=[0.62, 0.38] if pairs else None,
+                        subplot_titles=[f"D_l, last state: {c}" for c in LAST_STATES]
+                        + [f"change after self-distillation, {c}" for c in LAST_STATES][:len(LAST_STATES) * (rows - 1)])
+    colors = model_colors([(r.model, r.role) for r in records])
     for col, convention in enumerate(LAST_STATES, start=1):
         for r in records:
             D = r.D[convention]
-            fig.add_trace(go.Scatter(x=list(range(len(D))), y=D, mode="lines+markers",
+            fig.add_trace(go.Scatter(x=list(range(len(D))), y=D, mode="lines+markers", marker={"size": 5},
                                      name=f"{r.label}: S = {r.S[convention]:.3f}",
                                      legendgroup=convention, legendgrouptitle_text=convention,
-                                     line={"color": colors[r.model], "dash": DASH[r.role]}), row=1, col=col)
-        fig.update_xaxes(title_text="layer l", row=1, col=col)
+                                     line={"color": colors[(r.model, r.role)], "dash": DASH[r.role]}), row=1, col=col)
+        for base, (before, after) in pairs.items():
+            change = [a - b for a, b in zip(after.D[convention], before.D[convention])]
+            fig.add_trace(go.Bar(x=list(range(len(change))), y=change, showlegend=False, name=f"{base}: change",
+                                 marker_color=colors[(after.model, after.role)]), row=2, col=col)
+        fig.update_xaxes(title_text="layer l", row=rows, col=col)
+        if pairs:
+            fig.add_hline(y=0, line={"color": "#444", "width": 1}, row=2, col=col)
     fig.update_yaxes(title_text="D_l = 1 - (1 + cos(h_{l-1}, h_l)) / 2", row=1, col=1)
-    fig.update_layout(title=title, template="plotly_white", width=1200, height=500, legend={"groupclick": "toggleitem"})
+    if pairs:
+        fig.update_yaxes(title_text="ΔD_l (after - before)", row=2, col=1)
+    fig.update_layout(title=title, template="plotly_white", width=1200, height=760 if pairs else 500,
+                      legend={"groupclick": "toggleitem"})
     return fig
 
 
-def pca_figure(pca, max_tokens: int = 40, title: str | None = None) -> go.Figure:
+def _before_after(records: Sequence[Any]) -> dict[str, tuple[Any, Any]]:
+    """Base model -> (pretrained, self-distilled) record, for the base models that have both."""
+    by = {(r.model, r.role): r for r in records}
+    pre, post = str(Role.PRETRAINED), str(Role.SELF_DISTILLED)
+    return {m: (by[(m, pre)], by[(m, post)]) for m in dict.fromkeys(r.model for r in records)
+            if (m, pre) in by and (m, post) in by}
+
+
+def pca_figure_3d(pca, max_tokens: int = 40, title: str | None = None) -> go.Figure:
     """Trajectories of token directions from input to last layer (``sdlib.studies.lens.PcaTrajectories``), one
     3-D scene per model on shared axes: one line per token, markers coloured by layer, ◆ the input (h_-1) and
     ■ the last layer (h_L). Positions left out of the PCA fit are not drawn (the subtitle says which)."""
@@ -82,26 +124,83 @@ def pca_figure(pca, max_tokens: int = 40, title: str | None = None) -> go.Figure
     return fig
 
 
+def pca_figure(pca, max_tokens: int = 40, title: str | None = None) -> go.Figure:
+    """Trajectories of token directions in PC1/PC2 (``sdlib.studies.lens.PcaTrajectories``), one panel per model
+    on shared axes: a solid path per token from the input h_-1 through the intermediate layers to h_{L-1}, and
+    the last step h_{L-1} -> h_L as an arrow, the paper's jump. ◆ the input, ■ the last layer."""
+    df = pca.frame()
+    df = df[df["fitted"]]
+    labels = list(dict.fromkeys(df["label"]))
+    fig = make_subplots(rows=1, cols=len(labels), shared_xaxes=True, shared_yaxes=True, subplot_titles=labels,
+                        horizontal_spacing=0.05)
+    n_layers = df["layer"].max()
+    for col, label in enumerate(labels, start=1):
+        part = df[df["label"] == label]
+        for t in sorted(part["token_index"].unique())[:max_tokens]:
+            path = part[part["token_index"] == t].sort_values("layer")
+            before = path[path["layer"] < n_layers]
+            fig.add_trace(go.Scatter(x=before["pc1"], y=before["pc2"], mode="lines", showlegend=False,
+                                     line={"color": "rgba(31,119,180,0.55)", "width": 1.5},
+                                     hovertext=f"{path['token'].iloc[0]!r}", hoverinfo="text"), row=1, col=col)
+            last, prev = path.iloc[-1], before.iloc[-1]
+            axis = "" if col == 1 else str(col)
+            fig.add_annotation(x=last["pc1"], y=last["pc2"], ax=prev["pc1"], ay=prev["pc2"], xref=f"x{axis}",
+                               yref=f"y{axis}", axref=f"x{axis}", ayref=f"y{axis}", showarrow=True, arrowhead=2,
+                               arrowsize=1, arrowwidth=1.3, arrowcolor="rgba(214,39,40,0.8)", text="")
+        for layer, symbol, name, color in ((-1, "diamond", "input h_-1", "black"),
+                                           (n_layers, "square", "last layer h_L", "#d62728")):
+            ends = part[part["layer"] == layer]
+            fig.add_trace(go.Scatter(x=ends["pc1"], y=ends["pc2"], mode="markers", name=name, showlegend=col == 1,
+                                     legendgroup=name, marker={"size": 7, "symbol": symbol, "color": color}),
+                          row=1, col=col)
+        fig.update_xaxes(title_text=f"PC1 ({pca.explained[0]:.0%})", row=1, col=col)
+    fig.add_trace(go.Scatter(x=[None], y=[None], mode="lines", name="h_-1 ... h_L-1 (one line per token)",
+                             line={"color": "rgba(31,119,180,0.8)"}))
+    fig.add_trace(go.Scatter(x=[None], y=[None], mode="lines", name="last step h_L-1 → h_L (arrow)",
+                             line={"color": "#d62728"}))
+    fig.update_yaxes(title_text=f"PC2 ({pca.explained[1]:.0%})", row=1, col=1)
+    left_out = ", ".join(str(p) for p in pca.excluded_positions) or "none"
+    fig.update_layout(title=title or ("PCA of the hidden-state directions h_l / ||h_l||: each token's path and its "
+                                      f"last step<br><sup>position(s) {left_out} left out of the fit and the plot</sup>"),
+                      template="plotly_white", width=560 * len(labels) + 120, height=600,
+                      legend={"orientation": "h", "y": -0.15, "x": 0})
+    return fig
+
+
 def layer_metric_figure(table, task: str, metric: str, log_y: bool = False, title: str | None = None,
-                        y_title: str | None = None) -> go.Figure:
+                        y_title: str | None = None, zoom: bool = False) -> go.Figure:
     """One line per model (pretrained dashed) of ``metric`` against layer, from the tidy evaluation table (with
-    ``role`` and ``label`` columns); accuracies carry their 95% interval (``lo``/``hi``) as error bars."""
+    ``role``, ``label`` and ``base_model`` columns); accuracies carry their 95% interval (``lo``/``hi``) as error
+    bars. ``zoom``: a second panel with the late intermediate layers (the last third, the final layer left out) on
+    their own scale, where the final layer's value would flatten them."""
     part = table[(table["task"] == task) & (table["metric"] == metric)]
-    fig = go.Figure()
-    colors = _colors(list(part["base_model"]))
+    n_layers = int(part["layer"].max()) + 1 if len(part) else 0
+    late = list(range(max(1, (2 * n_layers) // 3), n_layers - 1)) if zoom else []
+    fig = make_subplots(rows=1, cols=2 if late else 1, column_widths=[0.6, 0.4] if late else None,
+                        horizontal_spacing=0.1, subplot_titles=["every layer", f"layers {late[0]}-{late[-1]} "
+                                                                "(final layer left out)"] if late else None)
+    colors = model_colors(list(zip(part["base_model"], part["role"])))
     for label in dict.fromkeys(part["label"]):
         rows = part[part["label"] == label].sort_values("layer")
-        bars = None
-        if "lo" in rows and rows["lo"].notna().all():
-            bars = {"type": "data", "symmetric": False, "array": (rows["hi"] - rows["value"]).tolist(),
-                    "arrayminus": (rows["value"] - rows["lo"]).tolist(), "thickness": 1}
-        fig.add_trace(go.Scatter(x=rows["layer"], y=rows["value"], mode="lines+markers", name=label, error_y=bars,
-                                 line={"color": colors[rows["base_model"].iloc[0]], "dash": DASH[rows["role"].iloc[0]]}))
+        line = {"color": colors[(rows["base_model"].iloc[0], rows["role"].iloc[0])], "dash": DASH[rows["role"].iloc[0]]}
+        for col, shown in ((1, rows), (2, rows[rows["layer"].isin(late)])):
+            if col == 2 and not late:
+                continue
+            bars = None
+            if "lo" in shown and shown["lo"].notna().all():
+                bars = {"type": "data", "symmetric": False, "array": (shown["hi"] - shown["value"]).tolist(),
+                        "arrayminus": (shown["value"] - shown["lo"]).tolist(), "thickness": 1}
+            fig.add_trace(go.Scatter(x=shown["layer"], y=shown["value"], mode="lines+markers", name=label,
+                                     legendgroup=label, showlegend=col == 1, error_y=bars, line=line), row=1, col=col)
     n = int(part["n"].iloc[0]) if len(part) else 0
     max_length = part["max_length"].iloc[0] if len(part) else None
+    for col in range(1, 3 if late else 2):
+        fig.update_xaxes(title_text="layer l", row=1, col=col)
+        fig.update_yaxes(type="log" if log_y else "linear", row=1, col=col)
+    fig.update_yaxes(title_text=y_title or metric, row=1, col=1)
     fig.update_layout(title=title or f"{task}: {metric} per layer (logit lens; {n} documents, max_length {max_length})",
-                      template="plotly_white", width=900, height=500, xaxis_title="layer l",
-                      yaxis_title=y_title or metric, yaxis_type="log" if log_y else "linear")
+                      template="plotly_white", width=1300 if late else 900, height=520,
+                      legend={"orientation": "h", "y": -0.18, "x": 0})
     return fig
 
 
@@ -119,7 +218,8 @@ def lens_figure(grids: Sequence[Any], title: str = "Logit lens: top-1 token and 
                 max_rows: int = 12) -> go.Figure:
     """Per model (``sdlib.studies.lens.LensGrid``): a heatmap (layers x positions; text = top-1 token, colour =
     its probability) above the movement curves D_l of the positions predicting the last tokens. Deep models show
-    ``max_rows`` layers (``lens_rows``; the record keeps them all), so the tokens read at README width."""
+    ``max_rows`` layers (``lens_rows``; the record keeps them all; ⋮ marks a row after skipped layers), so the
+    tokens read at README width."""
     fig = make_subplots(rows=2, cols=len(grids), row_heights=[0.68, 0.32], vertical_spacing=0.12,
                         horizontal_spacing=0.08, subplot_titles=[g.label for g in grids] + [""] * len(grids))
     for col, g in enumerate(grids, start=1):
@@ -128,7 +228,8 @@ def lens_figure(grids: Sequence[Any], title: str = "Logit lens: top-1 token and 
         cols = [f"{i}: {show_token(inp)}→{show_token(tgt)}" for i, (inp, tgt) in enumerate(zip(g.inputs, g.targets))]
         text = [[f"{show_token(tok)}<br>{p:.2f}" for tok, p in zip(g.top_tokens[l], prob_row)]
                 for l, prob_row in zip(shown, prob)]
-        fig.add_trace(go.Heatmap(z=prob, x=cols, y=[f"layer {l}" for l in shown], text=text, texttemplate="%{text}",
+        names = [f"⋮ layer {l}" if i and l - shown[i - 1] > 1 else f"layer {l}" for i, l in enumerate(shown)]
+        fig.add_trace(go.Heatmap(z=prob, x=cols, y=names, text=text, texttemplate="%{text}",
                                  textfont={"size": 12}, colorscale="Blues", zmin=0, zmax=1, xgap=1, ygap=1,
                                  showscale=col == len(grids),
                                  colorbar={"title": "p(top-1)", "len": 0.6, "y": 0.7}), row=1, col=col)
@@ -165,31 +266,28 @@ def table_figure(df, title: str = "Summary") -> go.Figure:
     return fig
 
 
-def pruning_figure(studies: Sequence[dict[str, Any]], title: str = "Early exit and layer deletion") -> go.Figure:
+def pruning_figure(studies: Sequence[Any], title: str = "Early exit and layer deletion") -> go.Figure:
     """LAMBADA accuracy and WikiText word perplexity against layers removed, and accuracy against the measured
-    decoding speed-up; one colour per method, dashed = pretrained, solid = self-distilled."""
+    decoding speed-up (``sdlib.studies.pruning.PruningStudy`` records); one colour per method, dashed =
+    pretrained, solid = self-distilled."""
     methods = {"early_exit": "early exit (logit lens)", "movement": "remove lowest-D layers (ShortGPT)",
                "last": "remove the last layers before L"}
     fig = make_subplots(rows=1, cols=3, subplot_titles=["LAMBADA accuracy", "WikiText word perplexity",
                                                         "LAMBADA accuracy vs decoding speed-up"])
     for study in studies:
-        full = study["full_tokens_per_s"]
         for i, (method, name) in enumerate(methods.items()):
-            rows = sorted((r for r in study["rows"] if r["method"] == method), key=lambda r: r["layers_removed"])
-            if method != "early_exit":
-                base = next(r for r in study["rows"] if r["method"] == "early_exit" and r["layers_removed"] == 0)
-                rows = [base, *rows]
-            line = {"color": PALETTE[i], "dash": DASH[study.get("role")]}
-            label = f"{study['label']}: {name}"
-            x = [r["layers_removed"] for r in rows]
-            fig.add_trace(go.Scatter(x=x, y=[r["lambada_acc"] for r in rows], mode="lines+markers", name=label,
+            rows = study.of(method)
+            line = {"color": PALETTE[i], "dash": DASH[study.role]}
+            label = f"{study.label}: {name}"
+            x = [r.layers_removed for r in rows]
+            fig.add_trace(go.Scatter(x=x, y=[r.lambada_acc for r in rows], mode="lines+markers", name=label,
                                      legendgroup=label, line=line), row=1, col=1)
-            fig.add_trace(go.Scatter(x=x, y=[r["wikitext_word_ppl"] for r in rows], mode="lines+markers", name=label,
+            fig.add_trace(go.Scatter(x=x, y=[r.wikitext_word_ppl for r in rows], mode="lines+markers", name=label,
                                      legendgroup=label, showlegend=False, line=line), row=1, col=2)
-            timed = [r for r in rows if r["tokens_per_s"]]
-            fig.add_trace(go.Scatter(x=[r["tokens_per_s"] / full for r in timed], y=[r["lambada_acc"] for r in timed],
-                                     mode="lines+markers", name=label, legendgroup=label, showlegend=False, line=line),
-                          row=1, col=3)
+            timed = [r for r in rows if r.tokens_per_s]
+            fig.add_trace(go.Scatter(x=[r.tokens_per_s / study.full_tokens_per_s for r in timed],
+                                     y=[r.lambada_acc for r in timed], mode="lines+markers", name=label,
+                                     legendgroup=label, showlegend=False, line=line), row=1, col=3)
     for col, x_title in ((1, "decoder layers removed"), (2, "decoder layers removed"), (3, "speed-up (x)")):
         fig.update_xaxes(title_text=x_title, row=1, col=col)
     fig.update_yaxes(type="log", row=1, col=2)
@@ -199,35 +297,38 @@ def pruning_figure(studies: Sequence[dict[str, Any]], title: str = "Early exit a
 
 
 
-def ablation_figure(table, title: str = "One-factor grid", target_S: float = 0.85, target_ratio: float = 0.95
-                    ) -> go.Figure:
-    """Per grid cell: S in both conventions with its bootstrap interval (the pretrained model's S dashed, the
-    target dotted), and final-layer LAMBADA accuracy relative to the pretrained model (the 95% bar dotted).
-    ``table``: the rows of ``sdlib.studies.grid.collect``, the pretrained model first."""
+def ablation_figure(table, title: str = "One-factor grid", target_ratio: float = 0.95) -> go.Figure:
+    """Per grid cell: the change of S from the pretrained model in both conventions, paired over the same windows,
+    with its 95% interval (the axis fits the changes, so the intervals show), and final-layer LAMBADA accuracy
+    relative to the pretrained model with its paired interval (the 95% bar dotted). ``table``: the rows of
+    ``sdlib.studies.grid.collect``, the pretrained model first."""
     base, cells = table.iloc[0], table.iloc[1:]
-    fig = make_subplots(rows=1, cols=2, subplot_titles=["monotonicity S [95% bootstrap interval]",
-                                                        "final-layer LAMBADA accuracy / pretrained"])
+    fig = make_subplots(rows=1, cols=2, horizontal_spacing=0.1, subplot_titles=[
+        f"S minus the pretrained model's (normed {base['S_normed']:.3f}, pre_norm {base['S_pre_norm']:.3f}) [95%]",
+        f"final-layer LAMBADA accuracy / pretrained ({base['lambada_final']:.3f}) [95%]"])
     for i, conv in enumerate(LAST_STATES):
-        S = cells[f"S_{conv}"]
-        fig.add_trace(go.Scatter(x=cells["cell"], y=S, mode="markers", name=f"S ({conv})",
-                                 marker={"color": PALETTE[i], "size": 9},
-                                 error_y={"type": "data", "symmetric": False, "array": cells[f"S_{conv}_hi"] - S,
-                                          "arrayminus": S - cells[f"S_{conv}_lo"]}), row=1, col=1)
-        fig.add_hline(y=base[f"S_{conv}"], line={"color": PALETTE[i], "dash": "dash"}, row=1, col=1,
-                      annotation_text=f"pretrained ({conv}) {base[f'S_{conv}']:.3f}",
-                      annotation_position=("bottom left", "bottom right")[i])
-    fig.add_hline(y=target_S, line={"color": "black", "dash": "dot"}, row=1, col=1,
-                  annotation_text=f"target {target_S}", annotation_position="top right")
+        change, lo, hi = (cells[f"S_{conv}_change{s}"] for s in ("", "_lo", "_hi"))
+        fig.add_trace(go.Scatter(x=cells["cell"], y=change, mode="markers", name=f"change of S ({conv})",
+                                 marker={"color": PALETTE[i], "size": 10, "symbol": ("circle", "diamond")[i]},
+                                 error_y={"type": "data", "symmetric": False, "array": hi - change,
+                                          "arrayminus": change - lo, "thickness": 2, "width": 6}), row=1, col=1)
+    fig.add_hline(y=0, line={"color": "black", "width": 1}, row=1, col=1)
     ratio = cells["lambada_final_vs_pretrained"]
+    bars = None
+    if "lambada_final_vs_pretrained_lo" in cells and cells["lambada_final_vs_pretrained_lo"].notna().all():
+        bars = {"type": "data", "symmetric": False, "thickness": 2,
+                "array": cells["lambada_final_vs_pretrained_hi"] - ratio,
+                "arrayminus": ratio - cells["lambada_final_vs_pretrained_lo"]}
     fig.add_trace(go.Bar(x=cells["cell"], y=ratio, name="LAMBADA final / pretrained", marker_color=PALETTE[2],
-                         text=[f"{v:.2f}" for v in ratio], textposition="outside"), row=1, col=2)
+                         error_y=bars, text=[f"{v:.2f}" for v in ratio], textposition="inside",
+                         insidetextanchor="middle"), row=1, col=2)
     fig.add_hline(y=target_ratio, line={"color": "black", "dash": "dot"}, row=1, col=2,
-                  annotation_text=f"{target_ratio:.0%} of pretrained ({base['lambada_final']:.3f})")
-    fig.update_yaxes(range=[0, 1.05], row=1, col=1)
+                  annotation_text=f"{target_ratio:.0%} of pretrained", annotation_position="top right")
+    fig.update_yaxes(title_text="ΔS (paired)", row=1, col=1)
     fig.update_yaxes(range=[0, max(1.15, float(ratio.max()) + 0.1)], row=1, col=2)
-    fig.update_xaxes(tickangle=-45)
-    fig.update_layout(title=title, template="plotly_white", width=1400, height=560,
-                      legend={"orientation": "h", "y": 1.12, "x": 0})
+    fig.update_xaxes(tickangle=-40)
+    fig.update_layout(title=title, template="plotly_white", width=1400, height=640, font={"size": 14},
+                      legend={"orientation": "h", "y": -0.45, "x": 0}, margin={"b": 200})
     return fig
 
 
@@ -271,6 +372,8 @@ def grid_training_figure(over_training: dict[str, list[dict[str, Any]]], title: 
 
 
 ATLAS_GROUPS = ("embeddings", "blocks", "last_block", "final_norm", "lm_head")
+GRADIENT_TERMS = {"zeta1": "gradient of zeta1 (plain bars)", "zeta2_normed": "of α·zeta2, normed h_L (/)",
+                  "zeta2_pre_norm": "of α·zeta2, pre_norm h_L (·)"}
 PPL_CAP = 1e20  # the perplexity panels' top: an early layer's 1e56 would flatten every other curve
 
 
@@ -285,101 +388,105 @@ def atlas_figure(records: Sequence[Any], title: str = "Convergence atlas") -> go
         "WikiText word perplexity per layer (logit lens)",
         "at initialisation: gradient norm per parameter group"])
     for i, r in enumerate(records):
-        color, L = PALETTE[i % len(PALETTE)], r.num_layers - 1
-        depth = [l / L for l in range(L + 1)]
-        for last_state, dash in zip(LAST_STATES, ("solid", "dot")):
-            S = r.measurement.S[last_state]
-            fig.add_trace(go.Scatter(x=depth, y=r.measurement.D[last_state], mode="lines+markers", legendgroup=r.model,
-                                     name=f"{r.model}: S {last_state} = {S:.3f}", marker={"size": 4},
-                                     line={"color": color, "dash": dash}), row=1, col=1)
-        parts = [("last block", r.last_step["block"].median_no_sink), ("final norm", r.last_step["norm"].median_no_sink),
-                 ("normed D_L", r.last_step["normed"].median_no_sink)]
-        fig.add_trace(go.Bar(x=[p[0] for p in parts], y=[p[1] for p in parts], marker_color=color, legendgroup=r.model,
-                             showlegend=False, name=r.model, text=[f"{p[1]:.3f}" for p in parts], textposition="outside"),
-                      row=1, col=2)
-        for key, dash in (("share_median_no_sink", "solid"), ("top4_share_median_no_sink", "dot")):
-            share = r.top_channel[key]
-            fig.add_trace(go.Scatter(x=[(i - 1) / L for i in range(len(share))], y=share, mode="lines",
-                                     line={"color": color, "dash": dash}, legendgroup=r.model, showlegend=False,
-                                     name=r.model), row=1, col=3)
-        e = r.evaluation
-        x = [l / L for l in e["layers"]]
-        fig.add_trace(go.Scatter(x=x, y=e["lambada_acc"], mode="lines+markers", marker={"size": 4}, line={"color": color},
-                                 legendgroup=r.model, showlegend=False, name=r.model), row=2, col=1)
-        fig.add_trace(go.Scatter(x=x, y=e["wikitext_word_ppl"], mode="lines+markers", marker={"size": 4},
-                                 line={"color": color}, legendgroup=r.model, showlegend=False, name=r.model), row=2, col=2)
-        g = r.init["grad_norms"]
-        groups = [k for k in ATLAS_GROUPS if k in g["zeta1"]]
-        for part, pattern in zip(("zeta1", *(f"zeta2_{s}" for s in LAST_STATES)), ("", "/", ".")):
-            norms = [g[part][k] if g[part][k] > 0 else None for k in groups]  # 0 has no place on a log axis
-            fig.add_trace(go.Bar(x=groups, y=norms, marker={"color": color, "pattern": {"shape": pattern}},
-                                 legendgroup=r.model, showlegend=False, name=f"{r.model}: {part}",
-                                 offsetgroup=f"{i}-{part}"), row=2, col=3)
-    ppl = [v for r in records for v in r.evaluation["wikitext_word_ppl"]]
+        _atlas_model(fig, r, PALETTE[i % len(PALETTE)], str(i))
+    ppl = [v for r in records for v in r.evaluation.wikitext_word_ppl]
     if ppl and max(ppl) > PPL_CAP:
         fig.update_yaxes(range=[0, np.log10(PPL_CAP)], row=2, col=2)
         fig.add_annotation(text=f"off scale: {sum(v > PPL_CAP for v in ppl)} point(s) above 1e{np.log10(PPL_CAP):.0f}",
                            xref="x5 domain", yref="y5 domain", x=0.98, y=0.98, showarrow=False, xanchor="right")
-    fig.add_annotation(text="bars: zeta1 plain, α·zeta2 normed /, pre_norm ·; no bar = exactly 0<br>"
-                            "(zeta1 on the last block: its lens is the teacher)", xref="x6 domain", yref="y6 domain",
-                       x=0.5, y=-0.16, showarrow=False, font={"size": 11})
-    fig.update_xaxes(title_text="relative depth l / L", row=1, col=1)
-    fig.update_xaxes(title_text="relative depth l / L (h_-1 at -1/L)", row=1, col=3)
-    for col in (1, 2):
-        fig.update_xaxes(title_text="relative depth l / L", row=2, col=col)
-    fig.update_yaxes(title_text="D_l", row=1, col=1)
-    fig.update_yaxes(title_text="D per token", row=1, col=2)
-    fig.update_yaxes(title_text="share", range=[0, 1.02], row=1, col=3)
-    fig.update_yaxes(title_text="accuracy", row=2, col=1)
-    fig.update_yaxes(title_text="word perplexity", type="log", row=2, col=2)
-    fig.update_yaxes(title_text="gradient norm (log)", type="log", row=2, col=3)
-    fig.update_layout(title=title, template="plotly_white", width=1500, height=900, barmode="group",
-                      legend={"orientation": "h", "y": -0.1, "x": 0})
+    for part, pattern in zip(GRADIENT_TERMS, ("", "/", ".")):  # the bar key: one legend entry per loss term
+        fig.add_trace(go.Bar(x=[None], y=[None], name=GRADIENT_TERMS[part], legendgroup="terms",
+                             marker={"color": "#bbbbbb", "pattern": {"shape": pattern}}), row=2, col=3)
+    fig.add_annotation(text="no bar = exactly 0 (zeta1 on the last block: its lens is the teacher)",
+                       xref="x6 domain", yref="y6 domain", x=0.5, y=-0.2, showarrow=False, font={"size": 13})
+    for (row, col), x_title, y_title in (
+            ((1, 1), "relative depth l / L", "D_l"), ((1, 2), None, "D per token"),
+            ((1, 3), "relative depth l / L (h_-1 at -1/L)", "share"), ((2, 1), "relative depth l / L", "accuracy"),
+            ((2, 2), "relative depth l / L", "word perplexity"), ((2, 3), None, "gradient norm (log)")):
+        fig.update_xaxes(title_text=x_title, row=row, col=col)
+        fig.update_yaxes(title_text=y_title, row=row, col=col)
+    fig.update_yaxes(range=[0, 1.02], row=1, col=3)
+    fig.update_yaxes(type="log", row=2, col=2)
+    fig.update_yaxes(type="log", row=2, col=3)
+    fig.update_layout(title=title, template="plotly_white", width=1500, height=1000, barmode="group",
+                      font={"size": 16}, legend={"orientation": "h", "y": -0.12, "x": 0})
+    fig.update_annotations(font_size=16)
     return fig
 
 
-def gpu_study_figure(study: dict[str, Any], title: str | None = None) -> go.Figure:
-    """The GPU study (``sdlib.studies.gpu_study``): for each distilled model (the recipe, the second model), the
-    movement curve before (dashed) and after (solid) in both conventions, S over training, and LAMBADA accuracy
-    (with its 95% interval) and WikiText word perplexity per layer before and after."""
-    stages = study["stages"]
-    runs = [stages[name] for name in ("recipe", "cosine") if stages.get(name, {}).get("done")]
-    env = study.get("environment", {})
+def _atlas_model(fig: go.Figure, r: Any, color: str, group: str) -> None:
+    """One model's traces in the six atlas panels."""
+    L = r.num_layers - 1
+    depth = [l / L for l in range(L + 1)]
+    common = {"legendgroup": r.model, "showlegend": False, "name": r.model}
+    for last_state, dash in zip(LAST_STATES, ("solid", "dot")):
+        S = r.measurement.S[last_state]
+        fig.add_trace(go.Scatter(x=depth, y=r.measurement.D[last_state], mode="lines+markers", legendgroup=r.model,
+                                 name=f"{r.model}: S {last_state} = {S:.3f}", marker={"size": 4},
+                                 line={"color": color, "dash": dash}), row=1, col=1)
+    parts = [("last block", r.last_step["block"].median_no_sink), ("final norm", r.last_step["norm"].median_no_sink),
+             ("normed D_L", r.last_step["normed"].median_no_sink)]
+    fig.add_trace(go.Bar(x=[p[0] for p in parts], y=[p[1] for p in parts], marker_color=color,
+                         text=[f"{p[1]:.3f}" for p in parts], textposition="outside", **common), row=1, col=2)
+    for share, dash in ((r.top_channel.share_median_no_sink, "solid"), (r.top_channel.top4_share_median_no_sink, "dot")):
+        fig.add_trace(go.Scatter(x=[(i - 1) / L for i in range(len(share))], y=share, mode="lines",
+                                 line={"color": color, "dash": dash}, **common), row=1, col=3)
+    e = r.evaluation
+    x = [l / L for l in e.layers]
+    for col, y in ((1, e.lambada_acc), (2, e.wikitext_word_ppl)):
+        fig.add_trace(go.Scatter(x=x, y=y, mode="lines+markers", marker={"size": 4}, line={"color": color}, **common),
+                      row=2, col=col)
+    g = r.init.grad_norms
+    groups = [k for k in ATLAS_GROUPS if k in g["zeta1"]]
+    for part, pattern in zip(GRADIENT_TERMS, ("", "/", ".")):
+        norms = [g[part][k] if g[part][k] > 0 else None for k in groups]  # 0 has no place on a log axis
+        fig.add_trace(go.Bar(x=groups, y=norms, marker={"color": color, "pattern": {"shape": pattern}},
+                             legendgroup=r.model, showlegend=False, name=f"{r.model}: {part}",
+                             offsetgroup=f"{group}-{part}"), row=2, col=3)
+
+
+def gpu_study_figure(study: Any, title: str | None = None) -> go.Figure:
+    """The GPU study (``sdlib.studies.gpu_study.GpuStudy``): for each distilled model (the recipe, the second
+    model), the movement curve before (dashed) and after (solid) in both conventions, S over training, and LAMBADA
+    accuracy (with its 95% interval) and WikiText word perplexity per layer before and after."""
+    runs = [study.stages[name] for name in ("recipe", "cosine") if study.finished(name)]
     fig = make_subplots(rows=len(runs) or 1, cols=4, horizontal_spacing=0.06, vertical_spacing=0.16,
                         subplot_titles=[t for s in runs for t in (
-                            f"{s['config']['model']}: D_l (normed ●, pre_norm ◆)", "S over training",
+                            f"{s.config['model']}: D_l (normed ●, pre_norm ◆)", "S over training",
                             "LAMBADA accuracy per layer [95%]", "WikiText word perplexity per layer")])
     for row, s in enumerate(runs, start=1):
-        curves = [("pretrained", s["before"], "dash"), ("self-distilled", s["after"], "solid")]
-        for role, rec, dash in curves:
-            for last_state, symbol, color in zip(LAST_STATES, ("circle", "diamond"), PALETTE):
-                D = rec["D"][last_state]
-                fig.add_trace(go.Scatter(x=list(range(len(D))), y=D, mode="lines+markers", marker={"symbol": symbol},
-                                         line={"dash": dash, "color": color}, showlegend=row == 1,
-                                         name=f"{role}, {last_state}: S = {rec['S'][last_state]:.3f}"), row=row, col=1)
-            layers = list(range(len(rec["lambada_acc"])))
-            acc = rec["lambada_acc"]
-            fig.add_trace(go.Scatter(x=layers, y=acc, mode="lines+markers", showlegend=False,
-                                     line={"dash": dash, "color": PALETTE[2]}, name=f"{role}: LAMBADA",
-                                     error_y={"type": "data", "symmetric": False,
-                                              "array": [h - v for h, v in zip(rec["lambada_hi"], acc)],
-                                              "arrayminus": [v - lo for v, lo in zip(acc, rec["lambada_lo"])]}),
-                          row=row, col=3)
-            fig.add_trace(go.Scatter(x=layers, y=rec["wikitext_word_ppl"], mode="lines+markers", showlegend=False,
-                                     line={"dash": dash, "color": PALETTE[3]}, name=f"{role}: WikiText"), row=row, col=4)
+        for role, rec, dash in (("pretrained", s.before, "dash"), ("self-distilled", s.after, "solid")):
+            if rec is not None:
+                _gpu_scores(fig, row, role, rec, dash)
         for last_state, color in zip(LAST_STATES, PALETTE):
-            points = s["S_over_training"]
-            fig.add_trace(go.Scatter(x=[p["step"] * s["config"]["batch_size"] * s["config"]["seq_len"] for p in points],
+            points = s.S_over_training
+            fig.add_trace(go.Scatter(x=[p["step"] * s.config["batch_size"] * s.config["seq_len"] for p in points],
                                      y=[p[last_state] for p in points], mode="lines+markers", showlegend=False,
                                      line={"color": color}, name=f"S {last_state}"), row=row, col=2)
-        fig.update_xaxes(title_text="layer l", row=row, col=1)
-        fig.update_xaxes(title_text="training tokens (held-out WikiText-2 valid)", row=row, col=2)
-        fig.update_xaxes(title_text="layer l", row=row, col=3)
-        fig.update_xaxes(title_text="layer l", row=row, col=4)
+        for col, x_title in ((1, "layer l"), (2, "training tokens (held-out WikiText-2 valid)"), (3, "layer l"),
+                             (4, "layer l")):
+            fig.update_xaxes(title_text=x_title, row=row, col=col)
         fig.update_yaxes(type="log", row=row, col=4)
-    tokens = ", ".join(f"{s['config']['model']}: {s['tokens']:,} tokens ({s['fraction_of_paper_tokens']:.1%} of the "
-                       f"paper's 10M), zeta1 {s['zeta1']}" for s in runs)
-    fig.update_layout(title=title or f"GPU study on {env.get('device', '?')}<br><sup>{tokens}</sup>",
+    tokens = ", ".join(f"{s.config['model']}: {s.tokens:,} tokens ({s.fraction_of_paper_tokens:.1%} of the "
+                       f"paper's 10M), zeta1 {s.zeta1}" for s in runs)
+    fig.update_layout(title=title or f"GPU study on {study.environment.get('device', '?')}<br><sup>{tokens}</sup>",
                       template="plotly_white", width=1700, height=480 * max(1, len(runs)) + 80,
                       legend={"orientation": "h", "y": -0.12, "x": 0})
     return fig
+
+
+def _gpu_scores(fig: go.Figure, row: int, role: str, rec: Any, dash: str) -> None:
+    """One model's D curves, LAMBADA and WikiText per layer in a row of the GPU study figure."""
+    for last_state, symbol, color in zip(LAST_STATES, ("circle", "diamond"), PALETTE):
+        D = rec.D[last_state]
+        fig.add_trace(go.Scatter(x=list(range(len(D))), y=D, mode="lines+markers", marker={"symbol": symbol},
+                                 line={"dash": dash, "color": color}, showlegend=row == 1,
+                                 name=f"{role}, {last_state}: S = {rec.S[last_state]:.3f}"), row=row, col=1)
+    layers, acc = list(range(len(rec.lambada_acc))), rec.lambada_acc
+    fig.add_trace(go.Scatter(x=layers, y=acc, mode="lines+markers", showlegend=False,
+                             line={"dash": dash, "color": PALETTE[2]}, name=f"{role}: LAMBADA",
+                             error_y={"type": "data", "symmetric": False,
+                                      "array": [h - v for h, v in zip(rec.lambada_hi, acc)],
+                                      "arrayminus": [v - lo for v, lo in zip(acc, rec.lambada_lo)]}), row=row, col=3)
+    fig.add_trace(go.Scatter(x=layers, y=rec.wikitext_word_ppl, mode="lines+markers", showlegend=False,
+                             line={"dash": dash, "color": PALETTE[3]}, name=f"{role}: WikiText"), row=row, col=4)

@@ -8,15 +8,19 @@ default profile the committed ``figures/``)."""
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Any
 
 from sdlib.errors import SdlibError
 from sdlib.figures.output import save_figure
+from sdlib.models import resolve_checkpoint
 from sdlib.paths import absolute_path_variables, build_dir, project_root
-from sdlib.studies import compare
-from sdlib.studies.profiles import ROLES, load_profile
+from sdlib.studies import compare, registry
+from sdlib.studies.profiles import ROLES, Pair, load_profile
+from sdlib.train.card import refresh_card
+from sdlib.types import Role
 
 NOTEBOOKS = ("00_quickstart", "fig03_movement", "fig04_pca", "fig05_lambada", "fig06_wikitext", "fig07_logit_lens",
              "table_summary", "ext_pruning", "atlas", "gpu_study")
@@ -36,9 +40,44 @@ class FigureRun:
         self.device = device
         self.output = Path(output) if output else build_dir() / "figures" / profile
 
-    def save(self, fig, name: str, numbers: dict[str, Any], provenance: dict[str, Any] | None = None) -> dict[str, Path]:
+    def study(self, name: str, pair: Pair | None = None, role: Role = Role.PRETRAINED, use_cache: bool = True):
+        """The record of registered study ``name`` (``sdlib.studies.registry``) for one model of the profile (the
+        first pair's, by default), under the profile's settings for it; cached."""
+        pair = pair or self.profile.pairs[0]
+        return registry.get(name).run(pair.source(role), self.profile.study_settings(name),
+                                      loaded=pair.load(role, self.device), use_cache=use_cache)
 
-        return save_figure(fig, name, numbers, self.output, provenance)
+    def save(self, fig, name: str, numbers: dict[str, Any], provenance: dict[str, Any] | None = None,
+             records: Any = None, png: bool = True) -> dict[str, Path]:
+        """Write the figure (PNG, HTML, JSON with ``numbers``, ``records`` and provenance) into the output folder."""
+        return save_figure(fig, name, numbers, self.output, provenance, png=png, records=records)
+
+    def saved(self, name: str) -> dict[str, Any]:
+        """The profile's saved figure JSON (``<profile figures folder>/<name>.json``: ``figures/`` for the default
+        profile), what the notebooks redraw without computing."""
+        path = self.profile.figures_dir() / f"{name}.json"
+        if not path.is_file():
+            raise SdlibError(f"no saved {path}: run the notebook with compute = True, or `sdlib figures --profile "
+                             f"{self.profile.name}`, to make it")
+        stored = json.loads(path.read_text())
+        if "records" not in stored:
+            raise SdlibError(f"{path} holds no records to redraw from (it was written by an older sdlib): run the "
+                             "notebook with compute = True")
+        return stored
+
+    def records(self, name: str, cls: type) -> list:
+        """The records a saved figure was drawn from, rebuilt as ``cls``."""
+        return [cls.from_dict(r) for r in self.saved(name)["records"]]
+
+    def record(self, name: str, cls: type, index: int):
+        """One of them (a figure drawn from records of several kinds)."""
+        return cls.from_dict(self.saved(name)["records"][index])
+
+    def table(self, name: str):
+        """The tidy table a saved figure was drawn from (pandas DataFrame)."""
+        import pandas as pd
+
+        return pd.DataFrame(self.saved(name)["records"])
 
 
 def notebooks_dir() -> Path:
@@ -47,17 +86,20 @@ def notebooks_dir() -> Path:
 
 
 def prepare(profile_name: str, device: str | None = None) -> dict[str, float]:
-    """Measure and evaluate every model of the profile's pairs (cached); -> timings (s)."""
+    """Measure and evaluate every model of the profile's pairs (cached), and write each self-distilled
+    checkpoint's model card with its evaluation; -> timings (s)."""
 
     profile = load_profile(profile_name)
     timings = {}
     for pair in profile.pairs:
         for role in ROLES:
-            for what, fn in (("measure", compare.movement), ("evaluate", compare.layer_scores)):
+            for what, fn in (("measure", compare.measurement), ("evaluate", compare.layer_scores)):
                 t0 = time.perf_counter()
                 print(f"== {what} {pair.label(role)}", flush=True)
-                fn(profile, pair, role, device=device)
+                result = fn(profile, pair, role, device=device)
                 timings[f"{what} {pair.name} {role}"] = time.perf_counter() - t0
+            if role == Role.SELF_DISTILLED:  # its model card now shows its evaluation
+                print(f"model card: {refresh_card(resolve_checkpoint(pair.trained_dir()), result.table)}")
     return timings
 
 
@@ -68,8 +110,9 @@ def _kernel_name() -> str | None:
 
 
 def run_notebooks(profile_name: str, names: list[str] | None = None, options: dict | None = None,
-                  progress: bool = True) -> dict[str, float]:
-    """Execute the notebooks (the profile's, or ``names``) into the profile's figures folder; -> seconds each."""
+                  progress: bool = True, compute: bool = True) -> dict[str, float]:
+    """Execute the notebooks (the profile's, or ``names``) into the profile's figures folder; -> seconds each.
+    ``compute=False`` runs them as a reader's "Run All" does: redrawing the saved figure JSON."""
     import papermill
 
     profile = load_profile(profile_name)
@@ -86,7 +129,7 @@ def run_notebooks(profile_name: str, names: list[str] | None = None, options: di
         src = notebooks_dir() / f"{name}.ipynb"
         t0 = time.perf_counter()
         print(f"== notebook {name} ({profile_name})", flush=True)
-        values: dict[str, Any] = {"profile": profile_name,
+        values: dict[str, Any] = {"profile": profile_name, "compute": compute,
                                   "options": {"output": str(profile.figures_dir()), **(options or {})}}
         if name == "00_quickstart":
             values.update(profile.quickstart)

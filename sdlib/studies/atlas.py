@@ -20,6 +20,7 @@ For one model, on the default measurement text:
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from functools import cached_property
 from typing import Any
@@ -27,17 +28,16 @@ from typing import Any
 import torch
 from torch import nn
 
-from sdlib.cache import Record, cached_record, model_fingerprint
+from sdlib.cache import Record
 from sdlib.data import PackedSequences, training_documents
-from sdlib.evaluation.layers import LayerScores, evaluate_cached, load_subset
+from sdlib.evaluation.layers import evaluate_cached, load_subset
 from sdlib.loss import LossSettings, TeacherHead, layer_weights, self_distillation_loss
 from sdlib.metrics import movement
-from sdlib.models import default_device, load
 from sdlib.parts import decoder_parts
-from sdlib.paths import results_dir, slug
-from sdlib.provenance import provenance
+from sdlib.provenance import nan_to_none, provenance
 from sdlib.states import HiddenStates, forward_states
 from sdlib.stats import bootstrap_monotonicity
+from sdlib.studies.base import Study, Subject
 from sdlib.studies.measure import Measurement, MeasureSettings, measure_text
 from sdlib.types import LAST_STATES
 
@@ -79,6 +79,78 @@ class TokenStats:
 
 
 @dataclass
+class ChannelShare(Record):
+    """x_L's largest channel: its median share of ||x_L||^2 (position 0 excluded), the 4 largest channels'
+    together, and its share at position 0."""
+
+    share_median_no_sink: float
+    top4_share_median_no_sink: float
+    share_sink: float
+
+
+@dataclass
+class TopChannel(Record):
+    """Massive activations: per state h_-1..h_L (normed h_L last) the largest channel's share of ||h||^2, and x_L's
+    largest channel."""
+
+    layers: list[int]
+    """-1..L"""
+    share_median_no_sink: list[float]
+    share_sink: list[float]
+    top4_share_median_no_sink: list[float]
+    """the 4 largest channels' share together"""
+    pre_norm_last: ChannelShare
+    """the same for x_L (the last block's raw output)"""
+    channel: int
+    """the channel most often largest in x_L (position 0 excluded)"""
+    gain: float
+    """its final-norm gain"""
+    channel_fraction: float
+    """the share of tokens in which it is the largest"""
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TopChannel:
+        return cls(**{**data, "pre_norm_last": ChannelShare.from_dict(data["pre_norm_last"])})
+
+
+@dataclass
+class LayerEvaluation(Record):
+    """Per-layer LAMBADA accuracy and WikiText word perplexity (the logit lens, lm-eval's scoring)."""
+
+    layers: list[int]
+    lambada_acc: list[float]
+    lambada_n: int
+    wikitext_word_ppl: list[float]
+    wikitext_n: int
+    subset: str
+    max_length: int | None
+    limit: Any
+    """the subset's per-task document limit (None: every document)"""
+
+
+@dataclass
+class InitGradients(Record):
+    """zeta1 and alpha * zeta2 at initialisation (student = teacher) and the norms of their gradients per parameter
+    group; mappings are keyed by last-state convention, loss term (``zeta1``, ``zeta2_<convention>``) and group."""
+
+    tokens: int
+    zeta1: float
+    kl_per_layer: list[float]
+    layer_weights: list[float]
+    weighted_kl_per_layer: list[float]
+    alpha: float
+    alpha_zeta2: dict[str, float]
+    alpha_zeta2_per_layer: dict[str, list[float]]
+    grad_norms: dict[str, dict[str, float]]
+    cosine: dict[str, dict[str, float]]
+    """cos(grad zeta1, grad zeta2) per convention and group"""
+    groups: dict[str, int]
+    """parameters per group"""
+    tied_embeddings: bool
+    data: dict[str, Any]
+
+
+@dataclass
 class AtlasRecord(Record):
     model: str
     num_layers: int
@@ -87,13 +159,9 @@ class AtlasRecord(Record):
     last_step: dict[str, TokenStats]
     """``block`` (pre-norm D_L), ``norm`` (the final norm's rotation), ``normed`` (normed D_L)"""
     norm_share: TokenStats
-    top_channel: dict[str, Any]
-    """``layers`` (-1..L), ``share_median_no_sink`` and ``share_sink`` per layer (normed h_L last; the largest
-    channel's share of ||h||^2) and ``top4_share_median_no_sink`` (the 4 largest channels'), ``pre_norm_last``
-    (the same for x_L), ``channel`` (the channel most often largest in x_L, position 0 excluded) and its final-norm
-    ``gain`` and median ``share`` of x_L"""
-    evaluation: dict[str, Any]
-    init: dict[str, Any]
+    top_channel: TopChannel
+    evaluation: LayerEvaluation
+    init: InitGradients
     settings: dict[str, Any]
     state_norms: dict[str, TokenStats]
     """per-token norms: ``h_prev`` ||h_{L-1}||, ``x_last`` ||x_L|| (pre-norm), ``h_last`` ||h_L|| (normed)"""
@@ -112,14 +180,15 @@ class AtlasRecord(Record):
     def summary(self) -> dict[str, Any]:
         """The headline numbers (what the atlas figure's JSON and RESULTS.md show); undefined values are None."""
         m, z = self.measurement, self.init
-        return _finite({
+        return nan_to_none({
             "num_layers": self.num_layers, "tokens": m.n_tokens, "S": m.S,
             "S_interval": {c: list(v) for c, v in self.S_interval.items()}, "S_median_curve": m.S_median,
             "D_L": self.D_L, "D_L_over_D_L_minus_1": m.last_layer_ratio, "D": m.D,
             "last_step": {k: asdict(v) for k, v in self.last_step.items()}, "norm_share": asdict(self.norm_share),
-            "top_channel": self.top_channel, "evaluation": self.evaluation,
+            "top_channel": self.top_channel.to_dict(), "evaluation": self.evaluation.to_dict(),
             "state_norms": {k: asdict(v) for k, v in self.state_norms.items()},
-            "init": {k: z[k] for k in ("tokens", "zeta1", "alpha_zeta2", "grad_norms", "cosine", "tied_embeddings")}})
+            "init": {k: getattr(z, k) for k in ("tokens", "zeta1", "alpha_zeta2", "grad_norms", "cosine",
+                                                 "tied_embeddings")}})
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> AtlasRecord:
@@ -128,18 +197,10 @@ class AtlasRecord(Record):
         values["last_step"] = {k: TokenStats(**v) for k, v in data["last_step"].items()}
         values["norm_share"] = TokenStats(**data["norm_share"])
         values["state_norms"] = {k: TokenStats(**v) for k, v in data["state_norms"].items()}
+        values["top_channel"] = TopChannel.from_dict(data["top_channel"])
+        values["evaluation"] = LayerEvaluation.from_dict(data["evaluation"])
+        values["init"] = InitGradients.from_dict(data["init"])
         return cls(**values)
-
-
-def _finite(obj: Any) -> Any:
-    """NaN and infinities as None, recursively (JSON that any reader accepts)."""
-    if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_finite(v) for v in obj]
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    return obj
 
 
 class _TokenObserver:
@@ -178,7 +239,7 @@ class _TokenObserver:
         pos = torch.cat(self.positions)
         return {name: TokenStats.of(torch.cat(values), pos) for name, values in self.norms.items()}
 
-    def summarise(self, gain: torch.Tensor) -> tuple[dict[str, TokenStats], TokenStats, dict[str, Any]]:
+    def summarise(self, gain: torch.Tensor) -> tuple[dict[str, TokenStats], TokenStats, TopChannel]:
         pos = torch.cat(self.positions)
         last_step = {name: TokenStats.of(torch.cat(values), pos)
                      for name, values in (("block", self.block), ("norm", self.norm), ("normed", self.normed))}
@@ -188,30 +249,28 @@ class _TokenObserver:
         index = torch.cat(self.top_index)[pos > 0]
         channel = int(torch.mode(index).values) if len(index) else int(torch.mode(torch.cat(self.top_index)).values)
         n_states = top.shape[0] - 1
-        top_channel = {
-            "layers": list(range(-1, n_states - 1)),
-            "share_median_no_sink": rest[:-1].median(dim=1).values.tolist(),
-            "share_sink": first[:-1].mean(dim=1).tolist() if first.shape[1] else [],
-            "top4_share_median_no_sink": top4[:-1].median(dim=1).values.tolist(),
-            "pre_norm_last": {"share_median_no_sink": float(rest[-1].median()),
-                              "top4_share_median_no_sink": float(top4[-1].median()),
-                              "share_sink": float(first[-1].mean()) if first.shape[1] else math.nan},
-            "channel": channel, "gain": float(gain[channel]),
-            "channel_fraction": float((index == channel).double().mean()) if len(index) else math.nan,
-        }
+        top_channel = TopChannel(
+            layers=list(range(-1, n_states - 1)),
+            share_median_no_sink=rest[:-1].median(dim=1).values.tolist(),
+            share_sink=first[:-1].mean(dim=1).tolist() if first.shape[1] else [],
+            top4_share_median_no_sink=top4[:-1].median(dim=1).values.tolist(),
+            pre_norm_last=ChannelShare(share_median_no_sink=float(rest[-1].median()),
+                                       top4_share_median_no_sink=float(top4[-1].median()),
+                                       share_sink=float(first[-1].mean()) if first.shape[1] else math.nan),
+            channel=channel, gain=float(gain[channel]),
+            channel_fraction=float((index == channel).double().mean()) if len(index) else math.nan)
         return last_step, TokenStats.of(torch.cat(self.share), pos), top_channel
 
 
-def init_gradients(model: nn.Module, tokenizer, settings: AtlasSettings) -> dict[str, Any]:
+def init_gradients(model: nn.Module, tokenizer, settings: AtlasSettings) -> InitGradients:
     """zeta1 and alpha * zeta2 per layer at initialisation (student = teacher = ``model``) on
     ``settings.init_sequences`` training sequences, and their gradients' norms per parameter group with the
     cosine between them, for zeta2 in both conventions. zeta1 is exact (every lens layer)."""
 
     parts = decoder_parts(model)
     documents, data = training_documents(settings.data)
-    stream = PackedSequences(documents, tokenizer, settings.init_seq_len)
-    device = next(model.parameters()).device
-    ids = stream.batch(0, settings.init_sequences).to(device)
+    ids = PackedSequences(documents, tokenizer, settings.init_seq_len).batch(0, settings.init_sequences)
+    ids = ids.to(next(model.parameters()).device)
     groups = parts.parameter_groups()
     params = [p for ps in groups.values() for p in ps]
     was_training = model.training
@@ -234,16 +293,28 @@ def init_gradients(model: nn.Module, tokenizer, settings: AtlasSettings) -> dict
             zeta2[last_state] = settings.alpha * float(z2.zeta2)
             per_layer[last_state] = (settings.alpha * weights[1:] * z2.zeta2_per_layer).tolist()
     model.train(was_training)
+    grad_norms, cosines = _gradient_geometry(grads, groups)
+    weights_l = layer_weights(len(states) - 1, settings.k).tolist()
+    return InitGradients(
+        tokens=int(ids.numel()), zeta1=float(z1.zeta1), kl_per_layer=z1.kl_per_layer.tolist(),
+        layer_weights=weights_l, weighted_kl_per_layer=[w * kl for w, kl in zip(weights_l, z1.kl_per_layer.tolist())],
+        alpha=settings.alpha, alpha_zeta2=zeta2, alpha_zeta2_per_layer=per_layer, grad_norms=grad_norms,
+        cosine=cosines, groups={name: sum(p.numel() for p in ps) for name, ps in groups.items()},
+        tied_embeddings=parts.lm_head.weight is getattr(parts.embed, "weight", None), data=data)
 
-    def by_group(flat_grads):
+
+def _gradient_geometry(grads: dict[str, Sequence[torch.Tensor | None]], groups: dict[str, list[nn.Parameter]]
+                       ) -> tuple[dict[str, dict[str, float]], dict[str, dict[str, float]]]:
+    """Per loss term the gradient norm of each parameter group (and ``all``), and per last-state convention the
+    cosine between zeta1's and zeta2's gradients per group. ``grads``: term -> one gradient per parameter, in
+    the order of ``groups`` (None: the term does not reach that parameter)."""
+
+    def by_group(flat):
         out, start = {}, 0
         for name, ps in groups.items():
-            chunk = flat_grads[start:start + len(ps)]
-            out[name] = [g if g is not None else torch.zeros_like(p) for g, p in zip(chunk, ps)]
+            out[name] = [g if g is not None else torch.zeros_like(p) for g, p in zip(flat[start:start + len(ps)], ps)]
             start += len(ps)
         return out
-
-    grouped = {name: by_group(g) for name, g in grads.items()}
 
     def norm(gs):
         return float(torch.sqrt(sum(g.double().pow(2).sum() for g in gs)))
@@ -253,63 +324,54 @@ def init_gradients(model: nn.Module, tokenizer, settings: AtlasSettings) -> dict
         na, nb = norm(a), norm(b)
         return float(dot) / (na * nb) if na > 0 and nb > 0 else math.nan
 
-    grad_norms = {name: {group: norm(gs) for group, gs in g.items()} | {"all": norm([x for gs in g.values() for x in gs])}
+    grouped = {name: by_group(g) for name, g in grads.items()}
+    every = {name: [x for gs in g.values() for x in gs] for name, g in grouped.items()}
+    grad_norms = {name: {group: norm(gs) for group, gs in g.items()} | {"all": norm(every[name])}
                   for name, g in grouped.items()}
     cosines = {}
     for last_state in LAST_STATES:
         other = grouped[f"zeta2_{last_state}"]
         cosines[last_state] = {group: cosine(grouped["zeta1"][group], other[group]) for group in groups}
-        cosines[last_state]["all"] = cosine([x for gs in grouped["zeta1"].values() for x in gs],
-                                            [x for gs in other.values() for x in gs])
-    weights_l = layer_weights(len(states) - 1, settings.k).tolist()
-    return {"tokens": int(ids.numel()), "zeta1": float(z1.zeta1), "kl_per_layer": z1.kl_per_layer.tolist(),
-            "layer_weights": weights_l,
-            "weighted_kl_per_layer": [w * kl for w, kl in zip(weights_l, z1.kl_per_layer.tolist())],
-            "alpha": settings.alpha, "alpha_zeta2": zeta2, "alpha_zeta2_per_layer": per_layer,
-            "grad_norms": grad_norms, "cosine": cosines,
-            "groups": {name: sum(p.numel() for p in ps) for name, ps in groups.items()},
-            "tied_embeddings": parts.lm_head.weight is getattr(parts.embed, "weight", None), "data": data}
+        cosines[last_state]["all"] = cosine(every["zeta1"], every[f"zeta2_{last_state}"])
+    return grad_norms, cosines
 
 
-def evaluation_summary(model_name: str, model: nn.Module, tokenizer, subset: str) -> dict[str, Any]:
+def evaluation_summary(model_name: str, model: nn.Module, tokenizer, subset: str) -> LayerEvaluation:
     """Per-layer LAMBADA accuracy and WikiText word perplexity on an evaluation subset (cached)."""
 
     device = str(next(model.parameters()).device)
     settings = load_subset(subset, device)
-    table, _ = evaluate_cached(model_name, ["lambada_openai", "wikitext"], settings, device=device,
-                               loaded=(model, tokenizer), progress=True)
+    scores, _ = evaluate_cached(model_name, ["lambada_openai", "wikitext"], settings, device=device,
+                                loaded=(model, tokenizer), progress=True)
 
-    scores = LayerScores.of(table)
     acc = scores.curve("lambada_openai", "acc")
-    return {"layers": list(range(len(acc))), "lambada_acc": acc, "lambada_n": scores.n("lambada_openai"),
-            "wikitext_word_ppl": scores.curve("wikitext", "word_perplexity"), "wikitext_n": scores.n("wikitext"),
-            "subset": settings.subset, "max_length": settings.max_length,
-            "limit": settings.limit}
+    return LayerEvaluation(layers=list(range(len(acc))), lambada_acc=acc, lambada_n=scores.n("lambada_openai"),
+                           wikitext_word_ppl=scores.curve("wikitext", "word_perplexity"),
+                           wikitext_n=scores.n("wikitext"), subset=settings.subset, max_length=settings.max_length,
+                           limit=settings.limit)
+
+
+def compute_atlas(subject: Subject, settings: AtlasSettings) -> AtlasRecord:
+    """The atlas of a loaded model (what ``STUDY`` caches)."""
+
+    model, tokenizer = subject.model, subject.tokenizer
+    observer = _TokenObserver()
+    m = measure_text(model, tokenizer, settings.text, settings.windows, settings.window_len, settings.batch_size,
+                     progress=subject.progress, observers=[observer])
+    parts = decoder_parts(model)
+    last_step, share, top = observer.summarise(parts.norm_gain().cpu())
+    return AtlasRecord(model=subject.name, num_layers=parts.num_layers, measurement=m, last_step=last_step,
+                       norm_share=share, top_channel=top, state_norms=observer.state_norms(),
+                       evaluation=evaluation_summary(subject.name, model, tokenizer, settings.eval_subset),
+                       init=init_gradients(model, tokenizer, settings), settings=asdict(settings),
+                       provenance=provenance(device=subject.device, data=m.info.get("data"), limits=asdict(settings)))
 
 
 def atlas(model_name: str, settings: AtlasSettings = AtlasSettings(), *, device: str | None = None,
           use_cache: bool = True, loaded: tuple[nn.Module, Any] | None = None, progress: bool = True) -> AtlasRecord:
     """The atlas record of ``model_name`` (cached by the model's weights and ``settings``)."""
 
-    device = default_device(device)
-    model, tokenizer = loaded or load(model_name, device=device)
-
-    def compute() -> dict[str, Any]:
-        observer = _TokenObserver()
-        m = measure_text(model, tokenizer, settings.text, settings.windows, settings.window_len,
-                         settings.batch_size, progress=progress, observers=[observer])
-        parts = decoder_parts(model)
-        last_step, share, top = observer.summarise(parts.norm_gain().cpu())
-        record = AtlasRecord(model=model_name, num_layers=parts.num_layers, measurement=m, last_step=last_step,
-                             norm_share=share, top_channel=top, state_norms=observer.state_norms(),
-                             evaluation=evaluation_summary(model_name, model, tokenizer, settings.eval_subset),
-                             init=init_gradients(model, tokenizer, settings), settings=asdict(settings),
-                             provenance=provenance(device=device, data=m.info.get("data"), limits=asdict(settings)))
-        return record.to_dict()
-
-    key = {"fingerprint": model_fingerprint(model, tokenizer), "record": ATLAS_RECORD_VERSION, **asdict(settings)}
-    return AtlasRecord.from_dict(cached_record(results_dir() / slug(model_name) / "atlas", "atlas", key, compute,
-                                               use_cache))
+    return STUDY.run(model_name, settings, device=device, use_cache=use_cache, loaded=loaded, progress=progress)
 
 
 def format_atlas(r: AtlasRecord) -> str:
@@ -334,25 +396,28 @@ def format_atlas(r: AtlasRecord) -> str:
     s = r.norm_share
     lines.append(f"  final-norm share of the last step's angle: median {s.median:.3f} (no pos 0: "
                  f"{s.median_no_sink:.3f}), mean {s.mean:.3f}")
-    t = r.top_channel
-    lines.append(f"largest channel of x_L: {t['channel']} (largest in {t['channel_fraction']:.0%} of tokens), final-norm "
-                 f"gain {t['gain']:+.3f}; median share of ||x_L||^2 {t['pre_norm_last']['share_median_no_sink']:.1%}, "
-                 f"at position 0 {t['pre_norm_last']['share_sink']:.1%}")
-    e = r.evaluation
-    lines.append(f"per layer ({e['subset']}: LAMBADA n={e['lambada_n']}, WikiText pages n={e['wikitext_n']}):")
+    t, e, z = r.top_channel, r.evaluation, r.init
+    lines.append(f"largest channel of x_L: {t.channel} (largest in {t.channel_fraction:.0%} of tokens), final-norm "
+                 f"gain {t.gain:+.3f}; median share of ||x_L||^2 {t.pre_norm_last.share_median_no_sink:.1%}, "
+                 f"at position 0 {t.pre_norm_last.share_sink:.1%}")
+    lines.append(f"per layer ({e.subset}: LAMBADA n={e.lambada_n}, WikiText pages n={e.wikitext_n}):")
     lines.append(f"{'layer':>5s} {'D normed':>9s} {'top-1 share':>11s} {'top-4 share':>11s} {'LAMBADA':>8s} "
                  f"{'WikiText ppl':>13s}")
-    for i, layer in enumerate(e["layers"]):
-        lines.append(f"{layer:5d} {m.D['normed'][i]:9.4f} {t['share_median_no_sink'][i + 1]:11.3f} "
-                     f"{t['top4_share_median_no_sink'][i + 1]:11.3f} {e['lambada_acc'][i]:8.3f} "
-                     f"{e['wikitext_word_ppl'][i]:13.4g}")
-    z = r.init
-    lines.append(f"at initialisation ({z['tokens']} tokens): zeta1 {z['zeta1']:.4f}, alpha zeta2 normed "
-                 f"{z['alpha_zeta2']['normed']:.4f}, pre_norm {z['alpha_zeta2']['pre_norm']:.4f}")
-    groups = list(z["grad_norms"]["zeta1"])
+    for i, layer in enumerate(e.layers):
+        lines.append(f"{layer:5d} {m.D['normed'][i]:9.4f} {t.share_median_no_sink[i + 1]:11.3f} "
+                     f"{t.top4_share_median_no_sink[i + 1]:11.3f} {e.lambada_acc[i]:8.3f} "
+                     f"{e.wikitext_word_ppl[i]:13.4g}")
+    lines.append(f"at initialisation ({z.tokens} tokens): zeta1 {z.zeta1:.4f}, alpha zeta2 normed "
+                 f"{z.alpha_zeta2['normed']:.4f}, pre_norm {z.alpha_zeta2['pre_norm']:.4f}")
+    groups = list(z.grad_norms["zeta1"])
     lines.append(f"{'gradient norm':22s} " + " ".join(f"{g:>11s}" for g in groups))
-    for name in z["grad_norms"]:
-        lines.append(f"{name:22s} " + " ".join(f"{z['grad_norms'][name][g]:11.3g}" for g in groups))
-    for last_state, cos in z["cosine"].items():
+    for name in z.grad_norms:
+        lines.append(f"{name:22s} " + " ".join(f"{z.grad_norms[name][g]:11.3g}" for g in groups))
+    for last_state, cos in z.cosine.items():
         lines.append(f"{'cos(zeta1, zeta2 ' + last_state + ')':22s} " + " ".join(f"{cos[g]:11.3f}" for g in groups))
     return "\n".join(lines)
+
+
+STUDY = Study("atlas", "the convergence atlas: D and S, the last step split into block and final norm, channel shares, "
+              "per-layer evaluation, zeta1 and zeta2 at initialisation", AtlasSettings, AtlasRecord, compute_atlas,
+              format_atlas, version=ATLAS_RECORD_VERSION)

@@ -8,12 +8,10 @@ from typing import Any
 
 from sdlib.cache import cached, model_fingerprint
 from sdlib.evaluation.layers import LayerScores, evaluate_cached, load_subset
-from sdlib.models import resolve_checkpoint
 from sdlib.paths import results_dir, slug
 from sdlib.stats import bootstrap_monotonicity, paired_ratio, paired_S_difference
 from sdlib.studies.measure import MeasureRecord, MeasureSettings, measure_model
 from sdlib.studies.profiles import ROLES, Pair, Profile
-from sdlib.train.card import refresh_card
 from sdlib.types import LAST_STATES, Role
 
 # The paper's reported numbers (Shibata et al.), for the summary table; absent where it gives none.
@@ -44,7 +42,7 @@ def measure_settings(profile: Profile) -> MeasureSettings:
     return MeasureSettings(**{"text": "wikitext-test", "windows": 64, "window_len": 512, **profile.measure})
 
 
-def movement(profile: Profile, pair: Pair, role: Role, device: str | None = None) -> MeasureRecord:
+def measurement(profile: Profile, pair: Pair, role: Role, device: str | None = None) -> MeasureRecord:
     """The D curve and S in both conventions of one model of a pair, on the profile's measurement text."""
 
     settings = measure_settings(profile)
@@ -59,40 +57,29 @@ def movement(profile: Profile, pair: Pair, role: Role, device: str | None = None
     return cached(MeasureRecord, results_folder(pair, role, "measure"), "movement", key, compute)
 
 
-def movements(profile: Profile, device: str | None = None) -> list[MeasureRecord]:
+def measurements(profile: Profile, device: str | None = None) -> list[MeasureRecord]:
     """Every model of every pair of the profile, pretrained first."""
-    return [movement(profile, pair, role, device) for pair in profile.pairs for role in ROLES]
+    return [measurement(profile, pair, role, device) for pair in profile.pairs for role in ROLES]
 
 
 def layer_scores(profile: Profile, pair: Pair, role: Role, tasks=("lambada_openai", "wikitext"),
-                 device: str | None = None):
-    """The per-layer evaluation table (``sdlib.evaluation``) on the profile's subset, with ``role`` and ``label``
-    columns (per-document outcomes in ``table.attrs["greedy"]``)."""
+                 device: str | None = None) -> LayerScores:
+    """The per-layer evaluation (``sdlib.evaluation``) on the profile's subset, its table with ``role``, ``label``
+    and ``base_model`` columns."""
 
     model, tok = pair.load(role, device)
     device = str(next(model.parameters()).device)
-    table, _ = evaluate_cached(pair.source(role), list(tasks), load_subset(profile.eval_subset, device),
-                               loaded=(model, tok), out_dir=results_folder(pair, role, "eval"), device=device)
-    greedy = table.attrs.get("greedy", {})
-    if role == Role.SELF_DISTILLED and set(tasks) == {"lambada_openai", "wikitext"}:
-
-        refresh_card(resolve_checkpoint(pair.trained_dir()), table)  # the card now shows its evaluation
-    table = table.assign(role=str(role), label=pair.label(role), base_model=pair.model)
-    table.attrs["greedy"] = greedy
-    return table
+    scores, _ = evaluate_cached(pair.source(role), list(tasks), load_subset(profile.eval_subset, device),
+                                loaded=(model, tok), out_dir=results_folder(pair, role, "eval"), device=device)
+    return scores.labelled(role=str(role), label=pair.label(role), base_model=pair.model)
 
 
 def layer_scores_all(profile: Profile, tasks=("lambada_openai", "wikitext"), device: str | None = None):
-    """Every model of every pair, one tidy table."""
+    """Every model of every pair, one tidy table (pandas DataFrame)."""
     import pandas as pd
 
-    tables = [layer_scores(profile, pair, role, tasks, device) for pair in profile.pairs for role in ROLES]
-    greedy = {(t["label"].iloc[0], task): g for t in tables for task, g in t.attrs["greedy"].items()}
-    for t in tables:
-        t.attrs = {}  # pandas compares attrs when concatenating; arrays there cannot be compared
-    out = pd.concat(tables, ignore_index=True)
-    out.attrs["greedy"] = greedy
-    return out
+    return pd.concat([layer_scores(profile, pair, role, tasks, device).table for pair in profile.pairs
+                      for role in ROLES], ignore_index=True)
 
 
 def summary(profile: Profile, device: str | None = None):
@@ -104,18 +91,17 @@ def summary(profile: Profile, device: str | None = None):
 
     columns: dict[str, dict[str, str]] = {}
     for pair in profile.pairs:
-        tables = {role: layer_scores(profile, pair, role, device=device) for role in ROLES}
-        records = {role: movement(profile, pair, role, device) for role in ROLES}
-        greedy = {role: tables[role].attrs["greedy"].get("lambada_openai") for role in ROLES}
+        evaluated = {role: layer_scores(profile, pair, role, device=device) for role in ROLES}
+        records = {role: measurement(profile, pair, role, device) for role in ROLES}
+        greedy = {role: evaluated[role].greedy.get("lambada_openai") for role in ROLES}
         for role in ROLES:
-            r, s = records[role], tables[role]
+            r, scores = records[role], evaluated[role]
             col: dict[str, str] = {}
             for c in LAST_STATES:
                 lo, hi = bootstrap_monotonicity(r.per_window_D[c]) if len(r.per_window_D[c]) >= 2 else (np.nan,) * 2
                 col[f"S ({c})"] = _interval(r.S[c], lo, hi)
                 col[f"D_L ({c})"] = f"{r.D[c][-1]:.3f}"
                 col[f"D_L / D_L-1 ({c})"] = f"{r.last_layer_ratio[c]:.2f}"
-            scores = LayerScores.of(s)
             acc = scores.curve("lambada_openai", "acc", intervals=True)
             final, penult = acc[-1], acc[-2]
             col["LAMBADA final layer"] = _interval(*final)

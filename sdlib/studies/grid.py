@@ -21,7 +21,7 @@ from sdlib.evaluation.tasks import TASKS, check_tasks
 from sdlib.paths import results_dir
 from sdlib.provenance import atomic_path, nan_to_none
 from sdlib.stats import bootstrap_monotonicity, paired_ratio, paired_S_difference
-from sdlib.studies.compare import layer_scores, movement
+from sdlib.studies.compare import layer_scores, measurement
 from sdlib.studies.profiles import Pair, Profile
 from sdlib.train import finished, train
 from sdlib.train.config import TrainConfig, config_from_dict, read_yaml
@@ -138,7 +138,7 @@ def measured(grid: Grid, cell: str | None, tasks: Sequence[str] = TASKS) -> tupl
         raise SdlibError(f"a grid's table needs lambada_openai among its tasks, got {', '.join(tasks)}")
     profile, pair = grid.profile(cell or next(iter(grid.cells)))
     role = Role.SELF_DISTILLED if cell else Role.PRETRAINED
-    return movement(profile, pair, role), LayerScores.of(layer_scores(profile, pair, role, tasks=tasks))
+    return measurement(profile, pair, role), layer_scores(profile, pair, role, tasks=tasks)
 
 
 def cell_result(grid: Grid, cell: str | None, tasks: Sequence[str] = TASKS,

@@ -3,6 +3,7 @@ trajectories of its hidden states (Fig. 4)."""
 
 from __future__ import annotations
 
+import codecs
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,8 +26,8 @@ _BYTE_DECODER: dict[str, int] | None = None
 
 
 def readable_token(tokenizer, token_id: int) -> str:
-    """A token as the tokenizer would print it; a token that is only part of a UTF-8 character (byte-level BPE)
-    shows its bytes (``\\xe2\\x80``) instead of a replacement character."""
+    """A token as the tokenizer would print it; the bytes of a token that is only part of a UTF-8 character
+    (byte-level BPE) show as ``⟨e2 80⟩`` instead of a replacement character."""
     text = tokenizer.decode([int(token_id)])
     if "\ufffd" not in text:
         return text
@@ -38,8 +39,21 @@ def readable_token(tokenizer, token_id: int) -> str:
         alphabet = sorted(pre_tokenizers.ByteLevel.alphabet(), key=ord)
         _BYTE_DECODER = _gpt2_byte_decoder(alphabet)
     if piece and all(ch in _BYTE_DECODER for ch in piece):
-        return bytes(_BYTE_DECODER[ch] for ch in piece).decode("utf-8", errors="backslashreplace")
+        return _show_bytes(bytes(_BYTE_DECODER[ch] for ch in piece))
     return piece or text  # SentencePiece byte fallback pieces read "<0xE2>" already
+
+
+def _hex_bytes(err: UnicodeDecodeError) -> tuple[str, int]:
+    """A decode error handler: the bytes that are not a whole character as ``⟨e2 80⟩``."""
+    return "⟨" + " ".join(f"{b:02x}" for b in err.object[err.start:err.end]) + "⟩", err.end
+
+
+codecs.register_error("sdlib-hex", _hex_bytes)
+
+
+def _show_bytes(raw: bytes) -> str:
+    """UTF-8 text with each run of bytes that are not a whole character as ``⟨e2 80⟩``."""
+    return raw.decode("utf-8", errors="sdlib-hex").replace("⟩⟨", " ")
 
 
 def _gpt2_byte_decoder(alphabet: list[str]) -> dict[str, int]:

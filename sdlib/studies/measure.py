@@ -12,10 +12,11 @@ from typing import Any
 
 from torch import nn
 
-from sdlib.data import read_text, text_windows
+from sdlib.data import TextWindows, read_text, text_windows
 from sdlib.errors import SdlibError
 from sdlib.measurement import BatchObserver, Measurement, measure_windows, token_movement_both
 from sdlib.provenance import provenance
+from sdlib.studies.base import Study, Subject
 
 __all__ = ["BatchObserver", "Measurement", "MeasureRecord", "MeasureSettings", "measure_windows", "measure_text",
            "measure_model", "token_movement_both", "format_measurement"]
@@ -33,19 +34,17 @@ def measure_text(model: nn.Module, tokenizer, text: str = "wikitext-test", n_win
 
 
 @dataclass(frozen=True)
-class MeasureSettings:
-    """What changes a measurement's numbers (part of its cache key and its provenance)."""
+class MeasureSettings(TextWindows):
+    """What changes a measurement's numbers (part of its cache key and its provenance): the text windows, and
+    these."""
 
-    text: str = "wikitext-test"
-    windows: int = 64
-    window_len: int = 512
     batch_size: int = 8
     dtype: str = "float32"
 
     def __post_init__(self) -> None:
-
-        if self.windows < 1 or self.window_len < 2 or self.batch_size < 1:
-            raise SdlibError("windows and batch size must be >= 1 and the window length >= 2")
+        super().__post_init__()
+        if self.batch_size < 1:
+            raise SdlibError("the batch size must be >= 1")
 
 
 @dataclass
@@ -91,3 +90,11 @@ def format_measurement(m: Measurement) -> str:
         lines.append(f"S of the per-token median curve: normed {m.S_median['normed']:.4f}, "
                      f"pre_norm {m.S_median['pre_norm']:.4f}")
     return "\n".join(lines)
+
+
+def _compute(subject: Subject, settings: MeasureSettings) -> MeasureRecord:
+    return measure_model(subject.model, subject.tokenizer, settings, name=subject.name, progress=subject.progress)
+
+
+STUDY = Study("measure", "the D curve and S in both last-state conventions", MeasureSettings, MeasureRecord, _compute,
+              format_measurement)

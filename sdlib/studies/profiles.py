@@ -7,7 +7,7 @@ and its run folder's latest checkpoint (``Role.SELF_DISTILLED``). Models are loa
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -16,6 +16,7 @@ from sdlib.errors import SdlibError
 from sdlib.models import default_device, load, resolve_checkpoint
 from sdlib.packaged import PACKAGED
 from sdlib.paths import build_dir, configs_dir, figures_dir, project_root
+from sdlib.studies import registry
 from sdlib.studies.atlas import AtlasSettings
 from sdlib.train.config import TrainConfig, load_config, read_yaml
 from sdlib.types import Role
@@ -81,6 +82,9 @@ class Profile:
     """the convergence atlas (notebooks/atlas.ipynb): ``models`` and any ``AtlasSettings`` field"""
     notebooks: list[str] = field(default_factory=list)
     """the notebooks this profile draws (empty: every figure notebook but the GPU study's)"""
+    studies: dict[str, Any] = field(default_factory=dict)
+    """settings of registered studies by name (``sdlib.studies.registry``): what ``study_settings`` and the
+    notebooks' ``FigureRun.study`` use"""
     figures: str = ""
     """where its figures go, relative to the committed figures folder (``""``: that folder itself for the default
     profile, the build folder for the others; ``gpu``: figures/gpu)"""
@@ -88,13 +92,13 @@ class Profile:
     def atlas_models(self) -> list[str]:
         return list(self.atlas.get("models") or [])
 
-    def atlas_settings(self):
+    def atlas_settings(self) -> AtlasSettings:
+        return registry.get("atlas").settings_from({k: v for k, v in self.atlas.items() if k != "models"},
+                                                   f"profile {self.name}")
 
-        values = {k: v for k, v in self.atlas.items() if k != "models"}
-        unknown = set(values) - set(AtlasSettings.__dataclass_fields__)
-        if unknown:
-            raise SdlibError(f"profile {self.name}: unknown atlas setting(s) {', '.join(sorted(unknown))}")
-        return AtlasSettings(**values)
+    def study_settings(self, name: str):
+        """The settings of study ``name`` under this profile (its ``studies:`` entry over the study's defaults)."""
+        return registry.get(name).settings_from(self.studies.get(name) or {}, f"profile {self.name}")
 
     def packaged_models(self) -> list[str]:
         """The built-in real models this profile uses (installed by ``run_all.sh`` before it runs)."""
@@ -133,6 +137,12 @@ def load_profile(name: str = DEFAULT_PROFILE, trained: str | list[str] | None = 
             raise SdlibError(f"profile {name} has no config named {', '.join(unknown)}: "
                              f"use {', '.join(p.name for p in pairs)}")
         pairs = [p for p in pairs if p.name in only]
-    return Profile(name, pairs, entry.get("eval_subset", "full"), dict(entry.get("measure") or {}),
-                   dict(entry.get("quickstart") or {}), dict(entry.get("pruning") or {}), dict(entry.get("atlas") or {}),
-                   list(entry.get("notebooks") or []), entry.get("figures", ""))
+    known = {f.name for f in fields(Profile)} - {"name", "pairs"}
+    unknown = sorted(set(entry) - known - {"configs"})
+    if unknown:
+        raise SdlibError(f"profile {name}: unknown key(s) {', '.join(unknown)}; use configs, {', '.join(sorted(known))}")
+    return Profile(name=name, pairs=pairs, eval_subset=entry.get("eval_subset", "full"),
+                   measure=dict(entry.get("measure") or {}), quickstart=dict(entry.get("quickstart") or {}),
+                   pruning=dict(entry.get("pruning") or {}), atlas=dict(entry.get("atlas") or {}),
+                   notebooks=list(entry.get("notebooks") or []), studies=dict(entry.get("studies") or {}),
+                   figures=entry.get("figures", ""))

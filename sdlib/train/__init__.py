@@ -2,8 +2,8 @@
 its log (``runlog``), checkpoints (``checkpoint``) and model cards (``card``)."""
 
 from sdlib.train.config import TrainConfig, load_config
-from sdlib.train.recipe import SelfDistillation, distillation_loss, finished, train
+from sdlib.train.recipe import SelfDistillation, distillation_loss, finished, run_state, train
 from sdlib.train.runlog import LOG_FILE, read_log
 
 __all__ = ["LOG_FILE", "SelfDistillation", "TrainConfig", "distillation_loss", "finished", "load_config", "read_log",
-           "train"]
+           "run_state", "train"]

@@ -1,6 +1,7 @@
-"""Model cards: every checkpoint folder holds a ``README.md`` with the Hugging Face metadata header (base model,
-datasets, tags), the sdlib config that made it, S before and after in both last-state conventions, and the
-per-layer evaluation table when there is one, so a checkpoint pushed to the hub explains itself."""
+"""Model cards: every checkpoint folder holds a ``README.md`` (huggingface_hub's ``ModelCard``) with the Hugging
+Face metadata header (base model, datasets, tags), what the starting weights are, the sdlib config that made it,
+S before and after in both last-state conventions, and the per-layer evaluation table when there is one, so a
+checkpoint pushed to the hub explains itself."""
 
 from __future__ import annotations
 
@@ -8,8 +9,10 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from huggingface_hub import ModelCard, ModelCardData
 
 from sdlib.errors import SdlibError
+from sdlib.packaged import PACKAGED
 from sdlib.runs import CONFIG_FILE
 from sdlib.train.config import load_config
 from sdlib.train.runlog import EvalRecord, from_dict
@@ -18,22 +21,40 @@ from sdlib.types import LAST_STATES
 DATASETS = {"fineweb-edu": "HuggingFaceFW/fineweb-edu"}
 
 
+PAPER = "Shibata, Takahashi, Yano, Li, Ikeda, Suzuki: \"Improving the internal behaviour of Transformer LLMs: " \
+        "numerical convergence of hidden-state vectors\""
+
+
+def base_model(model: str) -> tuple[str | None, str]:
+    """(the hub id the card names as ``base_model``, a sentence on what the starting weights are)."""
+    if model in PACKAGED:
+        m = PACKAGED[model]
+        return m.base_model or None, (f"The starting weights are sdlib's built-in `{model}`: {m.title}, dequantized to "
+                                      f"float32 from a {m.quantization} GGUF of {m.base_model}, not the original "
+                                      "release's weights.")
+    if "/" in model and not Path(model).exists():
+        return model, f"The starting weights are {model} from the Hugging Face hub."
+    return None, f"The starting weights are `{model}`."
+
+
 def model_card(config, first_eval: EvalRecord | None, last_eval: EvalRecord | None, step: int,
                evaluation=None) -> str:
-    """The README.md text. ``first_eval``/``last_eval``: the run's measurements at step 0 and now;
-    ``evaluation``: a tidy per-layer table (``sdlib.evaluation``) or None."""
-    header = {"library_name": "transformers", "tags": ["sdlib", "self-distillation", "hidden-state-convergence"],
-              "base_model": config.model if "/" in config.model and not Path(config.model).exists() else None,
-              "datasets": [DATASETS[config.data]] if config.data in DATASETS else None}
-    header = {k: v for k, v in header.items() if v}
+    """The README.md text, built with huggingface_hub's ``ModelCard``. ``first_eval``/``last_eval``: the run's
+    measurements at step 0 and now; ``evaluation``: a tidy per-layer table (``sdlib.evaluation``) or None."""
+    base, origin = base_model(config.model)
+    data = ModelCardData(library_name="transformers", base_model=base, tags=[
+        "sdlib", "self-distillation", "hidden-state-convergence"],
+        datasets=[DATASETS[config.data]] if config.data in DATASETS else None)
     tokens = step * config.batch_size * config.seq_len
-    lines = ["---", yaml.safe_dump(header, sort_keys=False).strip(), "---", "",
-             f"# {config.name}: {config.model} after self-distillation (sdlib)", "",
-             f"Trained with [sdlib](https://github.com/) for {step} optimizer steps ({tokens:,} tokens of {config.data}) "
-             f"with the loss zeta = zeta1 + {config.alpha} zeta2 (k = {config.k}, {config.kl_direction} KL, zeta2 on the "
-             f"{config.last_state} last state, form {config.zeta2_form}); the teacher is the frozen starting model.", ""]
+    lines = [f"# {config.name}: {config.model} after self-distillation (sdlib)", "",
+             f"Self-distilled with sdlib, the companion library of {PAPER}, for {step} optimizer steps ({tokens:,} "
+             f"tokens of {config.data}) with the loss zeta = zeta1 + {config.alpha} zeta2 (k = {config.k}, "
+             f"{config.kl_direction} KL, zeta2 on the {config.last_state} last state, form {config.zeta2_form}); the "
+             f"teacher is the frozen starting model. {origin}", ""]
     if first_eval and last_eval:
-        lines += ["## Monotonicity S of the hidden-state movement (held-out text)", "",
+        lines += ["## Monotonicity S of the hidden-state movement", "",
+                  f"Measured in training on {first_eval.tokens:,} tokens of held-out text ({config.eval_text}, "
+                  f"{config.eval_windows} windows of {config.eval_window_len} tokens).", "",
                   "| last state | before | after |", "|---|---|---|"]
         lines += [f"| {c} | {first_eval.S[c]:.4f} | {last_eval.S[c]:.4f} |" for c in LAST_STATES]
         lines.append("")
@@ -43,7 +64,7 @@ def model_card(config, first_eval: EvalRecord | None, last_eval: EvalRecord | No
                   wide.to_markdown(floatfmt=".4g") if _has_tabulate() else wide.to_string(), ""]
     lines += ["## The config that made it", "", "```yaml", yaml.safe_dump(config.to_dict(), sort_keys=False).strip(),
               "```", ""]
-    return "\n".join(lines)
+    return str(ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(lines)))
 
 
 def _has_tabulate() -> bool:

@@ -83,7 +83,8 @@ class TrainConfig:
     seed: int = _f(0, "one seed for everything (python, numpy, torch; and the data order with shuffle)")
     device: Device = _f(Device.AUTO, "auto (accelerate's choice), cpu or cuda")
     precision: Precision = _f(Precision.AUTO, "auto = bf16 autocast on CUDA, fp32 on CPU; or fp32, bf16")
-    log_every: int = _f(1, "print a progress line every this many steps (every step is in log.jsonl)")
+    log_every: int = _f(1, "show the loss in the progress bar every this many steps (0: never; every step is in "
+                           "log.jsonl)")
     save_every: int = _f(0, "checkpoint every this many steps (0 = only at the end)")
     keep_checkpoints: int = _f(0, "keep only the newest this many checkpoints, deleting older ones after each save "
                                   "(0 = keep all; a 0.5B model's checkpoint is ~7 GB with its optimizer state)")
@@ -169,7 +170,7 @@ def config_help(cls: type = TrainConfig) -> str:
     for f_ in fields(cls):
         default = f_.default if f_.default is not dataclasses.MISSING else f_.default_factory()
         shown = str(default) if isinstance(default, StrEnum) else repr(default)
-        lines.append(f"  --{f_.name:<16} {f_.metadata['help']} (default: {shown})")
+        lines.append(f"  --{f_.name:<16} {f_.metadata.get('help', '')} (default: {shown})".replace("  (", " ("))
     return "\n".join(lines)
 
 
@@ -219,11 +220,11 @@ def read_yaml(path: str | os.PathLike, what: str = "config file") -> dict[str, A
     return loaded or {}
 
 
-def _coerce(name: str, value: Any, kind: type, source: str) -> Any:
+def _coerce(name: str, value: Any, kind: type, source: str, what: str = "config key") -> Any:
     """``value`` as ``kind``: ints widen to float, integral floats (``1e6``) narrow to int, bools stay bools,
     words become their enum."""
     if isinstance(kind, type) and issubclass(kind, StrEnum):
-        return parse(kind, value, f"config key {name!r} in {source}")
+        return parse(kind, value, f"{what} {name!r} in {source}")
     if isinstance(value, bool) != (kind is bool):
         pass  # True is an int in Python, never a number here
     elif kind is int and isinstance(value, float) and value.is_integer():
@@ -232,26 +233,30 @@ def _coerce(name: str, value: Any, kind: type, source: str) -> Any:
         return float(value)
     elif isinstance(value, kind):
         return type(value)(value) if kind in (dict, list) else value
-    raise SdlibError(f"config key {name!r} in {source} must be {kind.__name__}, got {value!r}")
+    raise SdlibError(f"{what} {name!r} in {source} must be {kind.__name__}, got {value!r}")
 
 
 _TYPES = {"int": int, "float": float, "str": str, "bool": bool, "dict": dict, "list": list}
 
 
 def config_from_dict(values: dict[str, Any], source: str = "config", cls: type = TrainConfig,
-                     sources: dict[str, str] | None = None) -> Any:
-    """A validated ``cls`` from plain values; ``sources`` names where each key came from (for the error line)."""
+                     sources: dict[str, str] | None = None, what: str = "config key") -> Any:
+    """A validated ``cls`` from plain values; ``sources`` names where each key came from and ``what`` what a key
+    is called (for the error line)."""
     sources = {RENAMED.get(k, k): v for k, v in (sources or {}).items()}
     values = {RENAMED.get(k, k): v for k, v in values.items()}
     known = {f_.name: f_ for f_ in fields(cls)}
     unknown = sorted(set(values) - set(known))
     if unknown:
-        raise SdlibError(f"unknown config key {unknown[0]!r} in {sources.get(unknown[0], source)}; valid keys: "
+        raise SdlibError(f"unknown {what} {unknown[0]!r} in {sources.get(unknown[0], source)}; valid keys: "
                          f"{', '.join(known)}")
     types = {**_TYPES, **_ENUMS}
-    kwargs = {name: _coerce(name, value, types[str(known[name].type)], sources.get(name, source))
+    kinds = {name: known[name].type if isinstance(known[name].type, type) else types[str(known[name].type)]
+             for name in values}
+    kwargs = {name: _coerce(name, value, kinds[name], sources.get(name, source), what)
               for name, value in values.items()}
-    return cls(**kwargs).validate()
+    made = cls(**kwargs)
+    return made.validate() if hasattr(made, "validate") else made
 
 
 def parse_overrides(args: Sequence[str]) -> dict[str, Any]:

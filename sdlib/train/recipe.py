@@ -402,8 +402,9 @@ class SelfDistillation:
             if isinstance(record, SkipRecord):
                 bar.write(f"skipped {record.reason}")
                 continue
-            bar.set_postfix(loss=f"{record.loss:.4f}", z1=f"{record.zeta1:.4f}", z2=f"{record.zeta2:.4f}",
-                            tok_s=f"{record.tokens_per_s:.0f}")
+            if config.log_every and (self.step % config.log_every == 0 or self.step == total):
+                bar.set_postfix(loss=f"{record.loss:.4f}", z1=f"{record.zeta1:.4f}", z2=f"{record.zeta2:.4f}",
+                                tok_s=f"{record.tokens_per_s:.0f}")
             self._track({"loss": record.loss, "zeta1": record.zeta1, "zeta2": record.zeta2, "lr": record.lr,
                          "grad_norm": record.grad_norm, "tokens_per_s": record.tokens_per_s})
             out_of_time = _out_of_time(self.accelerator, started, config.max_minutes)
@@ -468,6 +469,19 @@ def finished(config: TrainConfig) -> bool:
         return not resume_differences(load_training_state(found[-1][1])["config"], config)
     except SdlibError:
         return False
+
+
+def run_state(config: TrainConfig) -> str:
+    """What training ``config`` would do now: reuse a finished run, train, resume, or refuse a folder that holds
+    another config's finished run."""
+    done = [step for step, _ in list_checkpoints(config.run_dir())]
+    if finished(config):
+        return "finished, reused"
+    if not done:
+        return "train"
+    if done[-1] < config.total_steps:
+        return f"resume from step {done[-1]}"
+    return "holds a finished run of another config: refused (another --name, or remove it)"
 
 
 def refuse_changed_config(run_dir: Path, saved: dict[str, Any], config: TrainConfig) -> None:

@@ -47,11 +47,11 @@ def test_atlas_agrees_with_the_measurement_and_round_trips(tiny_model, text_file
     assert m.S_median["normed"] == pytest.approx(monotonicity(m.D_median["normed"]))
     for c, (lo, hi) in r.S_interval.items():
         assert lo <= hi and r.summary()["S_interval"][c] == [lo, hi]
-    assert len(r.top_channel["share_median_no_sink"]) == r.num_layers + 1
-    assert all(0 < v <= 1 for v in r.top_channel["share_median_no_sink"])
-    top1, top4 = r.top_channel["share_median_no_sink"], r.top_channel["top4_share_median_no_sink"]
+    assert len(r.top_channel.share_median_no_sink) == r.num_layers + 1
+    assert all(0 < v <= 1 for v in r.top_channel.share_median_no_sink)
+    top1, top4 = r.top_channel.share_median_no_sink, r.top_channel.top4_share_median_no_sink
     assert all(a <= b <= 1 for a, b in zip(top1, top4))
-    assert r.evaluation["layers"] == list(range(r.num_layers)) and r.evaluation["lambada_n"] == 16
+    assert r.evaluation.layers == list(range(r.num_layers)) and r.evaluation.lambada_n == 16
     # the norms, recomputed here from a plain forward pass over the same windows
     from sdlib.data import read_text, text_windows
 
@@ -104,18 +104,18 @@ def test_init_gradients_against_an_independent_computation(tiny_model, text_file
             logq = torch.log_softmax(z_l.double(), -1)
             kls.append(float((logp.exp() * (logp - logq)).sum(-1).mean()))
     w = layer_weights(len(kls), settings.k).double()
-    assert z["kl_per_layer"] == pytest.approx(kls, rel=1e-4, abs=1e-6)  # fp32: KL = sum p log p - sum p log q
-    assert z["zeta1"] == pytest.approx(float((w * torch.tensor(kls, dtype=torch.float64)).sum()), rel=1e-3)
-    assert z["kl_per_layer"][-1] == pytest.approx(0.0, abs=1e-6)  # student = teacher at initialisation
+    assert z.kl_per_layer == pytest.approx(kls, rel=1e-4, abs=1e-6)  # fp32: KL = sum p log p - sum p log q
+    assert z.zeta1 == pytest.approx(float((w * torch.tensor(kls, dtype=torch.float64)).sum()), rel=1e-3)
+    assert z.kl_per_layer[-1] == pytest.approx(0.0, abs=1e-6)  # student = teacher at initialisation
     # what each term can reach: zeta2 never touches lm_head; pre-norm zeta2 never the final norm; zeta1 not
     # the last block (its only lens, layer L, has zero KL and zero gradient at initialisation)
-    g = z["grad_norms"]
+    g = z.grad_norms
     assert g["zeta2_normed"]["lm_head"] == 0 and g["zeta2_pre_norm"]["lm_head"] == 0
     assert g["zeta2_pre_norm"]["final_norm"] == 0 and g["zeta2_normed"]["final_norm"] > 0
     assert g["zeta1"]["last_block"] == pytest.approx(0.0, abs=1e-9) and g["zeta1"]["blocks"] > 0
-    assert math.isnan(z["cosine"]["pre_norm"]["final_norm"]) and -1 <= z["cosine"]["normed"]["all"] <= 1
-    assert z["alpha_zeta2"]["normed"] == pytest.approx(sum(z["alpha_zeta2_per_layer"]["normed"]), rel=1e-5)
-    assert set(z["groups"]) == {"embeddings", "blocks", "last_block", "final_norm", "lm_head"}
+    assert math.isnan(z.cosine["pre_norm"]["final_norm"]) and -1 <= z.cosine["normed"]["all"] <= 1
+    assert z.alpha_zeta2["normed"] == pytest.approx(sum(z.alpha_zeta2_per_layer["normed"]), rel=1e-5)
+    assert set(z.groups) == {"embeddings", "blocks", "last_block", "final_norm", "lm_head"}
 
 
 def test_records_round_trip_through_json(tiny_model, tmp_path):

@@ -1,11 +1,15 @@
 """The tiny profile end to end: train, measure, evaluate, execute every notebook, check every output."""
 
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 
 from sdlib.figures.output import finite_numbers
 from sdlib.figures.run import DEFAULT_NOTEBOOKS
+from tests.conftest import ROOT, hang_guard
 from tests.integration.test_cli import _sdlib
 
 
@@ -31,6 +35,22 @@ def test_tiny_profile_regenerates_every_figure(tmp_path):
     assert "wall time per stage" in done.stdout
     card = next((tmp_path / "build" / "runs" / "tiny" / "checkpoints").glob("step-000016")) / "README.md"
     assert "## Per-layer evaluation" in card.read_text() and "lambada_openai" in card.read_text()
+
+    # a reader's "Run All" with the defaults redraws the saved JSON: no model, run or cache is needed
+    import shutil
+
+    for folder in ("runs", "results", "cache"):
+        shutil.rmtree(tmp_path / "build" / folder, ignore_errors=True)
+    script = ("import json; from sdlib.figures.run import run_notebooks; print(json.dumps(run_notebooks('tiny', "
+              f"options={{'output': '{tmp_path / 'redrawn'}'}}, progress=False, compute=False)))")
+    redraw = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=hang_guard(900),
+                            env={**os.environ, "PYTHONPATH": str(ROOT), **env})
+    assert redraw.returncode == 0, redraw.stderr[-3000:]
+    seconds = json.loads(redraw.stdout.strip().splitlines()[-1])
+    assert set(seconds) == set(DEFAULT_NOTEBOOKS)
+    for name in DEFAULT_NOTEBOOKS:
+        again = json.loads((tmp_path / "redrawn" / f"{name}.json").read_text())
+        assert again["numbers"] == json.loads((out / f"{name}.json").read_text())["numbers"], name
 
 
 @pytest.mark.data

@@ -63,18 +63,24 @@ def test_a_spent_budget_still_returns_a_record(tmp_path):
 
 def test_the_batch_is_sized_to_the_time_and_the_steps_are_kept():
     from sdlib.studies.gpu_study import sized_batch
+    from sdlib.studies.throughput import StepTiming
 
-    exact = {"micro_batch": 16, "seconds_per_micro_batch": 8.0, "lens_samples": 0}  # 0.5 s a sequence
-    sampled = {"micro_batch": 16, "seconds_per_micro_batch": 4.0, "lens_samples": 4}  # 0.25 s a sequence
-    use, batch = sized_batch(dict(exact), dict(sampled), 128, 76, 76 * 128 * 0.5 + 1)  # the paper's batch fits
-    assert use["lens_samples"] == 0 and batch == 128
-    use, batch = sized_batch(dict(exact), dict(sampled), 128, 76, 76 * 40 * 0.5)  # 40 exact sequences a step
-    assert use["lens_samples"] == 0 and batch == 32  # a multiple of the micro-batch
-    use, batch = sized_batch(dict(exact), dict(sampled), 128, 76, 76 * 10 * 0.5)  # not one exact micro-batch
-    assert use["lens_samples"] == 4 and batch == 16
-    use, batch = sized_batch(dict(exact), dict(sampled), 128, 76, 76 * 3 * 0.25)
-    assert use["lens_samples"] == 4 and batch == 3
-    assert sized_batch(dict(exact), dict(sampled), 128, 76, 1.0)[1] == 1  # never below one sequence
+    def timing(seconds, lens_samples):
+        return StepTiming(micro_batch=16, seq_len=1024, lens_samples=lens_samples, seconds_per_micro_batch=seconds,
+                          tokens_per_s=16 * 1024 / seconds, step_seconds=8 * seconds, flops_per_token=1.0, mfu=None,
+                          peak_memory_gb=None)
+
+    exact, sampled = timing(8.0, 0), timing(4.0, 4)  # 0.5 s and 0.25 s a sequence
+    use, batch = sized_batch(exact, sampled, 128, 76, 76 * 128 * 0.5 + 1)  # the paper's batch fits
+    assert use.lens_samples == 0 and batch == 128
+    use, batch = sized_batch(exact, sampled, 128, 76, 76 * 40 * 0.5)  # 40 exact sequences a step
+    assert use.lens_samples == 0 and batch == 32  # a multiple of the micro-batch
+    use, batch = sized_batch(exact, sampled, 128, 76, 76 * 10 * 0.5)  # not one exact micro-batch
+    assert use.lens_samples == 4 and batch == 16
+    use, batch = sized_batch(exact, sampled, 128, 76, 76 * 3 * 0.25)
+    assert use.lens_samples == 4 and batch == 3
+    assert exact.seconds_per_micro_batch == 8.0  # sizing reads the timings, never writes them
+    assert sized_batch(exact, sampled, 128, 76, 1.0)[1] == 1  # never below one sequence
 
 def test_import_puts_the_record_where_the_gpu_profile_reads_it(tmp_path, monkeypatch):
     from sdlib.studies.gpu_study import import_results

@@ -182,7 +182,7 @@ def test_eval_cache_follows_checkpoint_content_and_is_never_partial(text_file, t
     train(_config(text_file, tmp_path, "cached", max_tokens=1024, save_every=0, lr=5e-3), progress=False)
     second, _ = evaluate_cached(str(run), ["lambada_openai"], settings, out_dir=out, progress=False)
     assert len(list((out / "cache").iterdir())) == 2
-    assert not first["value"].equals(second["value"])
+    assert not first.table["value"].equals(second.table["value"])
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt

@@ -1,5 +1,7 @@
 """The last-layer analysis: the D_L bound against brute force, the norm-rotation invariants, weight edits."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -8,6 +10,7 @@ from sdlib.metrics import monotonicity, movement
 from sdlib.models import load
 from sdlib.parts import decoder_parts
 from sdlib.studies.last_layer import (
+    LastLayerReport,
     channel_energy_share,
     final_norm_rotation,
     final_norm_weight,
@@ -66,13 +69,14 @@ def test_last_layer_report_invariants():
         decoder_parts(model).norm.weight.copy_(torch.randn(32, generator=torch.Generator().manual_seed(0)))
     windows = torch.randint(0, 512, (4, 24), generator=torch.Generator().manual_seed(1))
     report = last_layer_report(model, windows, target=0.85, top=3)
-    edits = {e["final_norm_weight"]: e for e in report["edits"]}
+    edits = {e.final_norm_weight: e for e in report.edits}
     as_trained = edits["as trained"]
-    assert as_trained["S_normed"] == pytest.approx(report["S"]["normed"], abs=1e-6)
-    assert as_trained["D_L"] == pytest.approx(report["D_L"]["normed"], abs=1e-6)
+    assert as_trained.S_normed == pytest.approx(report.S["normed"], abs=1e-6)
+    assert as_trained.D_L == pytest.approx(report.D_L["normed"], abs=1e-6)
     # a uniform weight does not rotate: the normed D_L becomes the pre-norm one
-    assert edits["uniform (mean |g|)"]["D_L"] == pytest.approx(report["D_L"]["pre_norm"], abs=1e-5)
-    assert report["block_rotation"] == pytest.approx(report["D_L"]["pre_norm"], abs=1e-5)
-    assert len(report["channels"]) == 3 and report["norm_rotation"] > 0
-    assert [c["share_pre_norm"] for c in report["channels"]] == sorted(
-        (c["share_pre_norm"] for c in report["channels"]), reverse=True)
+    assert edits["uniform (mean |g|)"].D_L == pytest.approx(report.D_L["pre_norm"], abs=1e-5)
+    assert report.block_rotation == pytest.approx(report.D_L["pre_norm"], abs=1e-5)
+    assert len(report.channels) == 3 and report.norm_rotation > 0
+    assert [c.share_pre_norm for c in report.channels] == sorted(
+        (c.share_pre_norm for c in report.channels), reverse=True)
+    assert LastLayerReport.from_dict(json.loads(json.dumps(report.to_dict()))) == report

@@ -55,3 +55,12 @@ def test_license_citation_and_version_are_there():
     assert citation["cff-version"] == "1.2.0" and "numerical convergence" in citation["preferred-citation"]["title"]
     done = subprocess.run([sys.executable, "-m", "sdlib", "--version"], capture_output=True, text=True, cwd=ROOT)
     assert done.returncode == 0 and done.stdout.strip() == "sdlib 0.2.0"
+
+
+def test_the_library_asks_for_ranges_not_exact_pins():
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    exact = [d for d in project["dependencies"] if "==" in d]
+    assert not exact, f"exact pins inside the library's dependencies: {exact}"
+    assert any(d.startswith("jupyterlab") for d in project["dependencies"])  # Jupyter-first: installed by default

@@ -19,6 +19,55 @@ def test_lens_figure_shows_the_chosen_layers_with_their_own_tokens():
                            top_prob=[[l / L1] * n for l in range(L1)],
                            movement_last={"normed": [[0.1] * L1] * 2, "pre_norm": [[0.1] * L1] * 2})
     heat = lens_figure([grid]).data[0]
-    assert list(heat.y) == [f"layer {l}" for l in lens_rows(L1)]
+    shown = lens_rows(L1)
+    assert [y.removeprefix("⋮ ") for y in heat.y] == [f"layer {l}" for l in shown]
+    # a row that follows skipped layers says so; consecutive rows do not
+    assert [y.startswith("⋮") for y in heat.y] == [i > 0 and l - shown[i - 1] > 1 for i, l in enumerate(shown)]
+    assert any(y.startswith("⋮") for y in heat.y)
     assert heat.text[-1][0].startswith("t29-0") and heat.text[0][2].startswith("t0-2")
     assert heat.z[-1][0] == 29 / L1 and heat.x[1] == "1: ␣b→c"
+
+
+def _record(model, role, D):
+    return SimpleNamespace(model=model, role=role, label=f"{model} ({role})", D={"normed": D, "pre_norm": D},
+                           S={"normed": 0.5, "pre_norm": 0.5})
+
+
+def test_before_and_after_have_their_own_colours_and_the_change_is_drawn():
+    from sdlib.figures.plots import PRETRAINED_GREY, model_colors, movement_figure
+
+    before, after = _record("m", "pretrained", [0.5, 0.1, 0.3]), _record("m", "self_distilled", [0.5, 0.12, 0.2])
+    fig = movement_figure([before, after])
+    lines = [t for t in fig.data if t.type == "scatter"]
+    assert lines[0].line.color == PRETRAINED_GREY and lines[1].line.color != PRETRAINED_GREY
+    bars = [t for t in fig.data if t.type == "bar"]
+    assert len(bars) == 2 and list(bars[0].y) == [0.0, 0.12 - 0.1, 0.2 - 0.3]
+    assert movement_figure([before]).data[0].type == "scatter" and not [t for t in movement_figure([before]).data
+                                                                        if t.type == "bar"]
+    # several base models: a hue each, the pretrained one a lighter tint; the same series, the same colour
+    colors = model_colors([("a", "pretrained"), ("a", "self_distilled"), ("b", "pretrained"), ("b", "self_distilled")])
+    assert len(set(colors.values())) == 4
+    assert model_colors([("b", "self_distilled"), ("a", "self_distilled")])[("b", "self_distilled")] == colors[
+        ("a", "self_distilled")]  # colours follow the order of the series given (the profile's pairs)
+
+
+def test_the_late_layer_panel_leaves_the_final_layer_out():
+    import pandas as pd
+
+    from sdlib.figures.plots import layer_metric_figure
+
+    rows = [{"task": "lambada_openai", "metric": "acc", "layer": l, "value": v, "lo": None, "hi": None, "n": 5,
+             "max_length": 64, "label": f"m ({role})", "role": role, "base_model": "m"}
+            for role in ("pretrained", "self_distilled") for l, v in enumerate([0, 0, 0, 0, 0.01, 0.05, 0.3])]
+    fig = layer_metric_figure(pd.DataFrame(rows), "lambada_openai", "acc", zoom=True)
+    zoomed = [t for t in fig.data if t.xaxis == "x2"]
+    assert zoomed and all(list(t.x) == [4, 5] for t in zoomed)  # layers 2L/3 .. L-1 of 7
+    assert len(layer_metric_figure(pd.DataFrame(rows), "lambada_openai", "acc").data) == 2
+
+
+def test_a_partial_utf8_token_shows_its_bytes():
+    from sdlib.studies.lens import _show_bytes
+
+    assert _show_bytes("ok €".encode()) == "ok €"
+    assert _show_bytes(b"a\xe2\x80") == "a⟨e2 80⟩" and _show_bytes(b"\x91") == "⟨91⟩"
+    assert _show_bytes(b"\\x41") == "\\x41"  # a literal backslash stays text

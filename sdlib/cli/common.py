@@ -1,0 +1,20 @@
+"""What the commands share: the device / cache flags and the choices they validate."""
+
+from __future__ import annotations
+
+import argparse
+
+DTYPES = ("float32", "bfloat16", "float16")
+PROFILES = ("tiny", "smol", "paper", "gpu")
+MODEL_HELP = "smollm2-135m, qwen2.5-coder-0.5b, tiny-llama, a hub id, a model or run folder"
+
+
+def model_args(p: argparse.ArgumentParser, cache: bool = True) -> None:
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    if cache:
+        p.add_argument("--no-cache", action="store_true", help="recompute even when a cached result matches")
+
+
+def output_arg(p: argparse.ArgumentParser, what: str) -> None:
+    """lm-eval's spelling (``--output_path``) and the hyphenated one."""
+    p.add_argument("--output_path", "--output-path", "--out", dest="out", default=None, help=what)

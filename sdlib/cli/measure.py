@@ -1,0 +1,124 @@
+"""Commands that measure one model: ``measure``, ``eval``, ``analyze`` and ``study``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Sequence
+from dataclasses import replace
+
+from sdlib.cli.common import DTYPES, MODEL_HELP, model_args, output_arg
+from sdlib.errors import SdlibError
+from sdlib.evaluation.layers import eval_settings, evaluate_cached, format_table
+from sdlib.evaluation.tasks import check_tasks
+from sdlib.models import default_device, load
+from sdlib.paths import results_dir, slug
+from sdlib.provenance import write_json
+from sdlib.studies import registry
+from sdlib.studies.atlas import AtlasSettings, atlas, format_atlas
+from sdlib.studies.measure import MeasureSettings, format_measurement, measure_model
+
+
+def _measure(args: argparse.Namespace, extra: Sequence[str]) -> int:
+    settings = MeasureSettings(args.text, args.windows, args.window_len, args.batch_size, args.dtype)
+    model, tokenizer = load(args.model, dtype=args.dtype, device=default_device(args.device))
+    record = measure_model(model, tokenizer, settings, name=args.model, progress=not args.json)
+    out = write_json(args.out or results_dir() / slug(args.model) / "measure.json", record.to_dict())
+    if args.json:
+        print(json.dumps({"model": record.model, **{k: getattr(record, k) for k in (
+            "D", "S", "S_median", "last_layer_ratio", "n_tokens", "n_windows", "window_len")}}, indent=2))
+    else:
+        print(format_measurement(record))
+        print(f"written: {out}")
+    return 0
+
+
+def _eval(args: argparse.Namespace, extra: Sequence[str]) -> int:
+    tasks = check_tasks(args.tasks)
+    for flag, value in (("--limit", args.limit), ("--max-length", args.max_length), ("--batch-size", args.batch_size)):
+        if value is not None and value < 1:
+            raise SdlibError(f"{flag} must be at least 1, got {value}")
+    device = default_device(args.device)
+    settings = eval_settings(args.subset, device, limit=args.limit, max_length=args.max_length, dtype=args.dtype,
+                             tasks=tasks)
+    print(f"evaluating {args.model} on {', '.join(tasks)}: subset {settings.subset}, "
+          f"limit {settings.limit or 'none'}, max_length {settings.max_length or 'the model maximum'}, {device}")
+    scores, path = evaluate_cached(args.model, tasks, settings, device=device, batch_size=args.batch_size or 8,
+                                   out_dir=args.out, use_cache=not args.no_cache)
+    print(format_table(scores.table))
+    print(f"written: {path} (and results.json beside it)")
+    return 0
+
+
+def _analyze(args: argparse.Namespace, extra: Sequence[str]) -> int:
+    settings = replace(AtlasSettings(), windows=args.windows, window_len=args.window_len, text=args.text,
+                       eval_subset=args.subset)
+    record = atlas(args.model, settings, device=args.device, use_cache=not args.no_cache, progress=not args.json)
+    print(json.dumps(record.to_dict(), indent=2, default=str) if args.json else format_atlas(record))
+    return 0
+
+
+def _study(args: argparse.Namespace, extra: Sequence[str]) -> int:
+    if args.name == "list":
+        for study in registry.STUDIES.values():
+            print(f"{study.name:12s} {study.help}\n{study.settings_help()}")
+        return 0
+    study = registry.get(args.name)
+    if not args.model:
+        raise SdlibError(f"name the model to study: `sdlib study {study.name} MODEL`")
+    settings = study.settings_from(list(extra))
+    record = study.run(args.model, settings, device=args.device, use_cache=not args.no_cache, progress=not args.json)
+    print(json.dumps(record.to_dict(), indent=2, default=str) if args.json else study.describe(record))
+    print(f"cached under: {study.folder(args.model)}")
+    return 0
+
+
+def add(sub) -> None:
+    p = sub.add_parser("measure", help="D curve and S (both last-state conventions) of a model or checkpoint")
+    p.add_argument("model", help=MODEL_HELP)
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument("--dtype", default="float32", choices=DTYPES, help="float32 (default), bfloat16, float16")
+    p.add_argument("--text", default="wikitext-test", help="wikitext-test (default), wikitext-valid or a file")
+    p.add_argument("--windows", type=int, default=64, help="number of windows (default 64)")
+    p.add_argument("--window-len", "--window_len", type=int, default=512, help="tokens per window (default 512)")
+    p.add_argument("--batch-size", "--batch_size", type=int, default=8, help="windows per forward pass")
+    output_arg(p, "JSON output path (default: <build>/results/<model>/measure.json)")
+    model_args(p, cache=False)
+    p.set_defaults(func=_measure)
+
+    p = sub.add_parser("eval", help="LAMBADA / WikiText scores of every layer (logit lens), scored as lm-eval does")
+    p.add_argument("model", help=MODEL_HELP)
+    p.add_argument("--tasks", default="lambada_openai,wikitext",
+                   help="lambada_openai and/or wikitext, comma-separated (lm-eval's task names)")
+    p.add_argument("--subset", default="auto",
+                   help="auto (cpu-subset on a CPU, full elsewhere), cpu-subset, full, or a YAML file")
+    p.add_argument("--limit", type=int, default=None, help="first N documents of each task (as lm-eval's --limit)")
+    p.add_argument("--max-length", "--max_length", type=int, default=None,
+                   help="rolling-window length (default: the subset's)")
+    p.add_argument("--batch-size", "--batch_size", type=int, default=None, help="requests per forward pass (default 8)")
+    p.add_argument("--dtype", default="float32", choices=DTYPES, help="float32 (default), bfloat16, float16")
+    output_arg(p, "output folder, as lm-eval's --output_path (default: <build>/results/<model>/eval)")
+    model_args(p)
+    p.set_defaults(func=_eval)
+
+    p = sub.add_parser("analyze", help="the convergence atlas of a model (the atlas study): D and S, the last step "
+                                       "split into block and final norm, channel shares, per-layer evaluation, "
+                                       "zeta1/zeta2 at initialisation")
+    p.add_argument("model", help=MODEL_HELP)
+    p.add_argument("--json", action="store_true", help="print the record as JSON")
+    p.add_argument("--text", default="wikitext-test", help="measurement text (default wikitext-test)")
+    p.add_argument("--windows", type=int, default=64, help="measurement windows (default 64)")
+    p.add_argument("--window-len", "--window_len", type=int, default=512, help="tokens per window (default 512)")
+    p.add_argument("--subset", default="cpu-subset", help="evaluation subset (default cpu-subset; full, tiny)")
+    model_args(p)
+    p.set_defaults(func=_analyze)
+
+    p = sub.add_parser("study", help="run a registered study on a model (`sdlib study list` shows them)",
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       epilog="studies and their settings (pass any as --key value):\n" + "\n".join(
+                           f"{s.name}: {s.help}\n{s.settings_help()}" for s in registry.STUDIES.values()))
+    p.add_argument("name", help="a study name, or list")
+    p.add_argument("model", nargs="?", help=MODEL_HELP)
+    p.add_argument("--json", action="store_true", help="print the record as JSON")
+    model_args(p)
+    p.set_defaults(func=_study)

@@ -1,0 +1,77 @@
+"""The shape every study has: a frozen settings dataclass in, a typed record out, cached by the model's
+weights and the settings.
+
+A study is one ``Study`` value in its own module (``STUDY = Study(...)``), listed once in
+``sdlib.studies.registry``; the command line (``sdlib study NAME MODEL --setting value``), the profiles
+(``studies:`` in configs/profiles.yaml) and the notebooks (``FigureRun.study``) find it there.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any, Generic, TypeVar
+
+from torch import nn
+
+from sdlib.cache import Record, cached, model_fingerprint
+from sdlib.models import default_device, load
+from sdlib.paths import results_dir, slug
+from sdlib.train.config import config_from_dict, parse_overrides
+
+S = TypeVar("S")
+R = TypeVar("R", bound=Record)
+
+
+@dataclass
+class Subject:
+    """The model a study runs on: its name (for records and folders), the loaded model and tokenizer."""
+
+    name: str
+    model: nn.Module
+    tokenizer: Any
+    progress: bool = True
+
+    @property
+    def device(self) -> str:
+        return str(next(self.model.parameters()).device)
+
+
+@dataclass(frozen=True)
+class Study(Generic[S, R]):
+    """One study: its name, what it needs (``settings``, a frozen dataclass), what it returns (``record``, a
+    ``Record``), how it computes it, and how the record reads as text."""
+
+    name: str
+    """the command-line name (``sdlib study NAME``) and the results folder (<build>/results/<model>/NAME)"""
+    help: str
+    settings: type[S]
+    record: type[R]
+    compute: Callable[[Subject, S], R]
+    describe: Callable[[R], str]
+    version: int = 1
+    """part of the cache key: raised when the record or its computation changes"""
+
+    def settings_from(self, values: dict[str, Any] | list[str] | None = None, source: str = "the command line") -> S:
+        """Settings from plain values or ``--key value`` words; an unknown key or a wrong type is one clear error."""
+        values = parse_overrides(values) if isinstance(values, list) else dict(values or {})
+        return config_from_dict(values, source, cls=self.settings, what=f"{self.name} setting")
+
+    def settings_help(self) -> str:
+        return "\n".join(f"  --{f.name:<16} (default: {f.default!r})" for f in fields(self.settings))
+
+    def folder(self, model_name: str) -> Path:
+        return results_dir() / slug(model_name) / self.name
+
+    def run(self, model_name: str, settings: S | None = None, *, device: str | None = None,
+            loaded: tuple[nn.Module, Any] | None = None, use_cache: bool = True, progress: bool = True) -> R:
+        """The record of ``model_name`` (loaded here unless ``loaded`` is given) under ``settings`` (default: the
+        defaults): read from the cache when the weights and settings match, else computed and cached."""
+        settings = settings if settings is not None else self.settings()
+        dtype = {"dtype": settings.dtype} if hasattr(settings, "dtype") else {}  # a study that names its dtype
+        model, tokenizer = loaded or load(model_name, device=default_device(device), **dtype)
+        subject = Subject(model_name, model, tokenizer, progress)
+        key = {"fingerprint": model_fingerprint(model, tokenizer), "record": self.version, **asdict(settings)}
+        return cached(self.record, self.folder(model_name), self.name, key, lambda: self.compute(subject, settings),
+                      use_cache)
