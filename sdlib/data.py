@@ -6,7 +6,9 @@ at a folder laid out like ``../shared/data``. Nothing is downloaded at import ti
 
 from __future__ import annotations
 
+import bisect
 import json
+import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +18,7 @@ import torch
 from sdlib.errors import SdlibError
 from sdlib.paths import data_dir
 from sdlib.provenance import file_sha256
+from sdlib.types import WindowPlacement, parse
 
 # name -> (HF dataset, config, split, file under SDLIB_DATA_DIR)
 FINEWEB_EDU = ("HuggingFaceFW/fineweb-edu", "sample-10BT", "train", "fineweb-edu-sample/sample-10BT-first-1M-chars.txt")
@@ -86,6 +89,37 @@ def read_text(source: str) -> tuple[str, dict[str, str]]:
     return read_utf8(path), {str(path.resolve()): f"sha256:{file_sha256(path)}"}
 
 
+WIKITEXT_ARTICLE = re.compile(r"^ = [^=].*[^=] = $", re.MULTILINE)
+"""a WikiText article's title line (`` = Robert Boulter = ``; section titles have ``= =``)"""
+
+
+def document_starts(text: str) -> list[int]:
+    """Character offsets where the documents of ``text`` start: WikiText's articles (one title line each), or the
+    whole text as one document."""
+    starts = [m.start() for m in WIKITEXT_ARTICLE.finditer(text)]
+    return [0] + [s for s in starts if s > 0] if starts else [0]
+
+
+def spread_windows(tokenizer, text: str, n_windows: int, window_len: int) -> tuple[torch.Tensor, list[int]]:
+    """Tokenize ``text`` once as one string and take ``n_windows`` windows evenly spaced over all of it, the first
+    at its start and the last at its end (they never overlap). -> (LongTensor [n, window_len], the document
+    (``document_starts``) each window starts in). Fewer tokens than the windows need gives fewer windows."""
+    fast = getattr(tokenizer, "is_fast", False)
+    encoded = tokenizer(text, verbose=False, return_offsets_mapping=fast)
+    ids = encoded["input_ids"]
+    if len(ids) < 2:
+        raise SdlibError(f"the text has {len(ids)} token(s): at least two are needed to measure anything")
+    if len(ids) < window_len:
+        return torch.tensor([ids], dtype=torch.long), [0]
+    n = min(n_windows, len(ids) // window_len)
+    starts = [round(i * (len(ids) - window_len) / max(n - 1, 1)) for i in range(n)]
+    windows = torch.tensor([ids[s:s + window_len] for s in starts], dtype=torch.long)
+    if not fast:  # no character offsets: each window its own unit
+        return windows, list(range(n))
+    docs = document_starts(text)
+    return windows, [bisect.bisect_right(docs, encoded["offset_mapping"][s][0]) - 1 for s in starts]
+
+
 def text_windows(tokenizer, text: str, n_windows: int, window_len: int) -> torch.Tensor:
     """Tokenize ``text`` once as one string (tokenizer defaults) and cut its first tokens into windows.
 
@@ -103,21 +137,37 @@ def text_windows(tokenizer, text: str, n_windows: int, window_len: int) -> torch
 
 @dataclass(frozen=True)
 class TextWindows:
-    """Which held-out text a measurement reads, as ``windows`` windows of ``window_len`` tokens (``text_windows``):
-    ``wikitext-test``, ``wikitext-valid`` or a file."""
+    """Which held-out text a measurement reads: ``windows`` windows of ``window_len`` tokens of ``wikitext-test``,
+    ``wikitext-valid`` or a file, spread evenly over all of it (``spread_windows``) or its first tokens
+    (``first``, ``text_windows``)."""
 
     text: str = "wikitext-test"
     windows: int = 64
     window_len: int = 512
+    placement: str = "spread"
 
     def __post_init__(self) -> None:
         if self.windows < 1 or self.window_len < 2:
             raise SdlibError("windows must be >= 1 and the window length >= 2")
+        object.__setattr__(self, "placement", str(parse(WindowPlacement, self.placement, "window placement")))
+
+    def sample(self, tokenizer) -> tuple[torch.Tensor, list[int], dict[str, str]]:
+        """(the windows' token ids [n, window_len], the document each starts in, the text's provenance)."""
+        body, hashes = read_text(self.text)
+        if self.placement == WindowPlacement.FIRST:
+            ids = text_windows(tokenizer, body, self.windows, self.window_len)
+            return ids, list(range(len(ids))), hashes
+        ids, documents = spread_windows(tokenizer, body, self.windows, self.window_len)
+        return ids, documents, hashes
 
     def ids(self, tokenizer) -> torch.Tensor:
         """The windows' token ids [n, window_len]."""
-        body, _ = read_text(self.text)
-        return text_windows(tokenizer, body, self.windows, self.window_len)
+        return self.sample(tokenizer)[0]
+
+    def describe(self) -> str:
+        """What a reader needs next to an S: ``wikitext-test, 64 x 512 tokens spread over the text``."""
+        where = "spread over the text" if self.placement == WindowPlacement.SPREAD else "its first tokens"
+        return f"{self.text}, {self.windows} x {self.window_len} tokens {where}"
 
 
 # --- the training stream ----------------------------------------------------------------------------------

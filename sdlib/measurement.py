@@ -16,9 +16,11 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from sdlib.cache import Record
+from sdlib.errors import SdlibError
 from sdlib.loss import relative_step
 from sdlib.metrics import check_finite, last_layer_ratio, monotonicity, movement, token_movement
 from sdlib.states import HiddenStates, forward_states
+from sdlib.stats import bootstrap_monotonicity, paired_S_difference
 from sdlib.types import LAST_STATES
 
 # Called after every batch of a measurement with the batch's states, its token ids and the per-token
@@ -42,6 +44,21 @@ class Measurement(Record):
     """the per-token median of D_l at each layer (robust to a few huge tokens such as position 0)"""
     S_median: dict[str, float] = field(default_factory=dict)
     info: dict[str, Any] = field(default_factory=dict)
+    """what was measured: ``text``, ``setting`` (a sentence for readers), ``data`` (the text's hash)"""
+    window_documents: list[int] = field(default_factory=list)
+    """the document of the text each window starts in (intervals resample documents); empty: windows"""
+
+    def S_interval(self, convention: str, level: float = 0.95) -> tuple[float, float]:
+        """S's percentile bootstrap interval, resampling the text's documents (or the windows when there is one)."""
+        return bootstrap_monotonicity(self.per_window_D[convention], level=level,
+                                      documents=self.window_documents or None)
+
+    def S_change_from(self, base: Measurement, convention: str) -> tuple[float, float, float]:
+        """S minus ``base``'s S on the same windows, with its paired interval (resampling documents)."""
+        if base.window_documents != self.window_documents or base.n_windows != self.n_windows:
+            raise SdlibError("the two measurements read different windows: a paired change needs the same ones")
+        return paired_S_difference(base.per_window_D[convention], self.per_window_D[convention],
+                                   documents=self.window_documents or None)
 
 
 @torch.no_grad()

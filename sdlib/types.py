@@ -10,6 +10,14 @@ from typing import TypeVar
 from sdlib.errors import SdlibError
 
 
+class WindowPlacement(StrEnum):
+    """Where a measurement's windows come from: evenly spaced over the whole text (``spread``, the default: every
+    part of WikiText-2's test split counts) or its first tokens (``first``, what the training log measures)."""
+
+    SPREAD = "spread"
+    FIRST = "first"
+
+
 class LastState(StrEnum):
     """Which h_L: transformers' ``hidden_states[-1]`` is taken after the final norm (``normed``); the raw
     output of decoder layer L is ``pre_norm``. The paper does not say which it used."""

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import argparse
 
+from sdlib.types import WindowPlacement
+
 DTYPES = ("float32", "bfloat16", "float16")
+PLACEMENTS = tuple(str(p) for p in WindowPlacement)
 PROFILES = ("tiny", "smol", "paper", "gpu")
 MODEL_HELP = "smollm2-135m, qwen2.5-coder-0.5b, tiny-llama, a hub id, a model or run folder"
 

@@ -7,7 +7,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import replace
 
-from sdlib.cli.common import DTYPES, MODEL_HELP, model_args, output_arg
+from sdlib.cli.common import DTYPES, MODEL_HELP, PLACEMENTS, model_args, output_arg
 from sdlib.errors import SdlibError
 from sdlib.evaluation.layers import eval_settings, evaluate_cached, format_table
 from sdlib.evaluation.tasks import check_tasks
@@ -20,7 +20,8 @@ from sdlib.studies.measure import MeasureSettings, format_measurement, measure_m
 
 
 def _measure(args: argparse.Namespace, extra: Sequence[str]) -> int:
-    settings = MeasureSettings(args.text, args.windows, args.window_len, args.batch_size, args.dtype)
+    settings = MeasureSettings(text=args.text, windows=args.windows, window_len=args.window_len,
+                               placement=args.placement, batch_size=args.batch_size, dtype=args.dtype)
     model, tokenizer = load(args.model, dtype=args.dtype, device=default_device(args.device))
     record = measure_model(model, tokenizer, settings, name=args.model, progress=not args.json)
     out = write_json(args.out or results_dir() / slug(args.model) / "measure.json", record.to_dict())
@@ -81,6 +82,8 @@ def add(sub) -> None:
     p.add_argument("--text", default="wikitext-test", help="wikitext-test (default), wikitext-valid or a file")
     p.add_argument("--windows", type=int, default=64, help="number of windows (default 64)")
     p.add_argument("--window-len", "--window_len", type=int, default=512, help="tokens per window (default 512)")
+    p.add_argument("--placement", default="spread", choices=PLACEMENTS,
+                   help="spread (default): windows evenly spaced over the whole text; first: its first tokens")
     p.add_argument("--batch-size", "--batch_size", type=int, default=8, help="windows per forward pass")
     output_arg(p, "JSON output path (default: <build>/results/<model>/measure.json)")
     model_args(p, cache=False)

@@ -73,9 +73,16 @@ def movement_figure(records: Sequence[Any], title: str = "Hidden-state movement 
     fig.update_yaxes(title_text="D_l = 1 - (1 + cos(h_{l-1}, h_l)) / 2", row=1, col=1)
     if pairs:
         fig.update_yaxes(title_text="ΔD_l (after - before)", row=2, col=1)
-    fig.update_layout(title=title, template="plotly_white", width=1200, height=760 if pairs else 500,
-                      legend={"groupclick": "toggleitem"})
+    fig.update_layout(title=_with_setting(title, records), template="plotly_white", width=1200,
+                      height=760 if pairs else 500, legend={"groupclick": "toggleitem"})
     return fig
+
+
+def _with_setting(title: str, measurements: Sequence[Any]) -> str:
+    """The title with where S was measured (``Measurement.info["setting"]``), when the records say."""
+    found = [(getattr(m, "info", None) or {}).get("setting") for m in measurements]
+    settings = list(dict.fromkeys(s for s in found if s))
+    return f"{title}<br><sup>S and D measured on {'; '.join(settings)}</sup>" if settings else title
 
 
 def _before_after(records: Sequence[Any]) -> dict[str, tuple[Any, Any]]:
@@ -408,7 +415,8 @@ def atlas_figure(records: Sequence[Any], title: str = "Convergence atlas") -> go
     fig.update_yaxes(range=[0, 1.02], row=1, col=3)
     fig.update_yaxes(type="log", row=2, col=2)
     fig.update_yaxes(type="log", row=2, col=3)
-    fig.update_layout(title=title, template="plotly_white", width=1500, height=1000, barmode="group",
+    fig.update_layout(title=_with_setting(title, [r.measurement for r in records]), template="plotly_white",
+                      width=1500, height=1000, barmode="group",
                       font={"size": 16}, legend={"orientation": "h", "y": -0.12, "x": 0})
     fig.update_annotations(font_size=16)
     return fig

@@ -34,11 +34,13 @@ class FigureRun:
     folder its figures go to."""
 
     def __init__(self, profile: str = "smol", trained: str | list[str] | None = None, models: list[str] | None = None,
-                 device: str | None = None, output: str | None = None):
+                 device: str | None = None, output: str | None = None, png: bool = True):
 
         self.profile = load_profile(profile, trained=trained, only=models)
         self.device = device
         self.output = Path(output) if output else build_dir() / "figures" / profile
+        self.png = png
+        """False: HTML and JSON only (no browser is started for the static image)"""
 
     def study(self, name: str, pair: Pair | None = None, role: Role = Role.PRETRAINED, use_cache: bool = True):
         """The record of registered study ``name`` (``sdlib.studies.registry``) for one model of the profile (the
@@ -50,7 +52,7 @@ class FigureRun:
     def save(self, fig, name: str, numbers: dict[str, Any], provenance: dict[str, Any] | None = None,
              records: Any = None, png: bool = True) -> dict[str, Path]:
         """Write the figure (PNG, HTML, JSON with ``numbers``, ``records`` and provenance) into the output folder."""
-        return save_figure(fig, name, numbers, self.output, provenance, png=png, records=records)
+        return save_figure(fig, name, numbers, self.output, provenance, png=png and self.png, records=records)
 
     def saved(self, name: str) -> dict[str, Any]:
         """The profile's saved figure JSON (``<profile figures folder>/<name>.json``: ``figures/`` for the default

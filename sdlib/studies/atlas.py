@@ -36,7 +36,6 @@ from sdlib.metrics import movement
 from sdlib.parts import decoder_parts
 from sdlib.provenance import nan_to_none, provenance
 from sdlib.states import HiddenStates, forward_states
-from sdlib.stats import bootstrap_monotonicity
 from sdlib.studies.base import Study, Subject
 from sdlib.studies.measure import Measurement, MeasureSettings, measure_text
 from sdlib.types import LAST_STATES
@@ -173,9 +172,9 @@ class AtlasRecord(Record):
 
     @cached_property
     def S_interval(self) -> dict[str, tuple[float, float]]:
-        """The 95% percentile bootstrap interval of S over the measurement's windows, per convention."""
+        """The 95% percentile bootstrap interval of S over the measurement's documents, per convention."""
 
-        return {c: bootstrap_monotonicity(self.measurement.per_window_D[c]) for c in LAST_STATES}
+        return {c: self.measurement.S_interval(c) for c in LAST_STATES}
 
     def summary(self) -> dict[str, Any]:
         """The headline numbers (what the atlas figure's JSON and RESULTS.md show); undefined values are None."""
@@ -356,7 +355,7 @@ def compute_atlas(subject: Subject, settings: AtlasSettings) -> AtlasRecord:
 
     model, tokenizer = subject.model, subject.tokenizer
     observer = _TokenObserver()
-    m = measure_text(model, tokenizer, settings.text, settings.windows, settings.window_len, settings.batch_size,
+    m = measure_text(model, tokenizer, settings, settings.batch_size,
                      progress=subject.progress, observers=[observer])
     parts = decoder_parts(model)
     last_step, share, top = observer.summarise(parts.norm_gain().cpu())

@@ -9,7 +9,7 @@ from typing import Any
 from sdlib.cache import cached, model_fingerprint
 from sdlib.evaluation.layers import LayerScores, evaluate_cached, load_subset
 from sdlib.paths import results_dir, slug
-from sdlib.stats import bootstrap_monotonicity, paired_ratio, paired_S_difference
+from sdlib.stats import paired_ratio
 from sdlib.studies.measure import MeasureRecord, MeasureSettings, measure_model
 from sdlib.studies.profiles import ROLES, Pair, Profile
 from sdlib.types import LAST_STATES, Role
@@ -98,7 +98,7 @@ def summary(profile: Profile, device: str | None = None):
             r, scores = records[role], evaluated[role]
             col: dict[str, str] = {}
             for c in LAST_STATES:
-                lo, hi = bootstrap_monotonicity(r.per_window_D[c]) if len(r.per_window_D[c]) >= 2 else (np.nan,) * 2
+                lo, hi = r.S_interval(c) if len(r.per_window_D[c]) >= 2 else (np.nan,) * 2
                 col[f"S ({c})"] = _interval(r.S[c], lo, hi)
                 col[f"D_L ({c})"] = f"{r.D[c][-1]:.3f}"
                 col[f"D_L / D_L-1 ({c})"] = f"{r.last_layer_ratio[c]:.2f}"
@@ -113,8 +113,7 @@ def summary(profile: Profile, device: str | None = None):
             columns[pair.label(role)] = col
         after = columns[pair.label(Role.SELF_DISTILLED)]
         for c in LAST_STATES:
-            d, lo, hi = paired_S_difference(records[Role.PRETRAINED].per_window_D[c],
-                                            records[Role.SELF_DISTILLED].per_window_D[c])
+            d, lo, hi = records[Role.SELF_DISTILLED].S_change_from(records[Role.PRETRAINED], c)
             after[f"S ({c}) change, paired"] = _interval(d, lo, hi, signed=True)
         if greedy[Role.PRETRAINED] is not None and greedy[Role.SELF_DISTILLED] is not None:
             r_, lo, hi = paired_ratio(greedy[Role.PRETRAINED][:, -1].astype(float),

@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 
 from sdlib.cache import Record
+from sdlib.data import TextWindows
 from sdlib.errors import SdlibError
 from sdlib.evaluation.layers import evaluate_cached, load_subset
 from sdlib.models import load
@@ -87,6 +88,7 @@ class PairedData(Record):
 
     per_window_D: dict[str, list[list[float]]]
     greedy: list[list[bool]]
+    window_documents: list[int] = field(default_factory=list)
 
 
 @dataclass
@@ -254,8 +256,8 @@ class Study:
 
         if model is None:
             model, tokenizer = load(source, device=self.device, **options)
-        m = measure_text(model, tokenizer, "wikitext-test", **{"n_windows": self.spec["measure"]["windows"],
-                                                               "window_len": self.spec["measure"]["window_len"]})
+        where = TextWindows("wikitext-test", self.spec["measure"]["windows"], self.spec["measure"]["window_len"])
+        m = measure_text(model, tokenizer, where)
         write_json(self.records() / label / "measure.json", m.to_dict())
         self.log(f"{label}: S normed {m.S['normed']:.4f}, pre_norm {m.S['pre_norm']:.4f} ({m.n_tokens} tokens)")
         settings = load_subset(self.spec["eval_subset"], self.device)
@@ -264,7 +266,7 @@ class Study:
         lam, ppl = scores.curve("lambada_openai", "acc", intervals=True), scores.curve("wikitext", "word_perplexity")
         self.log(f"{label}: LAMBADA final {lam[-1][0]:.4f} (n {scores.n('lambada_openai')}), WikiText word ppl "
                  f"final {ppl[-1]:.3f}")
-        paired = PairedData(m.per_window_D, scores.greedy["lambada_openai"].tolist())
+        paired = PairedData(m.per_window_D, scores.greedy["lambada_openai"].tolist(), m.window_documents)
         write_json(self.records() / label / "paired.json", paired.to_dict())
         return ModelScores(S=m.S, S_median_curve=m.S_median, D=m.D, D_median=m.D_median,
                            last_layer_ratio=m.last_layer_ratio, tokens=m.n_tokens, lambada_acc=[v for v, _, _ in lam],
@@ -354,7 +356,8 @@ class Study:
 def paired_statistics(before: PairedData, after: PairedData) -> dict[str, Interval]:
     """The change of S per convention (paired over windows) and the ratio of final-layer LAMBADA accuracy (paired
     over passages), each with its 95% interval."""
-    stats = {f"S_{c}_difference": Interval(*paired_S_difference(before.per_window_D[c], after.per_window_D[c]))
+    stats = {f"S_{c}_difference": Interval(*paired_S_difference(before.per_window_D[c], after.per_window_D[c],
+                                                                 documents=before.window_documents or None))
              for c in LAST_STATES}
     b, a = np.asarray(before.greedy, dtype=float), np.asarray(after.greedy, dtype=float)
     stats["lambada_final_ratio"] = Interval(*paired_ratio(b[:, -1], a[:, -1]))

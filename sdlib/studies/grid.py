@@ -20,7 +20,7 @@ from sdlib.evaluation.layers import LayerScores
 from sdlib.evaluation.tasks import TASKS, check_tasks
 from sdlib.paths import results_dir
 from sdlib.provenance import atomic_path, nan_to_none
-from sdlib.stats import bootstrap_monotonicity, paired_ratio, paired_S_difference
+from sdlib.stats import paired_ratio
 from sdlib.studies.compare import layer_scores, measurement
 from sdlib.studies.profiles import Pair, Profile
 from sdlib.train import finished, train
@@ -152,14 +152,13 @@ def cell_result(grid: Grid, cell: str | None, tasks: Sequence[str] = TASKS,
     result = CellResult(
         cell=cell or "pretrained", settings={k: _plain(getattr(c, k)) for k in SETTINGS},
         tokens=c.total_steps * c.batch_size * c.seq_len if cell else 0,
-        S={conv: (m.S[conv], *bootstrap_monotonicity(m.per_window_D[conv])) for conv in LAST_STATES},
+        S={conv: (m.S[conv], *m.S_interval(conv)) for conv in LAST_STATES},
         D_last={conv: m.D[conv][-1] for conv in LAST_STATES}, D_ratio=dict(m.last_layer_ratio),
         lambada=scores.curve("lambada_openai", "acc", intervals=True), lambada_n=scores.n("lambada_openai"),
         wikitext_ppl=scores.curve("wikitext", "word_perplexity") if "wikitext" in scores.table.task.values else [])
     if cell:
         base_m, base_scores = base or measured(grid, None, tasks)
-        result.S_change = {conv: paired_S_difference(base_m.per_window_D[conv], m.per_window_D[conv])
-                           for conv in LAST_STATES}
+        result.S_change = {conv: m.S_change_from(base_m, conv) for conv in LAST_STATES}
         result.lambada_ratio = paired_ratio(base_scores.final_correct("lambada_openai"),
                                             scores.final_correct("lambada_openai"))
         log = read_log(c.run_dir())

@@ -1,7 +1,8 @@
 """Measure a model: the D curve and S in both last-state conventions, on a fixed default text.
 
-Default text (so numbers compare across machines): the raw WikiText-2 test text, tokenized once as one
-string with the tokenizer's defaults, its first 32,768 tokens as 64 windows of 512; fp32 on CPU.
+Default (one setting for every S sdlib reports, so numbers compare across models and machines): the raw
+WikiText-2 test text, tokenized once as one string with the tokenizer's defaults, 64 windows of 512 tokens spread
+evenly over the whole split (``sdlib.data.spread_windows``); intervals resample its articles; fp32 on CPU.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from typing import Any
 
 from torch import nn
 
-from sdlib.data import TextWindows, read_text, text_windows
+from sdlib.data import TextWindows
 from sdlib.errors import SdlibError
 from sdlib.measurement import BatchObserver, Measurement, measure_windows, token_movement_both
 from sdlib.provenance import provenance
@@ -21,15 +22,15 @@ from sdlib.studies.base import Study, Subject
 __all__ = ["BatchObserver", "Measurement", "MeasureRecord", "MeasureSettings", "measure_windows", "measure_text",
            "measure_model", "token_movement_both", "format_measurement"]
 
-def measure_text(model: nn.Module, tokenizer, text: str = "wikitext-test", n_windows: int = 64,
-                 window_len: int = 512, batch_size: int = 8, progress: bool = False,
-                 observers: Sequence[BatchObserver] = ()) -> Measurement:
-    """``measure_windows`` on a named text (``wikitext-test``, ``wikitext-valid``) or a file."""
+def measure_text(model: nn.Module, tokenizer, where: TextWindows = TextWindows(), batch_size: int = 8,
+                 progress: bool = False, observers: Sequence[BatchObserver] = ()) -> Measurement:
+    """``measure_windows`` on the windows ``where`` names (a text, how many windows of how many tokens, where)."""
 
-    body, data_hashes = read_text(text)
-    windows = text_windows(tokenizer, body, n_windows, window_len)
+    windows, documents, data_hashes = where.sample(tokenizer)
     result = measure_windows(model, windows, batch_size=batch_size, progress=progress, observers=observers)
-    result.info.update(text=text, data=data_hashes)
+    result.window_documents = documents
+    result.info.update(text=where.text, data=data_hashes, setting=where.describe(),
+                       documents=len(set(documents)))
     return result
 
 
@@ -70,7 +71,7 @@ def measure_model(model: nn.Module, tokenizer, settings: MeasureSettings = Measu
                   observers: Sequence[BatchObserver] = ()) -> MeasureRecord:
     """Measure a loaded model on ``settings.text``; -> its record with provenance (the one place it is built)."""
 
-    m = measure_text(model, tokenizer, settings.text, settings.windows, settings.window_len, settings.batch_size,
+    m = measure_text(model, tokenizer, settings, settings.batch_size,
                      progress=progress, observers=observers)
     return MeasureRecord(**{k: getattr(m, k) for k in Measurement.__dataclass_fields__}, model=name,
                          source=source or name, label=label or name, role=None if role is None else str(role),

@@ -414,7 +414,8 @@ class SelfDistillation:
                 evaluation = self.evaluate()
                 if self.main:
                     bar.write(f"step {self.step}: S normed {evaluation.S['normed']:.4f}, "
-                              f"pre_norm {evaluation.S['pre_norm']:.4f}")
+                              f"pre_norm {evaluation.S['pre_norm']:.4f} (training-log measurement: "
+                              f"{config.eval_text}, {config.eval_windows} x {config.eval_window_len} first tokens)")
             if config.save_every and self.step % config.save_every == 0 or at_end or out_of_time:
                 checkpoint = self.save(record)
             if out_of_time and not at_end:

@@ -53,10 +53,10 @@ def test_atlas_agrees_with_the_measurement_and_round_trips(tiny_model, text_file
     assert all(a <= b <= 1 for a, b in zip(top1, top4))
     assert r.evaluation.layers == list(range(r.num_layers)) and r.evaluation.lambada_n == 16
     # the norms, recomputed here from a plain forward pass over the same windows
-    from sdlib.data import read_text, text_windows
+    from sdlib.data import read_text, spread_windows
 
     model, tok = tiny_model
-    ids = text_windows(tok, read_text(str(text_file))[0], settings.windows, settings.window_len)
+    ids = spread_windows(tok, read_text(str(text_file))[0], settings.windows, settings.window_len)[0]  # the default
     with torch.no_grad():
         hs = model(ids, output_hidden_states=True).hidden_states
     prev, last = hs[-2][:, 1:].double().norm(dim=-1), hs[-1][:, 1:].double().norm(dim=-1)

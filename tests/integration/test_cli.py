@@ -59,6 +59,7 @@ def test_offline_data_dir_missing_file(tmp_path):
 @pytest.mark.slow
 def test_smollm2_movement_and_monotonicity(tmp_path):
     """Opt-in: SmolLM2-135M's last-layer jump is much larger in the normed convention."""
+    from sdlib.data import TextWindows
     from sdlib.models import load
     from sdlib.parts import decoder_parts
     from sdlib.studies.measure import measure_text
@@ -66,7 +67,7 @@ def test_smollm2_movement_and_monotonicity(tmp_path):
     model, tokenizer = load("smollm2-135m")
     assert decoder_parts(model).num_layers == 30
     text = "wikitext-test" if os.environ.get("SDLIB_DATA_DIR") else str(ROOT / "README.md")
-    m = measure_text(model, tokenizer, text, n_windows=4, window_len=256)
+    m = measure_text(model, tokenizer, TextWindows(text, 4, 256))
     assert m.D["normed"][-1] > 0.3 and m.D["pre_norm"][-1] < 0.25
     assert m.S["normed"] < m.S["pre_norm"]
     assert 0.3 < m.S["normed"] < 0.7

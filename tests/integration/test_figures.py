@@ -42,7 +42,7 @@ def test_tiny_profile_regenerates_every_figure(tmp_path):
     for folder in ("runs", "results", "cache"):
         shutil.rmtree(tmp_path / "build" / folder, ignore_errors=True)
     script = ("import json; from sdlib.figures.run import run_notebooks; print(json.dumps(run_notebooks('tiny', "
-              f"options={{'output': '{tmp_path / 'redrawn'}'}}, progress=False, compute=False)))")
+              f"options={{'output': '{tmp_path / 'redrawn'}', 'png': False}}, progress=False, compute=False)))")
     redraw = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=hang_guard(900),
                             env={**os.environ, "PYTHONPATH": str(ROOT), **env})
     assert redraw.returncode == 0, redraw.stderr[-3000:]

@@ -90,7 +90,8 @@ def test_quickstart_runs_in_jupyter_on_the_sdlib_kernel(tmp_path):
         session = _request(port, token, "POST", "/api/sessions", {"path": "00_quickstart.ipynb", "type": "notebook",
                                                                    "kernel": {"name": "sdlib"}})
         cells = [c["source"] for c in nb["cells"] if c["cell_type"] == "code"]
-        tiny = 'model_name = "tiny-llama"\nwindows = 4\nwindow_len = 128\nprofile = "tiny"'  # as papermill injects
+        # as papermill injects parameters: measure a tiny model
+        tiny = 'model_name = "tiny-llama"\ncompute = True\nwindows = 4\nwindow_len = 128\nprofile = "tiny"'
         errors = asyncio.run(_execute(port, token, session["kernel"]["id"], [cells[0], tiny, *cells[1:]]))
         assert errors == []
         # opened by hand, it writes under the build folder, never into the committed figures/

@@ -95,7 +95,7 @@ def test_a_study_from_one_file_and_one_registration_runs_and_caches(tmp_path, mo
 def test_norms_study_against_a_plain_forward_pass(tmp_path, monkeypatch):
     import torch
 
-    from sdlib.data import text_windows
+    from sdlib.data import spread_windows
     from sdlib.models import load
 
     monkeypatch.setenv("SDLIB_BUILD_DIR", str(tmp_path / "build"))
@@ -105,7 +105,7 @@ def test_norms_study_against_a_plain_forward_pass(tmp_path, monkeypatch):
     study = registry.get("norms")
     record = study.run("tiny-llama", study.settings_from({"text": str(text), "windows": 2, "window_len": 16}),
                        loaded=(model, tok))
-    ids = text_windows(tok, TEXT, 2, 16)
+    ids = spread_windows(tok, TEXT, 2, 16)[0]  # the settings' default placement
     with torch.no_grad():
         hidden = model(ids, output_hidden_states=True).hidden_states  # h_-1 .. h_L, the last one normed
     expected = [float(h.double().norm(dim=-1).median()) for h in hidden[:-1]]
