@@ -166,6 +166,10 @@ def pca_figure(pca, max_tokens: int = 40, title: str | None = None) -> go.Figure
     fig.add_trace(go.Scatter(x=[None], y=[None], mode="lines", name="last step h_L-1 → h_L (arrow)",
                              line={"color": "#d62728"}))
     fig.update_yaxes(title_text=f"PC2 ({pca.explained[1]:.0%})", row=1, col=1)
+    for axis, pc in ((fig.update_xaxes, "pc1"), (fig.update_yaxes, "pc2")):  # one scale for every panel
+        low, high = float(df[pc].min()), float(df[pc].max())
+        pad = 0.04 * (high - low or 1.0)
+        axis(range=[low - pad, high + pad])
     left_out = ", ".join(str(p) for p in pca.excluded_positions) or "none"
     fig.update_layout(title=title or ("PCA of the hidden-state directions h_l / ||h_l||: each token's path and its "
                                       f"last step<br><sup>position(s) {left_out} left out of the fit and the plot</sup>"),
@@ -183,6 +187,7 @@ def layer_metric_figure(table, task: str, metric: str, log_y: bool = False, titl
     part = table[(table["task"] == task) & (table["metric"] == metric)]
     n_layers = int(part["layer"].max()) + 1 if len(part) else 0
     late = list(range(max(1, (2 * n_layers) // 3), n_layers - 1)) if zoom else []
+    late = late if len(late) >= 2 else []  # a shallow model has nothing to enlarge
     fig = make_subplots(rows=1, cols=2 if late else 1, column_widths=[0.6, 0.4] if late else None,
                         horizontal_spacing=0.1, subplot_titles=["every layer", f"layers {late[0]}-{late[-1]} "
                                                                 "(final layer left out)"] if late else None)

@@ -71,3 +71,13 @@ def test_a_partial_utf8_token_shows_its_bytes():
     assert _show_bytes("ok €".encode()) == "ok €"
     assert _show_bytes(b"a\xe2\x80") == "a⟨e2 80⟩" and _show_bytes(b"\x91") == "⟨91⟩"
     assert _show_bytes(b"\\x41") == "\\x41"  # a literal backslash stays text
+
+
+def test_a_shallow_model_gets_no_late_layer_panel():
+    import pandas as pd
+
+    from sdlib.figures.plots import layer_metric_figure
+
+    rows = [{"task": "t", "metric": "acc", "layer": l, "value": 0.1 * l, "lo": None, "hi": None, "n": 5,
+             "max_length": 64, "label": "m", "role": "pretrained", "base_model": "m"} for l in range(4)]
+    assert all(t.xaxis == "x" for t in layer_metric_figure(pd.DataFrame(rows), "t", "acc", zoom=True).data)
