@@ -107,11 +107,9 @@ def spread_windows(tokenizer, text: str, n_windows: int, window_len: int) -> tup
     fast = getattr(tokenizer, "is_fast", False)
     encoded = tokenizer(text, verbose=False, return_offsets_mapping=fast)
     ids = encoded["input_ids"]
-    if len(ids) < 2:
-        raise SdlibError(f"the text has {len(ids)} token(s): at least two are needed to measure anything")
-    if len(ids) < window_len:
+    n = _window_count(len(ids), n_windows, window_len)
+    if n == 0:
         return torch.tensor([ids], dtype=torch.long), [0]
-    n = min(n_windows, len(ids) // window_len)
     starts = [round(i * (len(ids) - window_len) / max(n - 1, 1)) for i in range(n)]
     windows = torch.tensor([ids[s:s + window_len] for s in starts], dtype=torch.long)
     if not fast:  # no character offsets: each window its own unit
@@ -127,12 +125,18 @@ def text_windows(tokenizer, text: str, n_windows: int, window_len: int) -> torch
     window gives one window of all its tokens. Fewer than two tokens is an error (nothing moves).
     """
     ids = tokenizer(text, verbose=False)["input_ids"]  # no warning about exceeding model_max_length
-    if len(ids) < 2:
-        raise SdlibError(f"the text has {len(ids)} token(s): at least two are needed to measure anything")
-    if len(ids) < window_len:
+    n = _window_count(len(ids), n_windows, window_len)
+    if n == 0:
         return torch.tensor([ids], dtype=torch.long)
-    n = min(n_windows, len(ids) // window_len)
     return torch.tensor(ids[: n * window_len], dtype=torch.long).view(n, window_len)
+
+
+def _window_count(n_tokens: int, n_windows: int, window_len: int) -> int:
+    """How many whole windows a text of ``n_tokens`` gives (0: shorter than one window, so one window of all of
+    it); fewer than two tokens is an error (nothing moves)."""
+    if n_tokens < 2:
+        raise SdlibError(f"the text has {n_tokens} token(s): at least two are needed to measure anything")
+    return 0 if n_tokens < window_len else min(n_windows, n_tokens // window_len)
 
 
 @dataclass(frozen=True)

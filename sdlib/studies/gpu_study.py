@@ -250,9 +250,11 @@ class Study:
                      f"{t.tokens_per_s:,.0f} tokens/s, step {t.step_seconds:.1f} s, MFU {t.mfu}")
         return StageResult(True, model=config.model, timings=timings)
 
-    def _measure_and_evaluate(self, source: str, label: str, model=None, tokenizer=None, **options) -> ModelScores:
-        """S (both conventions, median curve) and the per-layer evaluation of one model; the per-window curves and
-        per-passage outcomes go to ``records/<label>/paired.json``."""
+    def _measure_and_evaluate(self, source: str, label: str, model=None, tokenizer=None, **options
+                              ) -> tuple[ModelScores, PairedData]:
+        """S (both conventions, median curve) and the per-layer evaluation of one model, and the per-window curves
+        and per-passage outcomes for paired statistics (also kept in ``records/<label>/paired.json``, where a later
+        stage reads the baseline's)."""
 
         if model is None:
             model, tokenizer = load(source, device=self.device, **options)
@@ -268,16 +270,18 @@ class Study:
                  f"final {ppl[-1]:.3f}")
         paired = PairedData(m.per_window_D, scores.greedy["lambada_openai"].tolist(), m.window_documents)
         write_json(self.records() / label / "paired.json", paired.to_dict())
-        return ModelScores(S=m.S, S_median_curve=m.S_median, D=m.D, D_median=m.D_median,
-                           last_layer_ratio=m.last_layer_ratio, tokens=m.n_tokens, lambada_acc=[v for v, _, _ in lam],
-                           lambada_lo=[lo for _, lo, _ in lam], lambada_hi=[hi for _, _, hi in lam],
-                           lambada_n=scores.n("lambada_openai"), wikitext_word_ppl=ppl,
-                           wikitext_n=scores.n("wikitext"), eval_subset=settings.subset, model=str(source))
+        summary = ModelScores(S=m.S, S_median_curve=m.S_median, D=m.D, D_median=m.D_median,
+                              last_layer_ratio=m.last_layer_ratio, tokens=m.n_tokens,
+                              lambada_acc=[v for v, _, _ in lam], lambada_lo=[lo for _, lo, _ in lam],
+                              lambada_hi=[hi for _, _, hi in lam], lambada_n=scores.n("lambada_openai"),
+                              wikitext_word_ppl=ppl, wikitext_n=scores.n("wikitext"), eval_subset=settings.subset,
+                              model=str(source))
+        return summary, paired
 
     def baseline(self) -> StageResult:
         config = self.config("recipe")
         return StageResult(True, model=config.model,
-                           scores=self._measure_and_evaluate(config.model, "baseline", **config.model_options))
+                           scores=self._measure_and_evaluate(config.model, "baseline", **config.model_options)[0])
 
     def _train_sized(self, which: str, reserve_s: float) -> StageResult:
         """Train ``which`` for the config's number of optimizer steps with as many sequences per step (up to the
@@ -338,13 +342,12 @@ class Study:
 
     def _distil(self, which: str, baseline_label: str = "baseline") -> StageResult:
         result = self._train_sized(which, self.spec["reserve_s"])
-        result.after = self._measure_and_evaluate(result.run_dir, which)
+        result.after, after = self._measure_and_evaluate(result.run_dir, which)
         baseline = self.results.stages.get(baseline_label)
         result.before = baseline.scores if baseline is not None else None
         paired_path = self.records() / baseline_label / "paired.json"
         if paired_path.exists():
             before = PairedData.from_dict(json.loads(paired_path.read_text()))
-            after = PairedData.from_dict(json.loads((self.records() / which / "paired.json").read_text()))
             result.paired = paired_statistics(before, after)
             d, r = result.paired["S_normed_difference"], result.paired["lambada_final_ratio"]
             self.log(f"{which}: S normed {result.before.S['normed'] if result.before else '?'} -> "
