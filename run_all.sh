@@ -2,24 +2,26 @@
 # Regenerate everything for a profile (configs/profiles.yaml): train (reused when finished, resumed when
 # interrupted), measure and evaluate the pretrained and self-distilled models (cached by weights + settings),
 # then execute the profile's notebooks (papermill) into its figures folder.
-#   ./run_all.sh                  default profile: smol (SmolLM2-135M + the atlas of three real models, on the CPU; writes figures/)
+#   ./run_all.sh                  default profile: qwen (Qwen2.5-Coder-0.5B-Instruct, two recipes, on the CPU; writes figures/)
+#   ./run_all.sh --profile quick  a first look with SmolLM2-135M-Instruct (under 20 minutes on 2 cores)
+#   ./run_all.sh --profile atlas  the convergence atlas of the three real models (writes figures/atlas.*)
 #   ./run_all.sh --profile tiny   the CI profile (minutes)
 #   ./run_all.sh --profile paper  the paper's five models (GPUs; multi-GPU: LAUNCH="accelerate launch --config_file ...")
 #   ./run_all.sh --profile gpu    draw figures/gpu/ from the GPU study's record (sdlib gpu-study import)
 set -euo pipefail
 cd "$(dirname "$0")"
-PROFILE=smol
+PROFILE=qwen
 while [ $# -gt 0 ]; do
     case "$1" in
-        --profile) PROFILE="${2:?--profile needs tiny, smol, paper or gpu}"; shift 2 ;;
+        --profile) PROFILE="${2:?--profile needs qwen, quick, atlas, tiny, paper or gpu}"; shift 2 ;;
         --profile=*) PROFILE="${1#*=}"; shift ;;
-        -h|--help) sed -n 2,8p "$0"; exit 0 ;;
-        *) echo "run_all: unknown argument $1 (use --profile tiny|smol|paper|gpu)" >&2; exit 2 ;;
+        -h|--help) sed -n 2,10p "$0"; exit 0 ;;
+        *) echo "run_all: unknown argument $1 (use --profile qwen|quick|atlas|tiny|paper|gpu)" >&2; exit 2 ;;
     esac
 done
 case "$PROFILE" in
-    tiny|smol|paper|gpu) ;;
-    *) echo "run_all: unknown profile '$PROFILE' (use tiny, smol, paper or gpu)" >&2; exit 2 ;;
+    qwen|quick|atlas|tiny|paper|gpu) ;;
+    *) echo "run_all: unknown profile '$PROFILE' (use qwen, quick, atlas, tiny, paper or gpu)" >&2; exit 2 ;;
 esac
 ./scripts/setup.sh
 SDLIB=.venv/bin/sdlib
@@ -27,8 +29,8 @@ if [ -z "${SDLIB_DATA_DIR:-}" ] && [ -d ../shared/data ]; then
     export SDLIB_DATA_DIR="$(cd ../shared/data && pwd)"
     echo "run_all: using the offline data copies in $SDLIB_DATA_DIR (unset: set SDLIB_DATA_DIR yourself)"
 fi
-# Only the default profile (and the gpu profile's drawing) writes committed outputs; the others stay under build/.
-case "$PROFILE" in smol|gpu) ;; *) export SDLIB_BUILD_DIR="${SDLIB_BUILD_DIR:-$PWD/build/profile-$PROFILE}" ;; esac
+# Only the default profile (and the atlas and gpu profiles' drawings) write committed outputs; the others stay under build/.
+case "$PROFILE" in qwen|atlas|gpu) ;; *) export SDLIB_BUILD_DIR="${SDLIB_BUILD_DIR:-$PWD/build/profile-$PROFILE}" ;; esac
 MODELS=$("$SDLIB" plan --profile "$PROFILE" --models)
 if [ -n "$MODELS" ]; then ./scripts/setup.sh --models "$MODELS"; fi
 echo "== plan ($PROFILE profile)"

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Set up .venv if needed, then run the tests. `./run_tests.sh --fast` runs only tests/unit (the maths, configs,
 # layering and loss equivalence; about a minute); `./run_tests.sh --slow` adds the opt-in slow tests
-# (smollm2-135m). Extra arguments go to pytest.
+# (smollm2-135m-instruct). Extra arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")"
 ./scripts/setup.sh

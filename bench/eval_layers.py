@@ -1,7 +1,7 @@
 """Time the one-pass per-layer evaluator against lm-eval run once per layer, on the same documents.
 
     python bench/eval_layers.py --model tiny-llama --num-layers 8            # all layers both ways
-    python bench/eval_layers.py --model smollm2-135m --lambada 50 --wikitext 0 --layers-measured 3
+    python bench/eval_layers.py --model smollm2-135m-instruct --lambada 50 --wikitext 0 --layers-measured 3
 
 With ``--layers-measured K`` the per-layer path runs only K layers (spread over the depth) and its total is
 extrapolated to all L + 1 layers; the output says so. Needs SDLIB_DATA_DIR offline (or the hub online).

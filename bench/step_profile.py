@@ -1,6 +1,6 @@
 """Whole training steps of a real model on this machine, side by side, and where a step's time goes.
 
-    python bench/step_profile.py                                  # qwen2.5-coder-0.5b, 1 x 256, every row
+    python bench/step_profile.py                                  # qwen2.5-coder-0.5b-instruct, 1 x 256, every row
     python bench/step_profile.py --rows ce,exact --steps 3
     python bench/step_profile.py --rows reference,chunked --seq-len 128   # the loss alone, plain vs sdlib
 
@@ -179,7 +179,7 @@ def profile_step(student, teacher, ids, config) -> dict[str, float]:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default="qwen2.5-coder-0.5b")
+    p.add_argument("--model", default="qwen2.5-coder-0.5b-instruct")
     p.add_argument("--rows", default="ce,exact,sampled", help=f"comma-separated, from {', '.join(ROWS)}")
     p.add_argument("--seq-len", type=int, default=256)
     p.add_argument("--micro-batch", type=int, default=1)

@@ -3,7 +3,7 @@
 #   ./scripts/gpu_study.sh --dry-run                        every stage on the CPU with tiny models (CI runs it)
 #   bash scripts/gpu_study.sh run --budget S [--bundle DIR]  on the GPU machine: the stages within S seconds
 # A GPU machine without network first gets the models and the data as a bundle made where they are
-# (`sdlib bundle create DIR --models qwen2.5-coder-0.5b --wheels lm_eval==0.4.13,gguf`); `--bundle DIR` checks
+# (`sdlib bundle create DIR --models qwen2.5-coder-0.5b-instruct --wheels lm_eval==0.4.13,gguf`); `--bundle DIR` checks
 # and unpacks it, installs its wheels when the machine's Python lacks them, and points sdlib at it.
 # Then, where the repository lives: `sdlib gpu-study import OUT` and `./run_all.sh --profile gpu`.
 set -euo pipefail

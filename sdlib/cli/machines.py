@@ -113,7 +113,7 @@ def add(sub) -> None:
     p = sub.add_parser("bundle", help="models, data and wheels in checked parts, for a machine without network")
     p.add_argument("action", choices=("create", "join"))
     p.add_argument("folder", help="the bundle's folder (create: a new one; join: the copied one)")
-    p.add_argument("--models", default="qwen2.5-coder-0.5b", help="with create: built-in models, comma-separated")
+    p.add_argument("--models", default="qwen2.5-coder-0.5b-instruct", help="with create: built-in models, comma-separated")
     p.add_argument("--no-data", "--no_data", action="store_true", help="with create: leave the offline data out")
     p.add_argument("--wheels", default="", help="with create: pip requirements to carry as wheels, comma-separated "
                                                 "(e.g. lm_eval==0.4.13,gguf)")

@@ -10,9 +10,8 @@ from sdlib.evaluation.tasks import check_tasks
 from sdlib.figures.output import save_figure
 from sdlib.figures.plots import ablation_figure, grid_training_figure
 from sdlib.studies import grid
-from sdlib.studies.compare import measure_settings
 from sdlib.train import train
-from sdlib.train.config import TrainConfig, config_help, load_config
+from sdlib.train.config import TrainConfig, config_help, load_config, load_grid
 
 
 def _train(args: argparse.Namespace, extra: Sequence[str]) -> int:
@@ -22,7 +21,7 @@ def _train(args: argparse.Namespace, extra: Sequence[str]) -> int:
 
 
 def _grid(args: argparse.Namespace, extra: Sequence[str]) -> int:
-    g = grid.load_grid(args.grid)
+    g = load_grid(args.grid)
     if args.action == "train":
         grid.train_cells(g, args.cells or None)
         return 0
@@ -34,8 +33,7 @@ def _grid(args: argparse.Namespace, extra: Sequence[str]) -> int:
     print(grid.markdown_table(table))
     if args.figures:
         numbers = results.numbers()
-        where = measure_settings(g.profile(next(iter(g.cells)))[0]).describe()
-        save_figure(ablation_figure(table, title=f"{g.title}<br><sup>S measured on {where}</sup>"),
+        save_figure(ablation_figure(table, title=f"{g.title}<br><sup>S measured on {numbers['grid']['setting']}</sup>"),
                     f"ablation_grid_{g.name}", numbers, args.figures)
         save_figure(grid_training_figure(numbers["over_training"], title=f"{g.title}: over training"),
                     f"ablation_grid_{g.name}_training", {"grid": numbers["grid"], "over_training": numbers["over_training"]},

@@ -3,8 +3,8 @@
 * ``LayerLM`` (registered as ``sdlib-layer``): an ``HFLM`` whose logits are the lens of layer ``layer``
   (0..L; None or L = the model's own output). Usable as any lm-eval model::
 
-      lm_eval.simple_evaluate(model=LayerLM("smollm2-135m", layer=7), tasks=["lambada_openai"])
-      python -m sdlib lm-eval --model_args pretrained=smollm2-135m,layer=7 --tasks lambada_openai
+      lm_eval.simple_evaluate(model=LayerLM("smollm2-135m-instruct", layer=7), tasks=["lambada_openai"])
+      python -m sdlib lm-eval --model_args pretrained=smollm2-135m-instruct,layer=7 --tasks lambada_openai
 
 * ``AllLayersLM``: the same requests, built by lm-eval's own code (tokenization, BOS/prefix handling,
   trailing spaces, rolling windows), scored for *every* layer from one forward pass. Its

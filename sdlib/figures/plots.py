@@ -24,18 +24,30 @@ def show_token(token: str) -> str:
 PRETRAINED_GREY = "#8c8c8c"
 
 
-def model_colors(series: Sequence[tuple[str, str | None]]) -> dict[tuple[str, str | None], str]:
-    """One colour per model, the same in every figure: ``series`` are (base model, role) pairs. With one base
-    model the pretrained model is grey and the self-distilled one blue; with several, each base model has a hue
-    and its pretrained model a lighter tint of it."""
-    bases = list(dict.fromkeys(base for base, _ in series))
-    out = {}
-    for base, role in dict.fromkeys(series):
-        hue = PALETTE[bases.index(base) % len(PALETTE)]
-        if role != str(Role.PRETRAINED):
-            out[(base, role)] = hue
-        else:
-            out[(base, role)] = PRETRAINED_GREY if len(bases) == 1 else _tint(hue, 0.55)
+def model_colors(series: Sequence[tuple[str, str | None, str]]) -> dict[str, str]:
+    """One colour per model, the same in every figure: ``series`` are (base model, role, label) triples, the
+    result is keyed by label. Each self-distilled model has a hue of its own (in the order given); with one base
+    model the pretrained model is grey, with several each pretrained model is a lighter tint of its first
+    self-distilled model's hue (or of a hue of its own when it has none)."""
+    series = list(dict.fromkeys(series))
+    bases = list(dict.fromkeys(base for base, _, _ in series))
+    pretrained = str(Role.PRETRAINED)
+    trained = [label for _, role, label in series if role != pretrained]
+    out, first_hue = {}, {}
+    for base, role, label in series:
+        if role != pretrained:
+            out[label] = PALETTE[trained.index(label) % len(PALETTE)]
+            first_hue.setdefault(base, out[label])
+    spare = len(trained)
+    for base, role, label in series:
+        if role == pretrained:
+            if len(bases) == 1:
+                out[label] = PRETRAINED_GREY
+            else:
+                hue = first_hue.get(base)
+                if hue is None:
+                    hue, spare = PALETTE[spare % len(PALETTE)], spare + 1
+                out[label] = _tint(hue, 0.55)
     return out
 
 
@@ -55,18 +67,18 @@ def movement_figure(records: Sequence[Any], title: str = "Hidden-state movement 
                         row_heights=[0.62, 0.38] if pairs else None,
                         subplot_titles=[f"D_l, last state: {c}" for c in LAST_STATES]
                         + [f"change after self-distillation, {c}" for c in LAST_STATES][:len(LAST_STATES) * (rows - 1)])
-    colors = model_colors([(r.model, r.role) for r in records])
+    colors = model_colors([(r.model, r.role, r.label) for r in records])
     for col, convention in enumerate(LAST_STATES, start=1):
         for r in records:
             D = r.D[convention]
             fig.add_trace(go.Scatter(x=list(range(len(D))), y=D, mode="lines+markers", marker={"size": 5},
                                      name=f"{r.label}: S = {r.S[convention]:.3f}",
                                      legendgroup=convention, legendgrouptitle_text=convention,
-                                     line={"color": colors[(r.model, r.role)], "dash": DASH[r.role]}), row=1, col=col)
-        for base, (before, after) in pairs.items():
+                                     line={"color": colors[r.label], "dash": DASH[r.role]}), row=1, col=col)
+        for label, (before, after) in pairs.items():
             change = [a - b for a, b in zip(after.D[convention], before.D[convention])]
-            fig.add_trace(go.Bar(x=list(range(len(change))), y=change, showlegend=False, name=f"{base}: change",
-                                 marker_color=colors[(after.model, after.role)]), row=2, col=col)
+            fig.add_trace(go.Bar(x=list(range(len(change))), y=change, showlegend=False, name=f"{label}: change",
+                                 marker_color=colors[label]), row=2, col=col)
         fig.update_xaxes(title_text="layer l", row=rows, col=col)
         if pairs:
             fig.add_hline(y=0, line={"color": "#444", "width": 1}, row=2, col=col)
@@ -86,11 +98,10 @@ def _with_setting(title: str, measurements: Sequence[Any]) -> str:
 
 
 def _before_after(records: Sequence[Any]) -> dict[str, tuple[Any, Any]]:
-    """Base model -> (pretrained, self-distilled) record, for the base models that have both."""
-    by = {(r.model, r.role): r for r in records}
-    pre, post = str(Role.PRETRAINED), str(Role.SELF_DISTILLED)
-    return {m: (by[(m, pre)], by[(m, post)]) for m in dict.fromkeys(r.model for r in records)
-            if (m, pre) in by and (m, post) in by}
+    """Self-distilled label -> (its base model's pretrained record, its record), where the base model's pretrained
+    record is there."""
+    pre = {r.model: r for r in records if r.role == str(Role.PRETRAINED)}
+    return {r.label: (pre[r.model], r) for r in records if r.role == str(Role.SELF_DISTILLED) and r.model in pre}
 
 
 def pca_figure_3d(pca, max_tokens: int = 40, title: str | None = None) -> go.Figure:
@@ -191,10 +202,10 @@ def layer_metric_figure(table, task: str, metric: str, log_y: bool = False, titl
     fig = make_subplots(rows=1, cols=2 if late else 1, column_widths=[0.6, 0.4] if late else None,
                         horizontal_spacing=0.1, subplot_titles=["every layer", f"layers {late[0]}-{late[-1]} "
                                                                 "(final layer left out)"] if late else None)
-    colors = model_colors(list(zip(part["base_model"], part["role"])))
+    colors = model_colors(list(zip(part["base_model"], part["role"], part["label"])))
     for label in dict.fromkeys(part["label"]):
         rows = part[part["label"] == label].sort_values("layer")
-        line = {"color": colors[(rows["base_model"].iloc[0], rows["role"].iloc[0])], "dash": DASH[rows["role"].iloc[0]]}
+        line = {"color": colors[label], "dash": DASH[rows["role"].iloc[0]]}
         for col, shown in ((1, rows), (2, rows[rows["layer"].isin(late)])):
             if col == 2 and not late:
                 continue

@@ -18,7 +18,7 @@ from sdlib.figures.output import save_figure
 from sdlib.models import resolve_checkpoint
 from sdlib.paths import absolute_path_variables, build_dir, project_root
 from sdlib.studies import compare, registry
-from sdlib.studies.profiles import ROLES, Pair, load_profile
+from sdlib.studies.profiles import DEFAULT_PROFILE, Pair, load_profile
 from sdlib.train.card import refresh_card
 from sdlib.types import Role
 
@@ -33,8 +33,9 @@ class FigureRun:
     """A notebook's context: the profile (optionally with other trained runs or fewer pairs), the device, and the
     folder its figures go to."""
 
-    def __init__(self, profile: str = "smol", trained: str | list[str] | None = None, models: list[str] | None = None,
-                 device: str | None = None, output: str | None = None, png: bool = True):
+    def __init__(self, profile: str = DEFAULT_PROFILE, trained: str | list[str] | None = None,
+                 models: list[str] | None = None, device: str | None = None, output: str | None = None,
+                 png: bool = True):
 
         self.profile = load_profile(profile, trained=trained, only=models)
         self.device = device
@@ -93,19 +94,19 @@ def prepare(profile_name: str, device: str | None = None) -> dict[str, float]:
 
     profile = load_profile(profile_name)
     timings = {}
-    for pair in profile.pairs:
-        for role in ROLES:
-            for what, fn in (("measure", compare.measurement), ("evaluate", compare.layer_scores)):
-                t0 = time.perf_counter()
-                print(f"== {what} {pair.label(role)}", flush=True)
-                result = fn(profile, pair, role, device=device)
-                timings[f"{what} {pair.name} {role}"] = time.perf_counter() - t0
-            if role == Role.SELF_DISTILLED:  # its model card now shows its evaluation
-                print(f"model card: {refresh_card(resolve_checkpoint(pair.trained_dir()), result.table)}")
+    for pair, role in profile.models():
+        for what, fn in (("measure", compare.measurement), ("evaluate", compare.layer_scores)):
+            t0 = time.perf_counter()
+            print(f"== {what} {pair.label(role)}", flush=True)
+            result = fn(profile, pair, role, device=device)
+            timings[f"{what} {pair.name} {role}"] = time.perf_counter() - t0
+        if role == Role.SELF_DISTILLED:  # its model card now shows its evaluation
+            print(f"model card: {refresh_card(resolve_checkpoint(pair.trained_dir()), result.table)}")
     return timings
 
 
-def _kernel_name() -> str | None:
+def kernel_name() -> str | None:
+    """The project's Jupyter kernel (`Python (sdlib)`) when it is installed, else None (the notebook's own)."""
     from jupyter_client.kernelspec import KernelSpecManager
 
     return KERNEL if KERNEL in KernelSpecManager().find_kernel_specs() else None
@@ -124,7 +125,7 @@ def run_notebooks(profile_name: str, names: list[str] | None = None, options: di
         raise SdlibError(f"unknown notebook(s) {', '.join(unknown)}: use {', '.join(NOTEBOOKS)}")
     out_dir = build_dir() / "notebooks" / profile_name
     out_dir.mkdir(parents=True, exist_ok=True)
-    kernel = _kernel_name()
+    kernel = kernel_name()
     absolute_path_variables()  # the kernels run in notebooks/: a relative SDLIB_DATA_DIR would point elsewhere
     timings = {}
     for name in names:

@@ -3,7 +3,7 @@ model's weights and the settings, and the summary table beside the paper's numbe
 
 from __future__ import annotations
 
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from typing import Any
 
 from sdlib.cache import cached, model_fingerprint
@@ -54,12 +54,14 @@ def measurement(profile: Profile, pair: Pair, role: Role, device: str | None = N
 
     key = {"fingerprint": fingerprint(pair, role, device), **{k: v for k, v in asdict(settings).items()
                                                               if k not in ("batch_size", "dtype")}}
-    return cached(MeasureRecord, results_folder(pair, role, "measure"), "movement", key, compute)
+    record = cached(MeasureRecord, results_folder(pair, role, "measure"), "movement", key, compute)
+    # what the model is called is not part of the measurement: a record cached under another name reads as this one
+    return replace(record, model=pair.model, source=pair.source(role), label=pair.label(role), role=str(role))
 
 
 def measurements(profile: Profile, device: str | None = None) -> list[MeasureRecord]:
-    """Every model of every pair of the profile, pretrained first."""
-    return [measurement(profile, pair, role, device) for pair in profile.pairs for role in ROLES]
+    """Every model of the profile once (``Profile.models``), the pretrained ones first."""
+    return [measurement(profile, pair, role, device) for pair, role in profile.models()]
 
 
 def layer_scores(profile: Profile, pair: Pair, role: Role, tasks=("lambada_openai", "wikitext"),
@@ -78,8 +80,8 @@ def layer_scores_all(profile: Profile, tasks=("lambada_openai", "wikitext"), dev
     """Every model of every pair, one tidy table (pandas DataFrame)."""
     import pandas as pd
 
-    return pd.concat([layer_scores(profile, pair, role, tasks, device).table for pair in profile.pairs
-                      for role in ROLES], ignore_index=True)
+    return pd.concat([layer_scores(profile, pair, role, tasks, device).table for pair, role in profile.models()],
+                     ignore_index=True)
 
 
 def summary(profile: Profile, device: str | None = None):

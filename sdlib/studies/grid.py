@@ -5,6 +5,7 @@ at every layer, relative to the pretrained model; collected into one table and o
     sdlib grid run configs/ablations/cpu.yaml [CELL ...]   # train + measure + evaluate (cached; rerun to resume)
     sdlib grid train configs/ablations/cpu.yaml [CELL ...] # train only (the long part), cell after cell
     sdlib grid collect configs/ablations/cpu.yaml          # the table (and figure) of every finished cell
+    sdlib train configs/ablations/cpu.yaml:00-base --resume # one cell, as any config (profiles list cells so)
 """
 
 from __future__ import annotations
@@ -21,56 +22,12 @@ from sdlib.evaluation.tasks import TASKS, check_tasks
 from sdlib.paths import results_dir
 from sdlib.provenance import atomic_path, nan_to_none
 from sdlib.stats import paired_ratio
-from sdlib.studies.compare import layer_scores, measurement
+from sdlib.studies.compare import layer_scores, measure_settings, measurement
 from sdlib.studies.profiles import Pair, Profile
 from sdlib.train import finished, train
-from sdlib.train.config import TrainConfig, config_from_dict, read_yaml
+from sdlib.train.config import Grid
 from sdlib.train.runlog import EvalRecord, evals, read_log, steps
 from sdlib.types import LAST_STATES, Role
-
-KEYS = {"title", "eval_subset", "measure", "base", "cells"}
-
-
-@dataclass
-class Grid:
-    name: str
-    """the file's stem (``cpu``, ``gpu``): run names are ``abl-<name>-<cell>``"""
-    title: str
-    eval_subset: str
-    measure: dict[str, Any]
-    base: dict[str, Any]
-    cells: dict[str, dict[str, Any]] = field(default_factory=dict)
-
-    def config(self, cell: str) -> TrainConfig:
-        """The cell's full config: the base with the cell's keys over it."""
-
-        if cell not in self.cells:
-            raise SdlibError(f"grid {self.name} has no cell {cell!r}: use {', '.join(self.cells)}")
-        return config_from_dict({**self.base, "name": f"abl-{self.name}-{cell}", **self.cells[cell]},
-                                f"grid {self.name}, cell {cell}")
-
-    def profile(self, cell: str) -> tuple[Profile, Pair]:
-        pair = Pair(f"{self.name}:{cell}", self.config(cell))
-        return Profile(f"grid-{self.name}", [pair], self.eval_subset, dict(self.measure)), pair
-
-
-def load_grid(path: str | Path) -> Grid:
-
-    path = Path(path)
-    if not path.is_file():
-        raise SdlibError(f"grid file {path} does not exist (see configs/ablations/)")
-    raw = read_yaml(path, "grid file")
-    unknown = set(raw) - KEYS
-    if unknown or "base" not in raw or not raw.get("cells"):
-        raise SdlibError(f"{path}: a grid holds {', '.join(sorted(KEYS))} (base and cells required); "
-                         f"unknown: {', '.join(sorted(unknown)) or 'none'}")
-    grid = Grid(name=path.stem, title=raw.get("title", path.stem), eval_subset=raw.get("eval_subset", "cpu-subset"),
-                measure=dict(raw.get("measure") or {}), base=dict(raw["base"]),
-                cells={str(k): dict(v or {}) for k, v in raw["cells"].items()})
-    for cell in grid.cells:
-        grid.config(cell)  # every cell must be a valid config: fail at once, naming it
-    return grid
-
 
 Interval = tuple[float, float, float]
 """(value, low, high): a 95% bootstrap interval"""
@@ -130,13 +87,19 @@ class CellResult:
         return row
 
 
+def cell_profile(grid: Grid, cell: str) -> tuple[Profile, Pair]:
+    """A one-pair profile for a grid's cell: its config, and the grid's evaluation subset and measurement."""
+    pair = Pair(f"{grid.path}:{cell}", grid.config(cell))
+    return Profile(f"grid-{grid.name}", [pair], grid.eval_subset, dict(grid.measure)), pair
+
+
 def measured(grid: Grid, cell: str | None, tasks: Sequence[str] = TASKS) -> tuple[Any, LayerScores]:
     """(the movement record, the per-layer scores on ``tasks``) of one cell's trained model (``cell`` None: the
     pretrained model); both cached, so asking again costs nothing but the model's load."""
     tasks = check_tasks(list(tasks))
     if "lambada_openai" not in tasks:
         raise SdlibError(f"a grid's table needs lambada_openai among its tasks, got {', '.join(tasks)}")
-    profile, pair = grid.profile(cell or next(iter(grid.cells)))
+    profile, pair = cell_profile(grid, cell or next(iter(grid.cells)))
     role = Role.SELF_DISTILLED if cell else Role.PRETRAINED
     return measurement(profile, pair, role), layer_scores(profile, pair, role, tasks=tasks)
 
@@ -213,7 +176,9 @@ class GridResults:
     def numbers(self) -> dict[str, Any]:
         """The figure's JSON: the grid's settings, the table and each cell's measurements over training."""
         g = self.grid
-        return nan_to_none({"grid": {"name": g.name, "title": g.title, "eval_subset": g.eval_subset, "measure": g.measure},
+        setting = measure_settings(cell_profile(g, next(iter(g.cells)))[0]).describe()
+        return nan_to_none({"grid": {"name": g.name, "title": g.title, "eval_subset": g.eval_subset, "measure": g.measure,
+                                     "setting": setting},
                             "cells": self.table().to_dict("records"),
                             "over_training": {c.cell: [asdict(r) for r in c.over_training] for c in self.cells[1:]}})
 

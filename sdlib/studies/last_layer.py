@@ -6,7 +6,7 @@ so D_L holds two rotations: the last block's (x_{L-1} -> x_L, the ``pre_norm`` D
 (x_L -> g * x_L; RMSNorm's scaling does not rotate). When a few channels carry most of the residual stream's
 energy (massive activations), the weight on those channels sets the direction of the normed state.
 
-    sdlib study last-layer smollm2-135m                  # this report and the final-norm edits
+    sdlib study last-layer smollm2-135m-instruct                  # this report and the final-norm edits
 """
 
 from __future__ import annotations

@@ -4,6 +4,7 @@ trajectories of its hidden states (Fig. 4)."""
 from __future__ import annotations
 
 import codecs
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,7 +16,7 @@ from sdlib.errors import SdlibError
 from sdlib.lens import lens_top1
 from sdlib.metrics import token_movement
 from sdlib.states import forward_states, hidden_states
-from sdlib.studies.profiles import ROLES, Pair
+from sdlib.studies.profiles import Pair
 from sdlib.types import LAST_STATES, Role
 
 # Paper, Fig. 7's sentence (the default text of the lens and PCA figures and of the quickstart).
@@ -112,8 +113,9 @@ def lens_grid(pair: Pair, role: Role, text: str = FIG7_SENTENCE, device: str | N
 
 @dataclass
 class PcaTrajectories(Record):
-    """Every token's states h_{-1}..h_L of a text in both models of a pair, as unit vectors (directions: the
-    geometry D measures), projected on one PCA fitted to all of them except the excluded positions."""
+    """Every token's states h_{-1}..h_L of a text in several models (a profile's, ``Profile.models``), as unit
+    vectors (directions: the geometry D measures), projected on one PCA fitted to all of them except the excluded
+    positions."""
 
     points: list[dict[str, Any]]
     """role, label, token_index, token, layer, pc1..pcK (excluded positions too, projected, flagged ``fitted``)"""
@@ -130,26 +132,27 @@ class PcaTrajectories(Record):
 
 
 @torch.no_grad()
-def pca_trajectories(pair: Pair, text: str = FIG7_SENTENCE, last_state: str = "normed", n_components: int = 3,
-                     exclude_positions: tuple[int, ...] = (0,), device: str | None = None) -> PcaTrajectories:
+def pca_trajectories(models: Sequence[tuple[Pair, Role]], text: str = FIG7_SENTENCE, last_state: str = "normed",
+                     n_components: int = 3, exclude_positions: tuple[int, ...] = (0,),
+                     device: str | None = None) -> PcaTrajectories:
     from sklearn.decomposition import PCA
 
     per_model = {}
-    for role in ROLES:
+    for pair, role in models:
         model, tok = pair.load(role, device)
         ids = tok(text, return_tensors="pt")["input_ids"].to(next(model.parameters()).device)
         states = torch.stack([s[0] for s in hidden_states(model, ids, last_state=last_state)]).float()  # [L + 2, T, d]
         directions = states / states.norm(dim=-1, keepdim=True).clamp_min(1e-12)
-        per_model[role] = (directions.cpu().numpy(), [readable_token(tok, i) for i in ids[0].tolist()])
+        per_model[pair.label(role)] = (role, directions.cpu().numpy(), [readable_token(tok, i) for i in ids[0].tolist()])
     fit = np.concatenate([s[:, [t for t in range(s.shape[1]) if t not in exclude_positions]].reshape(-1, s.shape[-1])
-                          for s, _ in per_model.values()])
+                          for _, s, _ in per_model.values()])
     pca = PCA(n_components=n_components, random_state=0).fit(fit)
     points = []
-    for role, (s, tokens) in per_model.items():
+    for label, (role, s, tokens) in per_model.items():
         proj = pca.transform(s.reshape(-1, s.shape[-1])).reshape(s.shape[0], s.shape[1], n_components)
         for layer in range(s.shape[0]):
             for t, token in enumerate(tokens):
-                points.append({"role": str(role), "label": pair.label(role), "token_index": t, "token": token,
+                points.append({"role": str(role), "label": label, "token_index": t, "token": token,
                                "layer": layer - 1, "fitted": t not in exclude_positions,
                                **{f"pc{i + 1}": float(proj[layer, t, i]) for i in range(n_components)}})
     return PcaTrajectories(points=points, explained=[float(v) for v in pca.explained_variance_ratio_],

@@ -1,8 +1,10 @@
 """Profiles (configs/profiles.yaml): which pretrained / self-distilled pairs, evaluation subset and studies a
 run of the figures covers.
 
-A ``Pair`` is one training config: its base model (``Role.PRETRAINED``, loaded with the config's model options)
-and its run folder's latest checkpoint (``Role.SELF_DISTILLED``). Models are loaded once per process.
+A ``Pair`` is one training config (a YAML file, or ``GRID.yaml:CELL`` for one cell of a grid): its base model
+(``Role.PRETRAINED``, loaded with the config's model options) and its run folder's latest checkpoint
+(``Role.SELF_DISTILLED``). Several pairs may share a base model (two recipes on one model): each names its recipe
+(``label`` in the profile), and the base model is measured and drawn once. Models are loaded once per process.
 """
 
 from __future__ import annotations
@@ -14,14 +16,14 @@ from typing import Any
 
 from sdlib.errors import SdlibError
 from sdlib.models import default_device, load, resolve_checkpoint
-from sdlib.packaged import PACKAGED
+from sdlib.packaged import canonical, display_name, is_packaged
 from sdlib.paths import build_dir, configs_dir, figures_dir, project_root
 from sdlib.studies import registry
 from sdlib.studies.atlas import AtlasSettings
 from sdlib.train.config import TrainConfig, load_config, read_yaml
 from sdlib.types import Role
 
-DEFAULT_PROFILE = "smol"
+DEFAULT_PROFILE = "qwen"
 ROLES: tuple[Role, ...] = tuple(Role)
 
 
@@ -30,6 +32,8 @@ class Pair:
     config_path: str
     config: TrainConfig
     trained_override: str | None = None
+    arm: str = ""
+    """what this pair's training is, when the profile has several on one base model (e.g. "the paper's recipe")"""
 
     @property
     def name(self) -> str:
@@ -47,7 +51,14 @@ class Pair:
         return Path(self.trained_override).expanduser().resolve() if self.trained_override else self.config.run_dir()
 
     def label(self, role: Role) -> str:
-        return f"{self.model} ({Role(role).label})"
+        role, name = Role(role), display_name(self.model)
+        if role == Role.SELF_DISTILLED and self.arm:
+            return f"{name} ({role.label}: {self.arm})"
+        return f"{name} ({role.label})"
+
+    def base_key(self) -> tuple:
+        """What identifies the pretrained model: the base model and its load options."""
+        return self.config.model, tuple(sorted(self.config.model_options.items()))
 
     def load(self, role: Role, device: str | None = None):
         """(model, tokenizer); the self-distilled one must exist (a clear error says how to make it)."""
@@ -89,6 +100,14 @@ class Profile:
     """where its figures go, relative to the committed figures folder (``""``: that folder itself for the default
     profile, the build folder for the others; ``gpu``: figures/gpu)"""
 
+    def models(self) -> list[tuple[Pair, Role]]:
+        """Every model the profile compares, once: each distinct pretrained model (first), then each pair's
+        self-distilled model."""
+        first: dict[tuple, Pair] = {}
+        for pair in self.pairs:
+            first.setdefault(pair.base_key(), pair)
+        return [(p, Role.PRETRAINED) for p in first.values()] + [(p, Role.SELF_DISTILLED) for p in self.pairs]
+
     def atlas_models(self) -> list[str]:
         return list(self.atlas.get("models") or [])
 
@@ -104,7 +123,7 @@ class Profile:
         """The built-in real models this profile uses (installed by ``run_all.sh`` before it runs)."""
 
         names = [p.config.model for p in self.pairs] + self.atlas_models()
-        return [n for n in dict.fromkeys(names) if n in PACKAGED]
+        return [n for n in dict.fromkeys(canonical(n) for n in names) if is_packaged(n)]
 
     def figures_dir(self) -> Path:
         """figures/ for the default profile (the committed figures); build/figures for the others."""
@@ -112,6 +131,15 @@ class Profile:
         if self.figures:
             return figures_dir() / self.figures
         return figures_dir() if self.name == DEFAULT_PROFILE else build_dir() / "figures"
+
+
+def _entry(item: Any, profile: str) -> tuple[str, str]:
+    """(config path, arm label) of one ``configs:`` entry: a path, or ``{config: PATH, label: TEXT}``."""
+    if isinstance(item, str):
+        return item, ""
+    if isinstance(item, dict) and isinstance(item.get("config"), str) and set(item) <= {"config", "label"}:
+        return item["config"], str(item.get("label") or "")
+    raise SdlibError(f"profile {profile}: a configs entry is a path or {{config: PATH, label: TEXT}}, got {item!r}")
 
 
 def load_profile(name: str = DEFAULT_PROFILE, trained: str | list[str] | None = None,
@@ -128,9 +156,10 @@ def load_profile(name: str = DEFAULT_PROFILE, trained: str | list[str] | None = 
     if overrides and len(overrides) != len(paths):
         raise SdlibError(f"{len(overrides)} trained checkpoint(s) given for {len(paths)} config(s) of profile {name}")
     pairs = []
-    for i, path in enumerate(paths):
+    for i, item in enumerate(paths):
+        path, arm = _entry(item, name)
         full = Path(path) if Path(path).is_absolute() else project_root() / path
-        pairs.append(Pair(str(path), load_config(full), overrides[i] if overrides else None))
+        pairs.append(Pair(str(path), load_config(full), overrides[i] if overrides else None, arm))
     if only:
         unknown = sorted(set(only) - {p.name for p in pairs})
         if unknown:

@@ -12,7 +12,7 @@ import yaml
 from huggingface_hub import ModelCard, ModelCardData
 
 from sdlib.errors import SdlibError
-from sdlib.packaged import PACKAGED
+from sdlib.packaged import is_packaged, packaged
 from sdlib.runs import CONFIG_FILE
 from sdlib.train.config import load_config
 from sdlib.train.runlog import EvalRecord, from_dict
@@ -27,8 +27,8 @@ PAPER = "Shibata, Takahashi, Yano, Li, Ikeda, Suzuki: \"Improving the internal b
 
 def base_model(model: str) -> tuple[str | None, str]:
     """(the hub id the card names as ``base_model``, a sentence on what the starting weights are)."""
-    if model in PACKAGED:
-        m = PACKAGED[model]
+    if is_packaged(model):
+        m = packaged(model)
         return m.base_model or None, (f"The starting weights are sdlib's built-in `{model}`: {m.title}, dequantized to "
                                       f"float32 from a {m.quantization} GGUF of {m.base_model}, not the original "
                                       "release's weights.")

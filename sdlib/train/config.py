@@ -21,6 +21,7 @@ import yaml
 
 from sdlib.errors import SdlibError
 from sdlib.loss import LossSettings
+from sdlib.packaged import canonical
 from sdlib.paths import runs_dir
 from sdlib.provenance import atomic_path
 from sdlib.types import Device, KLDirection, LastState, OnNonFinite, Precision, ReportTo, Zeta2Form, parse
@@ -43,7 +44,8 @@ class TrainConfig:
     # what to train
     name: str = _f("run", "run name (letters, digits, '.', '_', '-'); the run folder is <build>/runs/<name> unless "
                           "output_dir is set")
-    model: str = _f("tiny-llama", "model to distil: smollm2-135m, qwen2.5-coder-0.5b, tiny-llama, a hub id or a folder")
+    model: str = _f("tiny-llama", "model to distil: smollm2-135m-instruct, qwen2.5-coder-0.5b-instruct, tiny-llama, "
+                                  "a hub id or a folder")
     model_options: dict = _f({}, "options for built-in tiny models (num_layers, hidden_size, vocab_size, seed, ...)")
     output_dir: str = _f("", "run folder (default: <build>/runs/<name>)")
     # data
@@ -100,6 +102,7 @@ class TrainConfig:
     push_to_hub: str = _f("", "a hub repository id to push the final checkpoint and its model card to (needs network)")
 
     def __post_init__(self) -> None:
+        self.model = canonical(self.model)  # an old built-in name reads as its current one (resume compares equal)
         for f_ in fields(self):  # every choice is parsed here, once
             kind = _ENUMS.get(str(f_.type))
             if kind is not None:
@@ -277,9 +280,16 @@ def parse_overrides(args: Sequence[str]) -> dict[str, Any]:
 
 
 def load_config(path: str | os.PathLike | None = None, overrides: Sequence[str] | dict[str, Any] = ()) -> TrainConfig:
-    """TrainConfig from a YAML file (optional) with overrides applied on top."""
+    """TrainConfig from a YAML file (optional) with overrides applied on top; ``GRID.yaml:CELL`` is one cell of a
+    grid file (the grid's base with the cell's keys; its run is the grid's run of that cell)."""
     values: dict[str, Any] = {}
     source = "overrides"
+    cell = grid_cell(path)
+    if cell is not None:
+        grid = load_grid(cell[0])
+        config = grid.config(cell[1])
+        extra = overrides if isinstance(overrides, dict) else parse_overrides(overrides)
+        return config_from_dict({**config.to_dict(), **extra}, f"{path}") if extra else config
     if path is not None:
         path = Path(path)
         if not path.exists():
@@ -290,6 +300,15 @@ def load_config(path: str | os.PathLike | None = None, overrides: Sequence[str] 
     values.update(extra)
     sources = {name: ("the command line" if name in extra else source) for name in values}
     return config_from_dict(values, source, sources=sources)
+
+
+def grid_cell(path: str | os.PathLike | None) -> tuple[Path, str] | None:
+    """(grid file, cell) when ``path`` reads ``FILE.yaml:CELL`` (and is not itself a file), else None."""
+    text = str(path) if path is not None else ""
+    head, sep, cell = text.rpartition(":")
+    if not sep or not cell or not head.endswith((".yaml", ".yml")) or Path(text).exists():
+        return None
+    return Path(head), cell
 
 
 def save_config(config: TrainConfig, path: str | os.PathLike) -> None:
@@ -314,3 +333,47 @@ def resume_differences(saved: dict[str, Any], config: TrainConfig) -> list[tuple
 
 def format_differences(differences: list[tuple[str, Any, Any]]) -> str:
     return ", ".join(f"{k}: {old!r} -> {new!r}" for k, old, new in differences)
+
+
+# --- grids: a base config and one line per cell (configs/ablations/) -----------------------------------------
+
+GRID_KEYS = {"title", "eval_subset", "measure", "base", "cells"}
+
+
+@dataclass
+class Grid:
+    name: str
+    """the file's stem (``cpu``, ``gpu``): run names are ``abl-<name>-<cell>``"""
+    title: str
+    eval_subset: str
+    measure: dict[str, Any]
+    base: dict[str, Any]
+    cells: dict[str, dict[str, Any]] = field(default_factory=dict)
+    path: str = ""
+    """the file it was read from (a cell's config is referred to as ``<path>:<cell>``)"""
+
+    def config(self, cell: str) -> TrainConfig:
+        """The cell's full config: the base with the cell's keys over it."""
+
+        if cell not in self.cells:
+            raise SdlibError(f"grid {self.name} has no cell {cell!r}: use {', '.join(self.cells)}")
+        return config_from_dict({**self.base, "name": f"abl-{self.name}-{cell}", **self.cells[cell]},
+                                f"grid {self.name}, cell {cell}")
+
+
+def load_grid(path: str | Path) -> Grid:
+
+    path = Path(path)
+    if not path.is_file():
+        raise SdlibError(f"grid file {path} does not exist (see configs/ablations/)")
+    raw = read_yaml(path, "grid file")
+    unknown = set(raw) - GRID_KEYS
+    if unknown or "base" not in raw or not raw.get("cells"):
+        raise SdlibError(f"{path}: a grid holds {', '.join(sorted(GRID_KEYS))} (base and cells required); "
+                         f"unknown: {', '.join(sorted(unknown)) or 'none'}")
+    grid = Grid(name=path.stem, title=raw.get("title", path.stem), eval_subset=raw.get("eval_subset", "cpu-subset"),
+                measure=dict(raw.get("measure") or {}), base=dict(raw["base"]),
+                cells={str(k): dict(v or {}) for k, v in raw["cells"].items()}, path=str(path))
+    for cell in grid.cells:
+        grid.config(cell)  # every cell must be a valid config: fail at once, naming it
+    return grid

@@ -9,7 +9,8 @@ import yaml
 
 from sdlib.errors import SdlibError
 from sdlib.figures.output import finite_numbers
-from sdlib.studies.grid import collect, load_grid, markdown_table
+from sdlib.studies.grid import collect, markdown_table
+from sdlib.train.config import load_grid
 from tests.conftest import ROOT
 from tests.integration.test_cli import _sdlib
 
@@ -65,7 +66,7 @@ def test_grid_runs_cells_and_collects_them_with_intervals(tmp_path):
 @pytest.mark.parametrize("grid", ["cpu", "gpu"])
 def test_committed_grids_load_and_every_cell_is_a_valid_config(grid):
     g = load_grid(ROOT / "configs" / "ablations" / f"{grid}.yaml")
-    assert g.cells["00-base"] == {} and g.config("00-base").model == "smollm2-135m"
+    assert g.cells["00-base"] == {} and g.config("00-base").model == "smollm2-135m-instruct"
     assert len({g.config(c).name for c in g.cells}) == len(g.cells)
 
 

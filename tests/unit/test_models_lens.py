@@ -84,7 +84,7 @@ def test_missing_folder_and_bad_options(tmp_path):
     with pytest.raises(SdlibError, match="neither a model folder"):
         models.load(str(tmp_path))
     with pytest.raises(SdlibError, match="only apply"):
-        models.load("smollm2-135m", num_layers=3)
+        models.load("smollm2-135m-instruct", num_layers=3)
 
 
 def test_unreachable_hub_gives_one_clear_error(monkeypatch):

@@ -45,10 +45,20 @@ def test_before_and_after_have_their_own_colours_and_the_change_is_drawn():
     assert movement_figure([before]).data[0].type == "scatter" and not [t for t in movement_figure([before]).data
                                                                         if t.type == "bar"]
     # several base models: a hue each, the pretrained one a lighter tint; the same series, the same colour
-    colors = model_colors([("a", "pretrained"), ("a", "self_distilled"), ("b", "pretrained"), ("b", "self_distilled")])
+    colors = model_colors([("a", "pretrained", "a0"), ("a", "self_distilled", "a1"), ("b", "pretrained", "b0"),
+                           ("b", "self_distilled", "b1")])
     assert len(set(colors.values())) == 4
-    assert model_colors([("b", "self_distilled"), ("a", "self_distilled")])[("b", "self_distilled")] == colors[
-        ("a", "self_distilled")]  # colours follow the order of the series given (the profile's pairs)
+    assert model_colors([("b", "self_distilled", "b1"), ("a", "self_distilled", "a1")])["b1"] == colors[
+        "a1"]  # colours follow the order of the series given (the profile's pairs)
+    # two recipes on one base model: the base model once, in grey; each recipe its own hue and its own change bars
+    second = SimpleNamespace(model="m", role="self_distilled", label="m (self-distilled: other)",
+                             D={"normed": [0.5, 0.2, 0.1], "pre_norm": [0.5, 0.2, 0.1]}, S={"normed": 0.6, "pre_norm": 0.6})
+    fig = movement_figure([before, after, second])
+    lines = [t for t in fig.data if t.type == "scatter"]
+    assert [t.line.color == PRETRAINED_GREY for t in lines[:3]] == [True, False, False]
+    assert lines[1].line.color != lines[2].line.color
+    bars = [t for t in fig.data if t.type == "bar"]
+    assert len(bars) == 4 and list(bars[1].y) == [0.0, 0.2 - 0.1, 0.1 - 0.3]
 
 
 def test_the_late_layer_panel_leaves_the_final_layer_out():
