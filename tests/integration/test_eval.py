@@ -40,7 +40,8 @@ def _memorized_tiny(n_docs: int):
 
 @pytest.mark.data
 def test_one_pass_equals_lm_eval_per_layer():
-    import lm_eval
+    from lm_eval.evaluator import evaluate
+    from lm_eval.tasks import get_task_dict
 
     model, tok = _memorized_tiny(LAMBADA_DOCS)
     settings = EvalSettings(limit={"lambada_openai": LAMBADA_DOCS, "wikitext": WIKI_DOCS}, max_length=512)
@@ -48,12 +49,11 @@ def test_one_pass_equals_lm_eval_per_layer():
     lam = ours["lambada_openai"]
     assert lam.loglikelihood.shape == (LAMBADA_DOCS, 3) and ours["wikitext"].loglikelihood.shape == (WIKI_DOCS, 3)
     assert lam.greedy[:, -1].any() and not lam.greedy[:, 0].all(), "the check needs both greedy outcomes"
+    tasks = get_task_dict(["lambada_openai", "wikitext"], task_manager())  # built once, scored per layer by lm-eval
+    samples = {"lambada_openai": list(range(LAMBADA_DOCS)), "wikitext": list(range(WIKI_DOCS))}
     for layer in (0, 1, 2):
         lm = LayerLM(model, tokenizer=tok, layer=layer, batch_size=2, max_length=512)
-        out = lm_eval.simple_evaluate(model=lm, tasks=["lambada_openai", "wikitext"], task_manager=task_manager(),
-                                      samples={"lambada_openai": list(range(LAMBADA_DOCS)),
-                                               "wikitext": list(range(WIKI_DOCS))},
-                                      bootstrap_iters=0, log_samples=True, verbosity="ERROR")
+        out = evaluate(lm, tasks, samples=samples, bootstrap_iters=0, log_samples=True, verbosity="ERROR")
         for task, result in ours.items():
             for sample in out["samples"][task]:
                 row = result.doc_ids.index(sample["doc_id"])
