@@ -3,7 +3,7 @@
 # interrupted), measure and evaluate the pretrained and self-distilled models (cached by weights + settings),
 # then execute the profile's notebooks (papermill) into its figures folder.
 #   ./run_all.sh                  default profile: qwen (Qwen2.5-Coder-0.5B-Instruct, two recipes, on the CPU; writes figures/)
-#   ./run_all.sh --profile quick  a first look with SmolLM2-135M-Instruct (under 20 minutes on 2 cores)
+#   ./run_all.sh --profile quick  a first look with SmolLM2-135M-Instruct (20 training steps, a small evaluation)
 #   ./run_all.sh --profile atlas  the convergence atlas of the three real models (writes figures/atlas.*)
 #   ./run_all.sh --profile tiny   the CI profile (minutes)
 #   ./run_all.sh --profile paper  the paper's five models (GPUs; multi-GPU: LAUNCH="accelerate launch --config_file ...")
