@@ -289,7 +289,11 @@ def load_config(path: str | os.PathLike | None = None, overrides: Sequence[str] 
         grid = load_grid(cell[0])
         config = grid.config(cell[1])
         extra = overrides if isinstance(overrides, dict) else parse_overrides(overrides)
-        return config_from_dict({**config.to_dict(), **extra}, f"{path}") if extra else config
+        if not extra:
+            return config
+        values = {**config.to_dict(), **extra}
+        return config_from_dict(values, str(path), sources={k: "the command line" if k in extra else str(path)
+                                                             for k in values})
     if path is not None:
         path = Path(path)
         if not path.exists():

@@ -65,3 +65,8 @@ def test_the_default_profile_is_the_qwen_study_and_its_cells_exist():
         "qwen2.5-coder-0.5b-instruct Q4_K_M (self-distilled: the paper's recipe)",
         "qwen2.5-coder-0.5b-instruct Q4_K_M (self-distilled: final-norm lr x100)"]
     assert load_profile("atlas").figures_dir().resolve() == p.figures_dir().resolve()
+
+
+def test_a_bad_override_of_a_grid_cell_blames_the_command_line(project):
+    with pytest.raises(SdlibError, match="the command line"):
+        load_config(project / "configs" / "g.yaml:a", ["--lr", "abc"])
