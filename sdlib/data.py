@@ -170,8 +170,9 @@ class TextWindows:
 
     def describe(self) -> str:
         """What a reader needs next to an S: ``wikitext-test, 64 x 512 tokens spread over the text``."""
-        where = "spread over the text" if self.placement == WindowPlacement.SPREAD else "its first tokens"
-        return f"{self.text}, {self.windows} x {self.window_len} tokens {where}"
+        if self.placement == WindowPlacement.SPREAD:
+            return f"{self.text}, {self.windows} x {self.window_len} tokens spread over the text"
+        return f"{self.text}, {self.windows} x {self.window_len} first tokens"
 
 
 # --- the training stream ----------------------------------------------------------------------------------

@@ -160,7 +160,10 @@ def is_packaged(name: str) -> bool:
 def display_name(name: str) -> str:
     """How figures and tables name a model: a built-in one with its GGUF quantization
     (``qwen2.5-coder-0.5b-instruct Q4_K_M``), anything else as given."""
-    return f"{packaged(name).name} {packaged(name).quantization}" if is_packaged(name) else name
+    if not is_packaged(name):
+        return name
+    model = packaged(name)
+    return f"{model.name} {model.quantization}"
 
 
 def packaged(name: str) -> PackagedModel:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from typing import Any
 
@@ -30,24 +31,18 @@ def model_colors(series: Sequence[tuple[str, str | None, str]]) -> dict[str, str
     model the pretrained model is grey, with several each pretrained model is a lighter tint of its first
     self-distilled model's hue (or of a hue of its own when it has none)."""
     series = list(dict.fromkeys(series))
-    bases = list(dict.fromkeys(base for base, _, _ in series))
+    several = len({base for base, _, _ in series}) > 1
     pretrained = str(Role.PRETRAINED)
     trained = [label for _, role, label in series if role != pretrained]
-    out, first_hue = {}, {}
+    out = {label: PALETTE[i % len(PALETTE)] for i, label in enumerate(trained)}
+    base_hue = {}
     for base, role, label in series:
         if role != pretrained:
-            out[label] = PALETTE[trained.index(label) % len(PALETTE)]
-            first_hue.setdefault(base, out[label])
-    spare = len(trained)
+            base_hue.setdefault(base, out[label])
+    spare = (PALETTE[i % len(PALETTE)] for i in itertools.count(len(trained)))  # bases with no trained model
     for base, role, label in series:
         if role == pretrained:
-            if len(bases) == 1:
-                out[label] = PRETRAINED_GREY
-            else:
-                hue = first_hue.get(base)
-                if hue is None:
-                    hue, spare = PALETTE[spare % len(PALETTE)], spare + 1
-                out[label] = _tint(hue, 0.55)
+            out[label] = _tint(base_hue.get(base) or next(spare), 0.55) if several else PRETRAINED_GREY
     return out
 
 

@@ -22,7 +22,7 @@ from sdlib.evaluation.tasks import TASKS, check_tasks
 from sdlib.paths import results_dir
 from sdlib.provenance import atomic_path, nan_to_none
 from sdlib.stats import paired_ratio
-from sdlib.studies.compare import layer_scores, measure_settings, measurement
+from sdlib.studies.compare import layer_scores, measurement
 from sdlib.studies.profiles import Pair, Profile
 from sdlib.train import finished, train
 from sdlib.train.config import Grid
@@ -68,6 +68,8 @@ class CellResult:
     final_loss: float | None = None
     over_training: list[EvalRecord] = field(default_factory=list)
     """the training log's measurements (S, D and the last step's mechanism at every evaluation)"""
+    setting: str = ""
+    """where S was measured (``Measurement.info["setting"]``)"""
 
     def row(self) -> dict[str, Any]:
         """The flat table row (what the CSV and the figure read)."""
@@ -118,7 +120,8 @@ def cell_result(grid: Grid, cell: str | None, tasks: Sequence[str] = TASKS,
         S={conv: (m.S[conv], *m.S_interval(conv)) for conv in LAST_STATES},
         D_last={conv: m.D[conv][-1] for conv in LAST_STATES}, D_ratio=dict(m.last_layer_ratio),
         lambada=scores.curve("lambada_openai", "acc", intervals=True), lambada_n=scores.n("lambada_openai"),
-        wikitext_ppl=scores.curve("wikitext", "word_perplexity") if "wikitext" in scores.table.task.values else [])
+        wikitext_ppl=scores.curve("wikitext", "word_perplexity") if "wikitext" in scores.table.task.values else [],
+        setting=m.info.get("setting", ""))
     if cell:
         base_m, base_scores = base or measured(grid, None, tasks)
         result.S_change = {conv: m.S_change_from(base_m, conv) for conv in LAST_STATES}
@@ -176,9 +179,8 @@ class GridResults:
     def numbers(self) -> dict[str, Any]:
         """The figure's JSON: the grid's settings, the table and each cell's measurements over training."""
         g = self.grid
-        setting = measure_settings(cell_profile(g, next(iter(g.cells)))[0]).describe()
         return nan_to_none({"grid": {"name": g.name, "title": g.title, "eval_subset": g.eval_subset, "measure": g.measure,
-                                     "setting": setting},
+                                     "setting": self.cells[0].setting},
                             "cells": self.table().to_dict("records"),
                             "over_training": {c.cell: [asdict(r) for r in c.over_training] for c in self.cells[1:]}})
 

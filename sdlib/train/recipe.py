@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from sdlib.data import PackedSequences, read_text, text_windows, training_documents
+from sdlib.data import PackedSequences, TextWindows, training_documents
 from sdlib.errors import SdlibError, first_line
 from sdlib.loss import LossParts, TeacherHead, self_distillation_loss
 from sdlib.measurement import LastStepObserver, measure_windows
@@ -167,8 +167,8 @@ class SelfDistillation:
         documents, self.data_hashes = training_documents(config.data, shuffle_seed=shuffle)
         finite = config.data != "fineweb-edu" or self.data_hashes.get("fineweb-edu", "").startswith("sha256:")
         self.stream = PackedSequences(documents, self.tokenizer, config.seq_len, eager=finite, shuffle_seed=shuffle)
-        eval_body, self.eval_hashes = read_text(config.eval_text)
-        self.eval_windows = text_windows(self.tokenizer, eval_body, config.eval_windows, config.eval_window_len)
+        self.eval_where = TextWindows(config.eval_text, config.eval_windows, config.eval_window_len, placement="first")
+        self.eval_windows, _, self.eval_hashes = self.eval_where.sample(self.tokenizer)
         self.teacher_eval = self._teacher_states(self.eval_windows)
         self.massive_channel: int | None = None
 
@@ -415,7 +415,7 @@ class SelfDistillation:
                 if self.main:
                     bar.write(f"step {self.step}: S normed {evaluation.S['normed']:.4f}, "
                               f"pre_norm {evaluation.S['pre_norm']:.4f} (training-log measurement: "
-                              f"{config.eval_text}, {config.eval_windows} x {config.eval_window_len} first tokens)")
+                              f"{self.eval_where.describe()})")
             if config.save_every and self.step % config.save_every == 0 or at_end or out_of_time:
                 checkpoint = self.save(record)
             if out_of_time and not at_end:
