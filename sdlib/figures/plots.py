@@ -234,13 +234,16 @@ def lens_rows(num_layers: int, max_rows: int = 12) -> list[int]:
 
 def lens_figure(grids: Sequence[Any], title: str = "Logit lens: top-1 token and probability per layer",
                 max_rows: int = 12) -> go.Figure:
-    """Per model (``sdlib.studies.lens.LensGrid``): a heatmap (layers x positions; text = top-1 token, colour =
-    its probability) above the movement curves D_l of the positions predicting the last tokens. Deep models show
-    ``max_rows`` layers (``lens_rows``; the record keeps them all; ⋮ marks a row after skipped layers), so the
-    tokens read at README width."""
-    fig = make_subplots(rows=2, cols=len(grids), row_heights=[0.68, 0.32], vertical_spacing=0.12,
-                        horizontal_spacing=0.08, subplot_titles=[g.label for g in grids] + [""] * len(grids))
-    for col, g in enumerate(grids, start=1):
+    """Per model (``sdlib.studies.lens.LensGrid``), one under the other at full width: a heatmap (layers x
+    positions; text = top-1 token, colour = its probability) above the movement curves D_l of the positions
+    predicting the last tokens. Deep models show ``max_rows`` layers (``lens_rows``; the record keeps them all; ⋮
+    marks a row after skipped layers), so the tokens read at README width."""
+    n = len(grids)
+    titles = [t for g in grids for t in (g.label, f"{g.label}: D_l at the positions predicting the last tokens")]
+    fig = make_subplots(rows=2 * n, cols=1, row_heights=[0.68, 0.32] * n, vertical_spacing=0.06 / n + 0.02,
+                        subplot_titles=titles)
+    for m, g in enumerate(grids):
+        heat_row, curve_row = 2 * m + 1, 2 * m + 2
         shown = lens_rows(len(g.top_tokens), max_rows)
         prob = np.asarray(g.top_prob)[shown]
         cols = [f"{i}: {show_token(inp)}→{show_token(tgt)}" for i, (inp, tgt) in enumerate(zip(g.inputs, g.targets))]
@@ -248,22 +251,21 @@ def lens_figure(grids: Sequence[Any], title: str = "Logit lens: top-1 token and 
                 for l, prob_row in zip(shown, prob)]
         names = [f"⋮ layer {l}" if i and l - shown[i - 1] > 1 else f"layer {l}" for i, l in enumerate(shown)]
         fig.add_trace(go.Heatmap(z=prob, x=cols, y=names, text=text, texttemplate="%{text}",
-                                 textfont={"size": 12}, colorscale="Blues", zmin=0, zmax=1, xgap=1, ygap=1,
-                                 showscale=col == len(grids),
-                                 colorbar={"title": "p(top-1)", "len": 0.6, "y": 0.7}), row=1, col=col)
-        fig.update_xaxes(tickangle=-35, tickfont={"size": 11}, row=1, col=col)
+                                 textfont={"size": 13}, colorscale="Blues", zmin=0, zmax=1, xgap=1, ygap=1,
+                                 showscale=m == 0, colorbar={"title": "p(top-1)", "len": 0.5 / n, "y": 1,
+                                                             "yanchor": "top"}), row=heat_row, col=1)
+        fig.update_xaxes(tickangle=-20, tickfont={"size": 12}, row=heat_row, col=1)
         for j, last_state in enumerate(LAST_STATES):
             for k, curve in enumerate(g.movement_last[last_state]):
                 target = show_token(g.targets[len(g.targets) - g.last + k])
-                fig.add_trace(go.Scatter(x=list(range(len(curve))), y=curve, mode="lines", showlegend=col == 1,
-                                         name=f"D_l at the position predicting {target} ({last_state})",
-                                         legendgroup=f"{k}-{last_state}",
+                fig.add_trace(go.Scatter(x=list(range(len(curve))), y=curve, mode="lines", showlegend=m == 0,
+                                         name=f"predicting {target} ({last_state})", legendgroup=f"{k}-{last_state}",
                                          line={"color": PALETTE[k % len(PALETTE)], "dash": "solid" if j == 0 else "dot"}),
-                              row=2, col=col)
-        fig.update_xaxes(title_text="layer l", row=2, col=col)
-        fig.update_yaxes(title_text="D_l", row=2, col=col)
-    fig.update_layout(title=title, template="plotly_white", width=720 * len(grids), height=1000,
-                      legend={"orientation": "h", "y": -0.1, "x": 0}, margin={"l": 70, "r": 30, "t": 80, "b": 40})
+                              row=curve_row, col=1)
+        fig.update_xaxes(title_text="layer l", row=curve_row, col=1)
+        fig.update_yaxes(title_text="D_l", row=curve_row, col=1)
+    fig.update_layout(title=title, template="plotly_white", width=1100, height=820 * n + 120,
+                      legend={"orientation": "h", "y": -0.04 / n, "x": 0}, margin={"l": 90, "r": 30, "t": 90, "b": 60})
     return fig
 
 
@@ -271,15 +273,16 @@ def table_figure(df, title: str = "Summary") -> go.Figure:
     """A plotly table of a DataFrame of strings (metrics in rows, one column per model), sized so nothing is cut
     off in the PNG: each column as wide as its longest entry, every row one line high."""
     cells = [["" if v is None else str(v) for v in df[c]] for c in df.columns]
-    chars = [max([len(str(c))] + [len(v) for v in col]) for c, col in zip(df.columns, cells)]
+    headers = [str(c).replace(" (", "<br>(") for c in df.columns]  # a model's label on two lines: name, then role
+    chars = [max([len(h) for h in header.split("<br>")] + [len(v) for v in col]) for header, col in zip(headers, cells)]
     widths = [7 * n + 20 for n in chars]  # ~7 px per character at a 12 px font, plus padding
     row = 26
     fig = go.Figure(go.Table(columnwidth=widths,
-                             header={"values": [f"<b>{c}</b>" for c in df.columns], "align": "left", "height": row,
+                             header={"values": [f"<b>{h}</b>" for h in headers], "align": "left", "height": 2 * row,
                                      "fill_color": "#e8eef7"},
                              cells={"values": cells, "align": ["left"] + ["right"] * (len(cells) - 1), "height": row,
                                     "fill_color": [["#ffffff", "#f6f8fb"] * (len(df) // 2 + 1)]}))
-    fig.update_layout(title=title, width=sum(widths) + 60, height=row * (len(df) + 1) + 120,
+    fig.update_layout(title=title, width=sum(widths) + 60, height=row * (len(df) + 2) + 120,
                       margin={"l": 30, "r": 30, "t": 70, "b": 20})
     return fig
 
