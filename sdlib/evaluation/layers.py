@@ -28,7 +28,7 @@ from sdlib.stats import accuracy_interval
 from sdlib.train.config import read_yaml
 
 # The CPU-sized subset and the full tasks live in configs/eval/*.yaml; ``--subset auto`` picks by device.
-SUBSETS = ("cpu-subset", "full")
+SUBSETS = ("cpu-subset", "cpu-short", "full")
 
 
 @dataclass
