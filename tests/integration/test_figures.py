@@ -32,6 +32,9 @@ def test_tiny_profile_regenerates_every_figure(tmp_path):
     assert not (tmp_path / "committed").exists(), "only the default profile writes figures/"
     movement = json.loads((out / "fig03_movement.json").read_text())["numbers"]
     assert set(movement) == {"tiny-llama (pretrained)", "tiny-llama (self-distilled)"}
+    rows = {row["metric"]: row for row in json.loads((out / "table_summary.json").read_text())["numbers"]["rows"]}
+    where = {v for k, v in rows["S measured on"].items() if k.startswith("tiny-llama")}
+    assert where == {"wikitext-test, 4 x 128 tokens spread over the text"}, "the summary prints where S was measured"
     assert "wall time per stage" in done.stdout
     card = next((tmp_path / "build" / "runs" / "tiny" / "checkpoints").glob("step-000016")) / "README.md"
     assert "## Per-layer evaluation" in card.read_text() and "lambada_openai" in card.read_text()

@@ -1,0 +1,106 @@
+"""The committed figures: one clean commit made them all, every S carries its measurement setting, and every
+notebook redraws them with its defaults (a reader's "Run All" on a fresh clone) in under a minute."""
+
+import json
+import re
+import shutil
+import subprocess
+import time
+
+import pytest
+
+from tests.conftest import ROOT, hang_guard
+
+FIGURES = ROOT / "figures"
+JSONS = sorted(FIGURES.glob("*.json"))  # figures/gpu/ (the GPU study's record, another machine) is its own
+STANDARD = "wikitext-test, 64 x 512 tokens spread over the text"
+SETTING = re.compile(r"^(?P<text>[\w./-]+), (?P<windows>\d+) x (?P<len>\d+) tokens spread over the text$")
+
+
+def _walk(node):
+    if isinstance(node, dict):
+        yield node
+        for value in node.values():
+            yield from _walk(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from _walk(value)
+
+
+def _measurements(figure: dict) -> list[dict]:
+    """Every measurement record in a figure's JSON: a dict with S and the windows it was measured on."""
+    return [d for d in _walk(figure.get("records")) if {"S", "n_windows", "window_len"} <= set(d)]
+
+
+def test_the_committed_figures_exist():
+    assert len(JSONS) >= 10, [p.name for p in JSONS]
+    for path in JSONS:
+        # every figure is interactive; the 3-D views (`*_3d`) have no static PNG
+        for ext in ("html",) if path.stem.endswith("_3d") else ("png", "html"):
+            assert path.with_suffix(f".{ext}").stat().st_size > 0, f"{path.stem}.{ext} missing"
+
+
+def test_one_clean_commit_made_every_committed_figure():
+    commits = {}
+    for path in JSONS:
+        commit = json.loads(path.read_text())["provenance"]["git_commit"]
+        assert re.fullmatch(r"[0-9a-f]{40}", commit or ""), f"{path.name}: provenance {commit!r} is not a clean commit"
+        commits.setdefault(commit, []).append(path.name)
+    assert len(commits) == 1, f"the committed figures come from {len(commits)} commits: {commits}"
+    commit = next(iter(commits))
+    git = shutil.which("git")
+    if git is None or not (ROOT / ".git").exists():
+        pytest.skip("not a git checkout: the commit cannot be looked up")
+    shallow = subprocess.run([git, "rev-parse", "--is-shallow-repository"], cwd=ROOT, capture_output=True, text=True)
+    if shallow.stdout.strip() == "true":
+        pytest.skip("a shallow clone may not hold the figures' commit")
+    known = subprocess.run([git, "merge-base", "--is-ancestor", commit, "HEAD"], cwd=ROOT, capture_output=True)
+    assert known.returncode == 0, f"the figures' commit {commit[:12]} is not in this checkout's history"
+
+
+@pytest.mark.parametrize("path", JSONS, ids=lambda p: p.stem)
+def test_every_S_carries_its_measurement_setting(path):
+    figure = json.loads(path.read_text())
+    for m in _measurements(figure):
+        setting = m.get("info", {}).get("setting")
+        assert setting, f"{path.name}: a measurement of {m.get('model')} does not say where it was measured"
+        match = SETTING.match(setting)
+        assert match, f"{path.name}: setting {setting!r} is not '<text>, N x M tokens spread over the text'"
+        assert (int(match["windows"]), int(match["len"])) == (m["n_windows"], m["window_len"]), setting
+        if path.stem != "00_quickstart":  # the quickstart is a first look at any model, on its own smaller setting
+            assert setting == STANDARD, f"{path.name}: {m.get('model')} measured on {setting!r}, not {STANDARD!r}"
+
+
+# the notebooks whose figure is committed (a notebook whose figure is not, such as the GPU study's, says so in one line)
+NOTEBOOKS = [p for p in sorted((ROOT / "notebooks").glob("*.ipynb")) if (FIGURES / f"{p.stem}.json").exists()]
+
+
+def test_the_default_profile_notebooks_have_committed_figures():
+    from sdlib.studies.profiles import load_profile
+
+    assert {p.stem for p in NOTEBOOKS} >= set(load_profile("qwen").notebooks)
+
+
+@pytest.mark.parametrize("notebook", NOTEBOOKS, ids=lambda p: p.stem)
+def test_each_notebook_redraws_the_committed_figure_with_its_defaults(notebook, tmp_path, monkeypatch):
+    """papermill with no parameters at all, as on a fresh clone: no model, run or cache is needed, the figure is
+    written under the build folder (never over figures/), and it shows the committed numbers."""
+    import papermill
+
+    from sdlib.figures.run import kernel_name
+
+    build = tmp_path / "build"
+    monkeypatch.setenv("SDLIB_BUILD_DIR", str(build))
+    monkeypatch.setenv("SDLIB_CACHE_DIR", str(tmp_path / "cache"))  # nothing cached: nothing to lean on
+    before = {p.name: p.stat().st_mtime_ns for p in FIGURES.iterdir()}
+    t0 = time.perf_counter()
+    papermill.execute_notebook(notebook, tmp_path / notebook.name, kernel_name=kernel_name(),
+                               cwd=str(notebook.parent), progress_bar=False,
+                               execution_timeout=int(hang_guard(300)))
+    seconds = time.perf_counter() - t0
+    assert seconds < hang_guard(60), f"{notebook.stem} took {seconds:.0f} s with its defaults"
+    assert {p.name: p.stat().st_mtime_ns for p in FIGURES.iterdir()} == before, "a notebook wrote into figures/"
+    redrawn = list((build / "figures").rglob(f"{notebook.stem}.json"))
+    assert len(redrawn) == 1, f"{notebook.stem} wrote {redrawn}"
+    committed = json.loads((FIGURES / f"{notebook.stem}.json").read_text())
+    assert json.loads(redrawn[0].read_text())["numbers"] == committed["numbers"]
