@@ -111,7 +111,7 @@ def summary(profile: Profile, device: str | None = None):
             col["LAMBADA drop (final - penultimate) / final"] = (
                 f"{(final[0] - penult[0]) / final[0]:.2f}" if final[0] > 0 else "")
             col["WikiText word ppl, final layer"] = f"{scores.curve('wikitext', 'word_perplexity')[-1]:.4g}"
-            col["S measured on"] = r.info.get("setting", f"{r.n_windows} x {r.window_len} tokens")
+            col["S measured on"] = r.info.get("setting", "")
             col["tokens measured / LAMBADA passages"] = f"{r.n_tokens:,} / {scores.n('lambada_openai')}"
             columns[pair.label(role)] = col
         after = columns[pair.label(Role.SELF_DISTILLED)]

@@ -7,14 +7,18 @@ import shutil
 import subprocess
 import time
 
+import papermill
 import pytest
 
+from sdlib.data import TextWindows
+from sdlib.figures.run import kernel_name
+from sdlib.studies.measure import MeasureSettings
+from sdlib.studies.profiles import load_profile
 from tests.conftest import ROOT, hang_guard
 
 FIGURES = ROOT / "figures"
 JSONS = sorted(FIGURES.glob("*.json"))  # figures/gpu/ (the GPU study's record, another machine) is its own
-STANDARD = "wikitext-test, 64 x 512 tokens spread over the text"
-SETTING = re.compile(r"^(?P<text>[\w./-]+), (?P<windows>\d+) x (?P<len>\d+) tokens spread over the text$")
+STANDARD = MeasureSettings().describe()  # "wikitext-test, 64 x 512 tokens spread over the text"
 
 
 def _walk(node):
@@ -64,9 +68,8 @@ def test_every_S_carries_its_measurement_setting(path):
     for m in _measurements(figure):
         setting = m.get("info", {}).get("setting")
         assert setting, f"{path.name}: a measurement of {m.get('model')} does not say where it was measured"
-        match = SETTING.match(setting)
-        assert match, f"{path.name}: setting {setting!r} is not '<text>, N x M tokens spread over the text'"
-        assert (int(match["windows"]), int(match["len"])) == (m["n_windows"], m["window_len"]), setting
+        windows = TextWindows(m["info"].get("text", ""), m["n_windows"], m["window_len"])
+        assert setting == windows.describe(), f"{path.name}: {setting!r} is not what {windows} were measured on"
         if path.stem != "00_quickstart":  # the quickstart is a first look at any model, on its own smaller setting
             assert setting == STANDARD, f"{path.name}: {m.get('model')} measured on {setting!r}, not {STANDARD!r}"
 
@@ -76,8 +79,6 @@ NOTEBOOKS = [p for p in sorted((ROOT / "notebooks").glob("*.ipynb")) if (FIGURES
 
 
 def test_the_default_profile_notebooks_have_committed_figures():
-    from sdlib.studies.profiles import load_profile
-
     assert {p.stem for p in NOTEBOOKS} >= set(load_profile("qwen").notebooks)
 
 
@@ -85,10 +86,6 @@ def test_the_default_profile_notebooks_have_committed_figures():
 def test_each_notebook_redraws_the_committed_figure_with_its_defaults(notebook, tmp_path, monkeypatch):
     """papermill with no parameters at all, as on a fresh clone: no model, run or cache is needed, the figure is
     written under the build folder (never over figures/), and it shows the committed numbers."""
-    import papermill
-
-    from sdlib.figures.run import kernel_name
-
     build = tmp_path / "build"
     monkeypatch.setenv("SDLIB_BUILD_DIR", str(build))
     monkeypatch.setenv("SDLIB_CACHE_DIR", str(tmp_path / "cache"))  # nothing cached: nothing to lean on
