@@ -44,6 +44,22 @@ def test_the_committed_figures_exist():
             assert path.with_suffix(f".{ext}").stat().st_size > 0, f"{path.stem}.{ext} missing"
 
 
+def _git():
+    """git and a full history, or a skip: the commits cannot be looked up otherwise."""
+    git = shutil.which("git")
+    if git is None or not (ROOT / ".git").exists():
+        pytest.skip("not a git checkout: the commit cannot be looked up")
+    shallow = subprocess.run([git, "rev-parse", "--is-shallow-repository"], cwd=ROOT, capture_output=True, text=True)
+    if shallow.stdout.strip() == "true":
+        pytest.skip("a shallow clone may not hold the figures' commits")
+    return git
+
+
+def _in_history(git: str, commit: str) -> bool:
+    return subprocess.run([git, "merge-base", "--is-ancestor", commit, "HEAD"], cwd=ROOT,
+                          capture_output=True).returncode == 0
+
+
 def test_one_clean_commit_made_every_committed_figure():
     commits = {}
     for path in JSONS:
@@ -52,14 +68,23 @@ def test_one_clean_commit_made_every_committed_figure():
         commits.setdefault(commit, []).append(path.name)
     assert len(commits) == 1, f"the committed figures come from {len(commits)} commits: {commits}"
     commit = next(iter(commits))
-    git = shutil.which("git")
-    if git is None or not (ROOT / ".git").exists():
-        pytest.skip("not a git checkout: the commit cannot be looked up")
-    shallow = subprocess.run([git, "rev-parse", "--is-shallow-repository"], cwd=ROOT, capture_output=True, text=True)
-    if shallow.stdout.strip() == "true":
-        pytest.skip("a shallow clone may not hold the figures' commit")
-    known = subprocess.run([git, "merge-base", "--is-ancestor", commit, "HEAD"], cwd=ROOT, capture_output=True)
-    assert known.returncode == 0, f"the figures' commit {commit[:12]} is not in this checkout's history"
+    assert _in_history(_git(), commit), f"the figures' commit {commit[:12]} is not in this checkout's history"
+
+
+def test_every_record_was_computed_at_a_clean_commit_of_this_history():
+    """A record read from the cache keeps the provenance of the commit that computed it (older than the drawing's,
+    when the code it ran is unchanged): that commit, too, is clean and one a reader can check out."""
+    computed = {}
+    for path in JSONS:
+        for node in _walk(json.loads(path.read_text()).get("records")):
+            if "git_commit" in node:
+                computed.setdefault(node["git_commit"], set()).add(path.name)
+    assert computed, "no record in the committed figures says where it was computed"
+    for commit, names in computed.items():
+        assert re.fullmatch(r"[0-9a-f]{40}", commit or ""), f"{sorted(names)}: a record from {commit!r}"
+    git = _git()
+    for commit, names in computed.items():
+        assert _in_history(git, commit), f"{sorted(names)}: records from {commit[:12]}, not in this history"
 
 
 @pytest.mark.parametrize("path", JSONS, ids=lambda p: p.stem)
