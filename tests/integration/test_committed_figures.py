@@ -18,6 +18,7 @@ from tests.conftest import ROOT, hang_guard
 
 FIGURES = ROOT / "figures"
 JSONS = sorted(FIGURES.glob("*.json"))  # figures/gpu/ (the GPU study's record, another machine) is its own
+CLEAN_COMMIT = re.compile(r"[0-9a-f]{40}")  # a sha without "+dirty"
 STANDARD = MeasureSettings().describe()  # "wikitext-test, 64 x 512 tokens spread over the text"
 
 
@@ -64,7 +65,7 @@ def test_one_clean_commit_made_every_committed_figure():
     commits = {}
     for path in JSONS:
         commit = json.loads(path.read_text())["provenance"]["git_commit"]
-        assert re.fullmatch(r"[0-9a-f]{40}", commit or ""), f"{path.name}: provenance {commit!r} is not a clean commit"
+        assert CLEAN_COMMIT.fullmatch(commit or ""), f"{path.name}: provenance {commit!r} is not a clean commit"
         commits.setdefault(commit, []).append(path.name)
     assert len(commits) == 1, f"the committed figures come from {len(commits)} commits: {commits}"
     commit = next(iter(commits))
@@ -81,7 +82,7 @@ def test_every_record_was_computed_at_a_clean_commit_of_this_history():
                 computed.setdefault(node["git_commit"], set()).add(path.name)
     assert computed, "no record in the committed figures says where it was computed"
     for commit, names in computed.items():
-        assert re.fullmatch(r"[0-9a-f]{40}", commit or ""), f"{sorted(names)}: a record from {commit!r}"
+        assert CLEAN_COMMIT.fullmatch(commit or ""), f"{sorted(names)}: a record from {commit!r}"
     git = _git()
     for commit, names in computed.items():
         assert _in_history(git, commit), f"{sorted(names)}: records from {commit[:12]}, not in this history"
