@@ -1,7 +1,7 @@
 """Text in: the training stream (packed token sequences) and the held-out text for measurements.
 
 Real sources by default (Hugging Face ``datasets``, streamed); offline copies when ``SDLIB_DATA_DIR`` points
-at a folder laid out like ``../shared/data``. Nothing is downloaded at import time.
+at a folder laid out as ``data/README.md`` says. Nothing is downloaded at import time.
 """
 
 from __future__ import annotations
@@ -43,17 +43,17 @@ def offline_file(relative: str, dataset: str) -> Path | None:
         return None
     path = root / relative
     if not path.is_file():
-        raise SdlibError(f"{dataset}: SDLIB_DATA_DIR={root} has no {relative}; lay the folder out like "
-                         "shared/data (see its README) or unset SDLIB_DATA_DIR to use the Hugging Face hub")
+        raise SdlibError(f"{dataset}: SDLIB_DATA_DIR={root} has no {relative}; lay the folder out as "
+                         "data/README.md says, or unset SDLIB_DATA_DIR to use the Hugging Face hub")
     if path.stat().st_size == 0:
-        raise SdlibError(f"{dataset}: {path} is empty; restore the file (see shared/data/README.md for its hash)")
+        raise SdlibError(f"{dataset}: {path} is empty; restore the file (data/README.md gives its source and sha256)")
     expected = OFFLINE_SHA256.get(relative)
     if expected is not None:
 
         actual = file_sha256(path)
         if actual != expected:
             raise SdlibError(f"{dataset}: {path} has sha256 {actual[:12]}..., not the expected {expected[:12]}...; "
-                             "restore the exact file (see shared/data/README.md)")
+                             "restore the exact file (data/README.md gives its source and sha256)")
     return path
 
 
@@ -64,8 +64,8 @@ def _hf_dataset(path: str, config: str, split: str, streaming: bool):
         return datasets.load_dataset(path, config, split=split, streaming=streaming)
     except Exception as err:  # datasets raises many types for "no network"
         raise SdlibError(f"could not load dataset {path} ({config}, {split}) from the Hugging Face hub "
-                         f"({type(err).__name__}); offline, set SDLIB_DATA_DIR to a folder laid out like "
-                         "shared/data") from err
+                         f"({type(err).__name__}); offline, set SDLIB_DATA_DIR to a folder laid out as "
+                         "data/README.md says") from err
 
 
 # --- held-out text for measurements ---------------------------------------------------------------------

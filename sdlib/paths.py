@@ -5,7 +5,7 @@ Each path is absolute and can be overridden by an environment variable:
 =====================  ===================================  =============================================
 variable               default                              what lives there
 =====================  ===================================  =============================================
-``SDLIB_DATA_DIR``     unset (real sources: HF datasets)    offline data laid out like ``../shared/data``
+``SDLIB_DATA_DIR``     unset (real sources: HF datasets)    offline data laid out as ``data/README.md`` says
 ``SDLIB_CACHE_DIR``    ``$XDG_CACHE_HOME/sdlib``            dequantized models, tokenized-data caches
 ``SDLIB_BUILD_DIR``    ``<project>/build``                  git-ignored outputs: runs, results, notebooks
 ``SDLIB_FIGURES_DIR``  ``<project>/figures``                the committed figures (default profile only)

@@ -2,8 +2,11 @@
 from, and the lock that keeps one trainer per folder.
 
     <run>/log.jsonl, run.json, .lock
-    <run>/checkpoints/step-000042/   weights, tokenizer, sdlib_config.yaml, metrics.json, README.md,
+    <run>/checkpoints/checkpoint-42/ weights, tokenizer, sdlib_config.yaml, metrics.json, README.md,
                                      training_state.json, state/ (optimizer, scheduler, RNG)
+
+A checkpoint is named ``checkpoint-<step>`` as the Hugging Face Trainer names its own; folders named
+``step-<6-digit step>`` (sdlib 0.2 and earlier) are read as well, so older runs resume and load unchanged.
 """
 
 from __future__ import annotations
@@ -19,7 +22,8 @@ from pathlib import Path
 
 from sdlib.errors import SdlibError
 
-_STEP_DIR = re.compile(r"^step-(\d+)$")
+_STEP_DIR = re.compile(r"^(?:checkpoint|step)-(\d+)$")
+PARTIAL_PREFIX = ".tmp-checkpoint-"
 STATE_FILE = "training_state.json"
 STATE_DIR = "state"
 CONFIG_FILE = "sdlib_config.yaml"
@@ -56,6 +60,11 @@ def run_lock(run_dir: str | os.PathLike) -> Iterator[Path]:
 
 def checkpoints_dir(run_dir: str | os.PathLike) -> Path:
     return Path(run_dir) / "checkpoints"
+
+
+def checkpoint_name(step: int) -> str:
+    """The folder name of the checkpoint after ``step`` optimizer steps: ``checkpoint-<step>``."""
+    return f"checkpoint-{step}"
 
 
 def list_checkpoints(run_dir: str | os.PathLike) -> list[tuple[int, Path]]:
@@ -101,7 +110,8 @@ def resumable_checkpoint(run_dir: str | os.PathLike) -> tuple[Path | None, list[
 def remove_partial_saves(run_dir: str | os.PathLike) -> list[Path]:
     """Delete the temporary folders of saves that were killed mid-write (only call with no save running)."""
     root = checkpoints_dir(run_dir)
-    partial = sorted(root.glob(".tmp-step-*")) if root.is_dir() else []
+    partial = sorted(p for pattern in (f"{PARTIAL_PREFIX}*", ".tmp-step-*") for p in root.glob(pattern)) \
+        if root.is_dir() else []
     for path in partial:
         shutil.rmtree(path, ignore_errors=True)
     return partial

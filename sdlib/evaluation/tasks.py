@@ -6,7 +6,7 @@ that ``include``s lm-eval's file and only swaps the dataset for local JSON lines
 folder is checked byte for byte against what it must hold every time it is used, and rebuilt from nothing when
 anything differs or anything else is there: lm-eval reads every YAML on its include path, and a YAML can import
 Python, so nothing planted there is ever read.
-WikiText's document-level pages are rebuilt from the raw file with the rule of ``shared/data/README.md``.
+WikiText's document-level pages are rebuilt from the raw file with the rule of ``data/README.md``.
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ def check_tasks(tasks: str | list[str] | tuple[str, ...]) -> list[str]:
 def wikitext_pages(raw: str) -> list[str]:
     """Split a raw WikiText file into EleutherAI/wikitext_document_level ``page`` strings.
 
-    The rule (shared/data/README.md): split on "\\n"; a line whose normalised copy (``= = =`` -> ``===``,
+    The rule (data/README.md): split on "\\n"; a line whose normalised copy (``= = =`` -> ``===``,
     ``= =`` -> ``==``, stripped) starts with ``"= "`` and ends with ``" ="`` starts a new page, after the
     lines so far are emitted as a page when not blank; every line is appended to the current page; the
     last page is emitted unconditionally.
@@ -91,7 +91,7 @@ def _check_jsonl(path: Path, field: str) -> None:
                     raise KeyError(field)
             except (json.JSONDecodeError, KeyError, AttributeError):
                 raise SdlibError(f"{path}, line {number}: not a JSON object with a string {field!r} field; "
-                                 "restore the file (see shared/data/README.md)") from None
+                                 "restore the file (data/README.md gives its source and sha256)") from None
 
 
 def offline_task_dir(names: list[str] | tuple[str, ...] = TASKS) -> Path | None:
@@ -191,9 +191,6 @@ def load_tasks(names: list[str]) -> dict:
 
 @lru_cache(maxsize=8)
 def _load_tasks(names: tuple[str, ...], include: str | None) -> tuple:
-    import logging
-
-    logging.getLogger("lm_eval").setLevel(logging.ERROR)  # "task X overrides existing task" is intended
     manager = _task_manager(include)
     try:
         loaded = manager.load(list(names))["tasks"]
@@ -203,16 +200,24 @@ def _load_tasks(names: tuple[str, ...], include: str | None) -> tuple:
         raise SdlibError(
             f"could not load {', '.join(OFFLINE[n].hf_dataset for n in names)} from the Hugging Face hub "
             f"({type(err).__name__}); offline, set SDLIB_DATA_DIR to a folder holding "
-            f"{', '.join(r for n in names for r in OFFLINE[n].files.values())} (laid out like shared/data)"
+            f"{', '.join(r for n in names for r in OFFLINE[n].files.values())} (laid out as data/README.md says)"
         ) from err
     return tuple((name, loaded[name]) for name in names)
 
 
 @lru_cache(maxsize=4)
 def _task_manager(include: str | None):
+    """lm-eval's TaskManager over the folders of sdlib's own tasks, then the offline folder when there is one (its
+    tasks override lm-eval's of the same name). Indexing every task lm-eval ships (some 15,000 YAML files) would
+    take ~20 s of every process that evaluates."""
+    import logging
+
     from lm_eval.tasks import TaskManager
 
-    return TaskManager(include_path=include)
+    logging.getLogger("lm_eval").setLevel(logging.ERROR)  # "task X overrides existing task" is intended
+    lm_tasks = _lm_eval_tasks_dir()
+    folders = sorted({str((lm_tasks / src.lm_eval_yaml).parent) for src in OFFLINE.values()})
+    return TaskManager(include_path=folders + ([include] if include else []), include_defaults=False)
 
 
 def task_manager(names: list[str] | tuple[str, ...] = TASKS):

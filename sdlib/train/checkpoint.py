@@ -1,6 +1,6 @@
 """Checkpoint folders that describe themselves, written atomically.
 
-``<run>/checkpoints/step-000042/`` holds the ``save_pretrained`` weights (safetensors; plain transformers
+``<run>/checkpoints/checkpoint-42/`` holds the ``save_pretrained`` weights (safetensors; plain transformers
 loads them) and tokenizer, ``sdlib_config.yaml`` (the config that made it), ``metrics.json``, a model card
 (``README.md``), ``training_state.json`` (step, data position, skipped steps: plain JSON) and ``state/``:
 accelerate's optimizer, scheduler and RNG files (``save_accelerator_state``), read back with
@@ -20,20 +20,20 @@ from typing import Any
 
 from sdlib.errors import SdlibError
 from sdlib.provenance import fsync_tree, write_json
-from sdlib.runs import CONFIG_FILE, STATE_DIR, STATE_FILE, checkpoints_dir
+from sdlib.runs import CONFIG_FILE, PARTIAL_PREFIX, STATE_DIR, STATE_FILE, checkpoint_name, checkpoints_dir
 from sdlib.train.config import save_config
 
 
 def save_checkpoint(run_dir: str | os.PathLike, step: int, model, tokenizer, optimizer, scheduler,
                     training_state: dict[str, Any], config, metrics: dict[str, Any], card: str,
                     state_dict: dict[str, Any] | None = None) -> Path:
-    """Write ``step-<step>`` atomically (main process only). -> its path."""
+    """Write ``checkpoint-<step>`` atomically (main process only). -> its path."""
     from accelerate.checkpointing import save_accelerator_state
 
     root = checkpoints_dir(run_dir)
     root.mkdir(parents=True, exist_ok=True)
-    final = root / f"step-{step:06d}"
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-step-{step:06d}-", dir=root))
+    final = root / checkpoint_name(step)
+    tmp = Path(tempfile.mkdtemp(prefix=f"{PARTIAL_PREFIX}{step}-", dir=root))
     try:
         model.save_pretrained(tmp, safe_serialization=True, state_dict=state_dict)
         tokenizer.save_pretrained(tmp)

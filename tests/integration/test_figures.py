@@ -36,7 +36,7 @@ def test_tiny_profile_regenerates_every_figure(tmp_path):
     where = {v for k, v in rows["S measured on"].items() if k.startswith("tiny-llama")}
     assert where == {"wikitext-test, 4 x 128 tokens spread over the text"}, "the summary prints where S was measured"
     assert "wall time per stage" in done.stdout
-    card = next((tmp_path / "build" / "runs" / "tiny" / "checkpoints").glob("step-000016")) / "README.md"
+    card = next((tmp_path / "build" / "runs" / "tiny" / "checkpoints").glob("checkpoint-16")) / "README.md"
     assert "## Per-layer evaluation" in card.read_text() and "lambada_openai" in card.read_text()
 
     # a reader's "Run All" with the defaults redraws the saved JSON: no model, run or cache is needed

@@ -41,7 +41,7 @@ CHILD = textwrap.dedent("""
         def paused_save(obj, f, *a, **k):
             save(obj, f, *a, **k)
             path = pathlib.Path(str(f))
-            if path.name == "optimizer.bin" and f"step-{int(pause):06d}" in path.parent.parent.name:
+            if path.name == "optimizer.bin" and path.parent.parent.name.startswith(f".tmp-checkpoint-{int(pause)}-"):
                 (path.parent.parent.parent.parent / "PAUSED").write_text(str(path.parent.parent))
                 time.sleep(120)
         torch.save = paused_save
@@ -110,10 +110,10 @@ def test_sigkill_while_writing_a_checkpoint_keeps_the_previous_one(text_file, tm
     partial = (run_dir / "PAUSED").read_text()
     proc.send_signal(signal.SIGKILL)
     assert proc.wait() == -signal.SIGKILL
-    assert os.path.isdir(partial) and ".tmp-step-000006" in partial  # the half-written save is still there
+    assert os.path.isdir(partial) and ".tmp-checkpoint-6-" in partial  # the half-written save is still there
     assert [s for s, _ in list_checkpoints(run_dir)] == [2, 4]  # ... and ignored
     model, _ = models.load(str(run_dir))  # the previous checkpoint loads
-    assert latest_checkpoint(run_dir).name == "step-000004" and model is not None
+    assert latest_checkpoint(run_dir).name == "checkpoint-4" and model is not None
     resumed = _sdlib(*_train_args(text_file, run_dir), "--resume")
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert not os.path.exists(partial), "the partial save is cleaned up on resume"
@@ -246,7 +246,7 @@ def test_bad_json_line_in_training_data_names_the_line(tmp_path):
     done = _sdlib("train", str(ROOT / "configs" / "tiny.yaml"), "--data", str(data), "--output_dir",
                   str(tmp_path / "run"), "--eval_text", str(data))
     _one_line_error(done, "line 3")
-    assert not list((tmp_path / "run").glob("checkpoints/step-*"))
+    assert not list((tmp_path / "run").glob("checkpoints/checkpoint-*"))
 
 
 def test_lambada_copy_with_a_bad_line_is_caught_by_its_hash(tmp_path):

@@ -130,7 +130,7 @@ def test_an_incomplete_latest_checkpoint_falls_back_to_the_one_before(half_run, 
     (list_checkpoints(half_run)[-1][1] / "state" / "random_states_0.pkl").unlink()
     code, lines = _cli(capsys, *_train(half_run, text_file, "--save_every", "4", "--resume"))
     assert code == 0
-    assert any("passing over step-000008: state/random_states_0.pkl missing; continuing from step-000004" in line
+    assert any("passing over checkpoint-8: state/random_states_0.pkl missing; continuing from checkpoint-4" in line
                for line in lines)
     assert [r.step for r in steps(read_log(half_run))] == list(range(1, 17))
 
@@ -414,7 +414,7 @@ def test_a_checkpoint_is_flushed_to_disk_before_it_is_renamed_into_place(tmp_pat
     monkeypatch.setattr(checkpoint.os, "replace", lambda a, b: (events.append(("rename", str(b))), replace(a, b))[1])
     train(load_config(TINY, {"output_dir": str(tmp_path / "run"), "data": str(text_file), "eval_text": str(text_file),
                              "max_tokens": 512, "save_every": 0}), progress=False)
-    rename = next(i for i, e in enumerate(events) if isinstance(e, tuple) and e[1].endswith("step-000001"))
+    rename = next(i for i, e in enumerate(events) if isinstance(e, tuple) and e[1].endswith("checkpoint-1"))
     assert events[:rename].count("fsync") >= 10  # the weights, state files, config, card: every file and folder
     assert "fsync" in events[rename + 1:]  # then the folder that now holds it
 

@@ -52,6 +52,24 @@ def test_tiny_training_lowers_loss_and_writes_checkpoints(text_file, tmp_path, m
     assert load_config(ckpt / "sdlib_config.yaml").model == model
 
 
+def test_a_run_with_older_checkpoint_names_resumes_to_the_same_weights(text_file, tmp_path):
+    """A run whose checkpoints are named step-NNNNNN (sdlib 0.2 and earlier) resumes from the latest of them and
+    ends where an uninterrupted run ends; the new checkpoints are named checkpoint-N."""
+    full = train(_config(text_file, tmp_path, "full", save_every=4), progress=False)
+    cfg = _config(text_file, tmp_path, "old", save_every=4)
+    old = train(cfg, progress=False)
+    for step, path in list_checkpoints(old):
+        if step > 8:
+            shutil.rmtree(path)
+        else:
+            path.rename(path.with_name(f"step-{step:06d}"))
+    train(cfg, resume=True, progress=False)
+    assert [p.name for _, p in list_checkpoints(old)] == ["step-000004", "step-000008", "checkpoint-12",
+                                                          "checkpoint-16"]
+    a, b = _weights(full), _weights(old)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_resume_equals_uninterrupted(text_file, tmp_path):
     full = train(_config(text_file, tmp_path, "full", save_every=4), progress=False)
     part_cfg = _config(text_file, tmp_path, "part", save_every=4)
