@@ -8,15 +8,20 @@
 #   ./run_all.sh --profile tiny   the CI profile (minutes)
 #   ./run_all.sh --profile paper  the paper's five models (GPUs; multi-GPU: LAUNCH="accelerate launch --config_file ...")
 #   ./run_all.sh --profile gpu    draw figures/gpu/ from the GPU study's record (sdlib gpu-study import)
+#   ./run_all.sh --redraw         redraw every committed figure from its saved JSON at this commit (no model; a
+#                                 minute); with --profile, that profile's figures only
 set -euo pipefail
 cd "$(dirname "$0")"
 PROFILE=qwen
+PROFILE_GIVEN=0
+REDRAW=0
 while [ $# -gt 0 ]; do
     case "$1" in
-        --profile) PROFILE="${2:?--profile needs qwen, quick, atlas, tiny, paper or gpu}"; shift 2 ;;
-        --profile=*) PROFILE="${1#*=}"; shift ;;
-        -h|--help) sed -n 2,10p "$0"; exit 0 ;;
-        *) echo "run_all: unknown argument $1 (use --profile qwen|quick|atlas|tiny|paper|gpu)" >&2; exit 2 ;;
+        --profile) PROFILE="${2:?--profile needs qwen, quick, atlas, tiny, paper or gpu}"; PROFILE_GIVEN=1; shift 2 ;;
+        --profile=*) PROFILE="${1#*=}"; PROFILE_GIVEN=1; shift ;;
+        --redraw) REDRAW=1; shift ;;
+        -h|--help) sed -n 2,12p "$0"; exit 0 ;;
+        *) echo "run_all: unknown argument $1 (use --profile qwen|quick|atlas|tiny|paper|gpu, --redraw)" >&2; exit 2 ;;
     esac
 done
 case "$PROFILE" in
@@ -31,6 +36,24 @@ if [ -z "${SDLIB_DATA_DIR:-}" ] && [ -d ../shared/data ]; then
 fi
 # Only the default profile (and the atlas and gpu profiles' drawings) write committed outputs; the others stay under build/.
 case "$PROFILE" in qwen|atlas|gpu) ;; *) export SDLIB_BUILD_DIR="${SDLIB_BUILD_DIR:-$PWD/build/profile-$PROFILE}" ;; esac
+if [ "$REDRAW" = 1 ]; then
+    # the saved JSON holds what each figure shows: nothing is trained, measured or evaluated
+    if [ "$PROFILE_GIVEN" = 1 ]; then PROFILES="$PROFILE"; else PROFILES="qwen atlas"; fi
+    for p in $PROFILES; do
+        echo "== redraw the $p profile's figures"
+        "$SDLIB" figures --profile "$p" --redraw
+    done
+    if [ "$PROFILE_GIVEN" = 0 ]; then
+        for saved in figures/ablation_grid_*.json; do
+            name=$(basename "$saved" .json); name=${name#ablation_grid_}
+            case "$name" in *_training|'*') continue ;; esac
+            echo "== redraw grid $name"
+            "$SDLIB" grid redraw "configs/ablations/$name.yaml" --figures figures
+        done
+    fi
+    echo "== done: figures redrawn"
+    exit 0
+fi
 MODELS=$("$SDLIB" plan --profile "$PROFILE" --models)
 if [ -n "$MODELS" ]; then ./scripts/setup.sh --models "$MODELS"; fi
 echo "== plan ($PROFILE profile)"

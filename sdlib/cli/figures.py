@@ -12,9 +12,10 @@ from sdlib.train import run_state
 
 
 def _figures(args: argparse.Namespace, extra: Sequence[str]) -> int:
-    timings = {} if args.no_prepare else prepare(args.profile, device=args.device)
+    timings = {} if args.no_prepare or args.redraw else prepare(args.profile, device=args.device)
     only = [n.strip() for n in args.only.split(",")] if args.only else None
-    timings |= run_notebooks(args.profile, only, {"device": args.device} if args.device else None)
+    timings |= run_notebooks(args.profile, only, {"device": args.device} if args.device else None,
+                             compute=not args.redraw)
     print("wall time per stage (s): " + ", ".join(f"{k} {v:.0f}" for k, v in timings.items()))
     return 0
 
@@ -49,6 +50,9 @@ def add(sub) -> None:
                    help="qwen (default; writes figures/), quick, atlas (writes figures/atlas.*), tiny, paper or gpu")
     p.add_argument("--only", default=None, help="comma-separated notebook names (default: the profile's)")
     p.add_argument("--no-prepare", "--no_prepare", action="store_true", help="skip the measure/evaluate step")
+    p.add_argument("--redraw", action="store_true",
+                   help="redraw each figure from its saved JSON in the profile's figures folder, at this commit: no "
+                        "model is loaded (seconds); each JSON's provenance keeps the commits that computed it")
     model_args(p, cache=False)
     p.set_defaults(func=_figures)
 

@@ -6,9 +6,9 @@ import argparse
 from collections.abc import Sequence
 from dataclasses import fields
 
+from sdlib.errors import SdlibError
 from sdlib.evaluation.tasks import check_tasks
-from sdlib.figures.output import save_figure
-from sdlib.figures.plots import ablation_figure, grid_training_figure
+from sdlib.figures.run import redraw_grid, save_grid
 from sdlib.studies import grid
 from sdlib.train import train
 from sdlib.train.config import TrainConfig, config_help, load_config, load_grid
@@ -25,6 +25,12 @@ def _grid(args: argparse.Namespace, extra: Sequence[str]) -> int:
     if args.action == "train":
         grid.train_cells(g, args.cells or None)
         return 0
+    if args.action == "redraw":
+        if args.cells:
+            raise SdlibError("grid redraw draws the whole saved grid: leave out the cell names")
+        for path in redraw_grid(g.name, args.figures or "figures"):
+            print(f"redrawn: {path}")
+        return 0
     tasks = check_tasks(args.tasks)
     if args.action == "run":
         grid.run(g, args.cells or None, tasks)
@@ -32,12 +38,7 @@ def _grid(args: argparse.Namespace, extra: Sequence[str]) -> int:
     table = results.table()
     print(grid.markdown_table(table))
     if args.figures:
-        numbers = results.numbers()
-        save_figure(ablation_figure(table, title=f"{g.title}<br><sup>S measured on {numbers['grid']['setting']}</sup>"),
-                    f"ablation_grid_{g.name}", numbers, args.figures)
-        save_figure(grid_training_figure(numbers["over_training"], title=f"{g.title}: over training"),
-                    f"ablation_grid_{g.name}_training", {"grid": numbers["grid"], "over_training": numbers["over_training"]},
-                    args.figures)
+        save_grid(results.numbers(), args.figures)
     print(f"written: {results.csv}" + (f" and the figure in {args.figures}" if args.figures else ""))
     return 0
 
@@ -65,9 +66,10 @@ def add(sub) -> None:
     p.set_defaults(func=_train)
 
     p = sub.add_parser("grid", help="the reproduction study's one-factor grids (configs/ablations/*.yaml)")
-    p.add_argument("action", choices=("run", "train", "collect"),
+    p.add_argument("action", choices=("run", "train", "collect", "redraw"),
                    help="run: train, measure and evaluate cells; train: only train them; collect: the table of every "
-                        "finished cell")
+                        "finished cell; redraw: the grid's figures again from their saved JSON (--figures, default "
+                        "figures), no run or model needed")
     p.add_argument("grid", help="a grid file, e.g. configs/ablations/cpu.yaml")
     p.add_argument("cells", nargs="*", help="only these cells (default: all, or every finished one for collect)")
     p.add_argument("--figures", default=None, help="draw the grid figure into this folder (e.g. figures)")

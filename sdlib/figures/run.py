@@ -4,7 +4,8 @@ Jupyter kernel after computing (cached) what they draw. Executed notebooks go to
 
 A notebook opened by hand writes its figures under ``<build>/figures/<profile>/``; only ``sdlib figures``
 (what ``run_all.sh`` runs), or an explicit ``output`` option, writes into the profile's figures folder (for the
-default profile the committed ``figures/``)."""
+default profile the committed ``figures/``). A grid's two figures are drawn here too (``save_grid``), from its
+numbers, and can be redrawn from their saved JSON (``redraw_grid``)."""
 
 from __future__ import annotations
 
@@ -15,9 +16,12 @@ from typing import Any
 
 from sdlib.errors import SdlibError
 from sdlib.figures.output import save_figure
+from sdlib.figures.plots import ablation_figure, grid_training_figure
 from sdlib.models import resolve_checkpoint
 from sdlib.paths import absolute_path_variables, build_dir, project_root
+from sdlib.provenance import provenance as make_provenance
 from sdlib.studies import compare, registry
+from sdlib.studies.measure import MeasureRecord
 from sdlib.studies.profiles import DEFAULT_PROFILE, Pair, load_profile
 from sdlib.train.card import refresh_card
 from sdlib.types import Role
@@ -42,6 +46,8 @@ class FigureRun:
         self.output = Path(output) if output else build_dir() / "figures" / profile
         self.png = png
         """False: HTML and JSON only (no browser is started for the static image)"""
+        self.computed_at: dict[str, list[str]] = {}
+        """each saved figure this run read -> the commit(s) that computed its numbers"""
 
     def study(self, name: str, pair: Pair | None = None, role: Role = Role.PRETRAINED, use_cache: bool = True):
         """The record of registered study ``name`` (``sdlib.studies.registry``) for one model of the profile (the
@@ -52,7 +58,11 @@ class FigureRun:
 
     def save(self, fig, name: str, numbers: dict[str, Any], provenance: dict[str, Any] | None = None,
              records: Any = None, png: bool = True) -> dict[str, Path]:
-        """Write the figure (PNG, HTML, JSON with ``numbers``, ``records`` and provenance) into the output folder."""
+        """Write the figure (PNG, HTML, JSON with ``numbers``, ``records`` and provenance) into the output folder.
+        A figure redrawn from saved JSON is drawn at this commit; its provenance's ``computed_at`` keeps the commits
+        that computed what it shows."""
+        if provenance is None and self.computed_at:
+            provenance = redrawn_provenance(*self.computed_at.values())
         return save_figure(fig, name, numbers, self.output, provenance, png=png and self.png, records=records)
 
     def saved(self, name: str) -> dict[str, Any]:
@@ -66,6 +76,7 @@ class FigureRun:
         if "records" not in stored:
             raise SdlibError(f"{path} holds no records to redraw from (it was written by an older sdlib): run the "
                              "notebook with compute = True")
+        self.computed_at[path.name] = computed_at(stored)
         return stored
 
     def records(self, name: str, cls: type) -> list:
@@ -81,6 +92,56 @@ class FigureRun:
         import pandas as pd
 
         return pd.DataFrame(self.saved(name)["records"])
+
+    def summary_table(self):
+        """The saved summary table (``compare.summary``'s) with its "S measured on" row: a table saved without one
+        gets it from the saved movement figure's records, which must give its S and D (``compare.with_setting_row``)."""
+        table = self.table("table_summary")
+        if compare.SETTING_ROW in set(table["metric"]):
+            return table
+        return compare.with_setting_row(table, self.records("fig03_movement", MeasureRecord))
+
+
+def computed_at(stored: dict[str, Any]) -> list[str]:
+    """The commit(s) that computed a saved figure's numbers: those it was redrawn from, else the one that drew it."""
+    p = stored.get("provenance") or {}
+    return list(p.get("computed_at") or [p.get("git_commit", "unknown")])
+
+
+def redrawn_provenance(*commits: list[str]) -> dict[str, Any]:
+    """This run's provenance, with ``computed_at``: the commits that computed what a redrawn figure shows."""
+    return make_provenance() | {"computed_at": sorted({c for group in commits for c in group})}
+
+
+GRID_FIGURES = ("ablation_grid_{}", "ablation_grid_{}_training")
+"""a grid's two figures, by its name"""
+
+
+def save_grid(numbers: dict[str, Any], out_dir: str | Path, provenance: dict[str, Any] | None = None) -> list[Path]:
+    """A grid's two figures from its numbers (``sdlib.studies.grid.GridResults.numbers``): the change of S and
+    LAMBADA per cell, and each cell's measurements over training. -> the JSON paths"""
+    import pandas as pd
+
+    g = numbers["grid"]
+    table = pd.DataFrame.from_records(numbers["cells"], coerce_float=True)  # saved nulls read back as NaN
+    grid_fig, training_fig = (name.format(g["name"]) for name in GRID_FIGURES)
+    paths = [save_figure(ablation_figure(table, title=f"{g['title']}<br><sup>S measured on {g['setting']}</sup>"),
+                         grid_fig, numbers, out_dir, provenance),
+             save_figure(grid_training_figure(numbers["over_training"], title=f"{g['title']}: over training"),
+                         training_fig, {"grid": g, "over_training": numbers["over_training"]}, out_dir, provenance)]
+    return [p["json"] for p in paths]
+
+
+def redraw_grid(name: str, out_dir: str | Path) -> list[Path]:
+    """Redraw grid ``name``'s two figures from the JSON saved in ``out_dir``, at this commit; no run, cache or model
+    is read. -> the JSON paths"""
+    path = Path(out_dir) / f"{GRID_FIGURES[0].format(name)}.json"
+    if not path.is_file():
+        raise SdlibError(f"no saved {path}: draw it first with `sdlib grid collect GRID --figures {out_dir}`")
+    stored = json.loads(path.read_text())
+    if "cells" not in stored.get("numbers", {}):
+        raise SdlibError(f"{path} holds no grid table to redraw from: draw it with `sdlib grid collect`")
+    return save_grid(stored["numbers"], out_dir, redrawn_provenance(computed_at(stored)))
 
 
 def notebooks_dir() -> Path:

@@ -3,16 +3,22 @@ model's weights and the settings, and the summary table beside the paper's numbe
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, replace
 from typing import Any
 
 from sdlib.cache import cached, model_fingerprint
+from sdlib.errors import SdlibError
 from sdlib.evaluation.layers import LayerScores, evaluate_cached, load_subset
 from sdlib.paths import results_dir, slug
 from sdlib.stats import paired_ratio
 from sdlib.studies.measure import MeasureRecord, MeasureSettings, measure_model
 from sdlib.studies.profiles import ROLES, Pair, Profile
 from sdlib.types import LAST_STATES, Role
+
+SETTING_ROW = "S measured on"
+"""the summary's row saying where each model's S was measured (``Measurement.info["setting"]``)"""
+TOKENS_ROW = "tokens measured / LAMBADA passages"
 
 # The paper's reported numbers (Shibata et al.), for the summary table; absent where it gives none.
 PAPER = {
@@ -88,7 +94,6 @@ def summary(profile: Profile, device: str | None = None):
     """Metrics in rows, models in columns: for each pair, the pretrained and self-distilled value (with 95%
     intervals where the data allow: S over windows, LAMBADA over passages, and the paired change of S), and the
     paper's values in their own columns. -> DataFrame (metric, then one column per model and state)."""
-    import numpy as np
     import pandas as pd
 
     columns: dict[str, dict[str, str]] = {}
@@ -98,12 +103,7 @@ def summary(profile: Profile, device: str | None = None):
         greedy = {role: evaluated[role].greedy.get("lambada_openai") for role in ROLES}
         for role in ROLES:
             r, scores = records[role], evaluated[role]
-            col: dict[str, str] = {}
-            for c in LAST_STATES:
-                lo, hi = r.S_interval(c) if len(r.per_window_D[c]) >= 2 else (np.nan,) * 2
-                col[f"S ({c})"] = _interval(r.S[c], lo, hi)
-                col[f"D_L ({c})"] = f"{r.D[c][-1]:.3f}"
-                col[f"D_L / D_L-1 ({c})"] = f"{r.last_layer_ratio[c]:.2f}"
+            col = movement_rows(r)
             acc = scores.curve("lambada_openai", "acc", intervals=True)
             final, penult = acc[-1], acc[-2]
             col["LAMBADA final layer"] = _interval(*final)
@@ -111,8 +111,8 @@ def summary(profile: Profile, device: str | None = None):
             col["LAMBADA drop (final - penultimate) / final"] = (
                 f"{(final[0] - penult[0]) / final[0]:.2f}" if final[0] > 0 else "")
             col["WikiText word ppl, final layer"] = f"{scores.curve('wikitext', 'word_perplexity')[-1]:.4g}"
-            col["S measured on"] = r.info.get("setting", "")
-            col["tokens measured / LAMBADA passages"] = f"{r.n_tokens:,} / {scores.n('lambada_openai')}"
+            col[SETTING_ROW] = r.info.get("setting", "")
+            col[TOKENS_ROW] = f"{r.n_tokens:,} / {scores.n('lambada_openai')}"
             columns[pair.label(role)] = col
         after = columns[pair.label(Role.SELF_DISTILLED)]
         for c in LAST_STATES:
@@ -128,6 +128,44 @@ def summary(profile: Profile, device: str | None = None):
             for k, v in numbers.items()}
     metrics = list(dict.fromkeys(k for col in columns.values() for k in col))
     return pd.DataFrame([{"metric": m, **{name: col.get(m, "") for name, col in columns.items()}} for m in metrics])
+
+
+def movement_rows(record: MeasureRecord) -> dict[str, str]:
+    """A summary column's rows that come from the model's measurement: S in both conventions with its 95%
+    interval over documents, D_L and D_L / D_L-1."""
+    col: dict[str, str] = {}
+    for c in LAST_STATES:
+        lo, hi = record.S_interval(c) if len(record.per_window_D[c]) >= 2 else (math.nan,) * 2
+        col[f"S ({c})"] = _interval(record.S[c], lo, hi)
+        col[f"D_L ({c})"] = f"{record.D[c][-1]:.3f}"
+        col[f"D_L / D_L-1 ({c})"] = f"{record.last_layer_ratio[c]:.2f}"
+    return col
+
+
+def with_setting_row(table, records: list[MeasureRecord]):
+    """A saved summary ``table`` (metrics in rows) with its "S measured on" row, from the measurement records it
+    was computed from (the movement figure's: the same cached records, matched by label), placed where ``summary``
+    puts it. Each model column's S and D rows must be what its record gives, or the records are not the table's.
+    -> DataFrame"""
+    import pandas as pd
+
+    by_label = {r.label: r for r in records}
+    rows = {row["metric"]: row for row in table.to_dict("records")}
+    models = [c for c in table.columns if c != "metric" and not c.startswith("paper: ")]
+    setting = {"metric": SETTING_ROW}
+    for label in models:
+        if label not in by_label:
+            raise SdlibError(f"the summary's column {label!r} has no measurement record among "
+                             f"{', '.join(by_label) or 'none'}: redraw it with compute = True")
+        for metric, value in movement_rows(by_label[label]).items():
+            if rows.get(metric, {}).get(label) != value:
+                raise SdlibError(f"the summary's {metric} of {label!r} is {rows.get(metric, {}).get(label)!r}, its "
+                                 f"measurement record's {value!r}: not the records it was computed from")
+        setting[label] = by_label[label].info.get("setting", "")
+    out = [row for row in table.to_dict("records") if row["metric"] != SETTING_ROW]
+    at = next((i for i, row in enumerate(out) if row["metric"] == TOKENS_ROW), len(out))
+    out.insert(at, {c: setting.get(c, "") for c in table.columns})
+    return pd.DataFrame(out, columns=table.columns)
 
 
 def _interval(value: float, lo: float, hi: float, signed: bool = False) -> str:

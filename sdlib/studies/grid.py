@@ -5,6 +5,7 @@ at every layer, relative to the pretrained model; collected into one table and o
     sdlib grid run configs/ablations/cpu.yaml [CELL ...]   # train + measure + evaluate (cached; rerun to resume)
     sdlib grid train configs/ablations/cpu.yaml [CELL ...] # train only (the long part), cell after cell
     sdlib grid collect configs/ablations/cpu.yaml          # the table (and figure) of every finished cell
+    sdlib grid redraw configs/ablations/cpu.yaml           # the figures again from their saved JSON (no run needed)
     sdlib train configs/ablations/cpu.yaml:00-base --resume # one cell, as any config (profiles list cells so)
 """
 

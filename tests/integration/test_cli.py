@@ -35,6 +35,8 @@ def test_measure_prints_curve_and_both_s(text_file, tmp_path):
     (["train", "/no/such.yaml"], "does not exist"),
     (["train", str(ROOT / "configs" / "tiny.yaml"), "--alpha", "-1"], "alpha must be"),
     (["train", str(ROOT / "configs" / "tiny.yaml"), "--colour", "red"], "unknown config key 'colour'"),
+    (["grid", "redraw", str(ROOT / "configs" / "ablations" / "cpu.yaml"), "--figures", "/no/such/folder"],
+     "no saved /no/such/folder/ablation_grid_cpu.json"),
 ])
 def test_bad_input_gives_one_line_and_exit_2(args, message, tmp_path):
     done = _sdlib(*args)

@@ -11,8 +11,10 @@ import papermill
 import pytest
 
 from sdlib.data import TextWindows
-from sdlib.figures.run import kernel_name
-from sdlib.studies.measure import MeasureSettings
+from sdlib.errors import SdlibError
+from sdlib.figures.run import kernel_name, redraw_grid
+from sdlib.studies import compare
+from sdlib.studies.measure import MeasureRecord, MeasureSettings
 from sdlib.studies.profiles import load_profile
 from tests.conftest import ROOT, hang_guard
 
@@ -80,6 +82,9 @@ def test_every_record_was_computed_at_a_clean_commit_of_this_history():
         for node in _walk(json.loads(path.read_text()).get("records")):
             if "git_commit" in node:
                 computed.setdefault(node["git_commit"], set()).add(path.name)
+        # a figure redrawn from saved JSON names the commits that computed what it shows
+        for commit in json.loads(path.read_text())["provenance"].get("computed_at", []):
+            computed.setdefault(commit, set()).add(path.name)
     assert computed, "no record in the committed figures says where it was computed"
     for commit, names in computed.items():
         assert CLEAN_COMMIT.fullmatch(commit or ""), f"{sorted(names)}: a record from {commit!r}"
@@ -98,6 +103,64 @@ def test_every_S_carries_its_measurement_setting(path):
         assert setting == windows.describe(), f"{path.name}: {setting!r} is not what {windows} were measured on"
         if path.stem != "00_quickstart":  # the quickstart is a first look at any model, on its own smaller setting
             assert setting == STANDARD, f"{path.name}: {m.get('model')} measured on {setting!r}, not {STANDARD!r}"
+
+
+def _summary():
+    import pandas as pd
+
+    return pd.DataFrame(json.loads((FIGURES / "table_summary.json").read_text())["records"])
+
+
+def _models(table) -> list[str]:
+    return [c for c in table.columns if c != "metric" and not c.startswith("paper: ")]
+
+
+def test_the_summary_table_says_where_every_S_was_measured():
+    """The table's S have no measurement record of their own in its JSON: its "S measured on" row says, for every
+    model column, and it is the standard setting the movement figure's records were measured on."""
+    table = _summary()
+    rows = table[table.metric == compare.SETTING_ROW]
+    assert len(rows) == 1, f"table_summary has no {compare.SETTING_ROW!r} row"
+    assert _models(table) and {rows.iloc[0][m] for m in _models(table)} == {STANDARD}
+
+
+def test_a_summary_saved_without_its_setting_row_gets_it_from_its_own_records():
+    records = [MeasureRecord.from_dict(r) for r in json.loads((FIGURES / "fig03_movement.json").read_text())["records"]]
+    older = _summary()
+    older = older[older.metric != compare.SETTING_ROW].reset_index(drop=True)
+    table = compare.with_setting_row(older, records)
+    assert list(table.columns) == list(older.columns) and len(table) == len(older) + 1
+    row = table[table.metric == compare.SETTING_ROW].iloc[0]
+    assert {row[m] for m in _models(table)} == {STANDARD}
+    assert table.metric.tolist().index(compare.SETTING_ROW) == table.metric.tolist().index(compare.TOKENS_ROW) - 1
+    # records that are not the table's (another S) are refused, not joined
+    other = older.copy()
+    label = _models(other)[0]
+    other.loc[other.metric == "S (normed)", label] = "0.111 [0.110, 0.112]"
+    with pytest.raises(SdlibError, match="not the records it was computed from"):
+        compare.with_setting_row(other, records)
+    with pytest.raises(SdlibError, match="no measurement record"):
+        compare.with_setting_row(older, [r for r in records if r.label != label])
+
+
+def test_a_grid_redraws_from_its_saved_json(tmp_path):
+    """`sdlib grid redraw`: the committed grid's figures again from their JSON alone, showing the same numbers,
+    with the commits that computed them kept."""
+    names = [p.name for p in FIGURES.glob("ablation_grid_*.json")]
+    assert names, "no grid figure is committed"
+    for name in names:
+        shutil.copy(FIGURES / name, tmp_path / name)
+    grids = [n.removeprefix("ablation_grid_").removesuffix(".json") for n in names if not n.endswith("_training.json")]
+    for grid in grids:
+        written = redraw_grid(grid, tmp_path)
+        assert sorted(p.name for p in written) == sorted([f"ablation_grid_{grid}.json",
+                                                          f"ablation_grid_{grid}_training.json"])
+        for path in written:
+            committed, redrawn = (json.loads(p.read_text()) for p in (FIGURES / path.name, path))
+            assert redrawn["numbers"] == committed["numbers"]
+            assert redrawn["provenance"]["computed_at"] == (committed["provenance"].get("computed_at")
+                                                            or [committed["provenance"]["git_commit"]])
+            assert path.with_suffix(".png").stat().st_size > 0 and path.with_suffix(".html").stat().st_size > 0
 
 
 # the notebooks whose figure is committed (a notebook whose figure is not, such as the GPU study's, says so in one line)
@@ -125,5 +188,8 @@ def test_each_notebook_redraws_the_committed_figure_with_its_defaults(notebook, 
     assert {p.name: p.stat().st_mtime_ns for p in FIGURES.iterdir()} == before, "a notebook wrote into figures/"
     redrawn = list((build / "figures").rglob(f"{notebook.stem}.json"))
     assert len(redrawn) == 1, f"{notebook.stem} wrote {redrawn}"
-    committed = json.loads((FIGURES / f"{notebook.stem}.json").read_text())
-    assert json.loads(redrawn[0].read_text())["numbers"] == committed["numbers"]
+    committed, again = (json.loads(p.read_text()) for p in (FIGURES / f"{notebook.stem}.json", redrawn[0]))
+    assert again["numbers"] == committed["numbers"]
+    # drawn at this checkout's commit; what it shows keeps the commits that computed it
+    assert again["provenance"]["computed_at"] == (committed["provenance"].get("computed_at")
+                                                  or [committed["provenance"]["git_commit"]])
