@@ -271,18 +271,29 @@ def lens_figure(grids: Sequence[Any], title: str = "Logit lens: top-1 token and 
 
 def table_figure(df, title: str = "Summary") -> go.Figure:
     """A plotly table of a DataFrame of strings (metrics in rows, one column per model), sized so nothing is cut
-    off in the PNG: each column as wide as its longest entry, every row one line high."""
-    cells = [["" if v is None else str(v) for v in df[c]] for c in df.columns]
+    off in the PNG: each column as wide as its longest line, an entry longer than its column's header (the setting
+    S was measured on) wrapped onto lines as wide as the header, every line one row high."""
+    import textwrap
+
     headers = [str(c).replace(" (", "<br>(") for c in df.columns]  # a model's label on two lines: name, then role
-    chars = [max([len(h) for h in header.split("<br>")] + [len(v) for v in col]) for header, col in zip(headers, cells)]
+    cells = []
+    for i, (header, c) in enumerate(zip(headers, df.columns)):
+        limit = max(24, *(len(h) for h in header.split("<br>")))
+        values = ["" if v is None else str(v) for v in df[c]]
+        # the metric names (first column) stay on one line: their column is as wide as the longest
+        cells.append(values if i == 0 else ["<br>".join(textwrap.wrap(v, limit, break_long_words=False)) or v
+                                            for v in values])
+    chars = [max(len(line) for entry in [header, *col] for line in entry.split("<br>"))
+             for header, col in zip(headers, cells)]
     widths = [7 * n + 20 for n in chars]  # ~7 px per character at a 12 px font, plus padding
+    lines = sum(max(entry.count("<br>") + 1 for entry in row) for row in zip(*cells))
     row = 26
     fig = go.Figure(go.Table(columnwidth=widths,
                              header={"values": [f"<b>{h}</b>" for h in headers], "align": "left", "height": 2 * row,
                                      "fill_color": "#e8eef7"},
                              cells={"values": cells, "align": ["left"] + ["right"] * (len(cells) - 1), "height": row,
                                     "fill_color": [["#ffffff", "#f6f8fb"] * (len(df) // 2 + 1)]}))
-    fig.update_layout(title=title, width=sum(widths) + 60, height=row * (len(df) + 2) + 120,
+    fig.update_layout(title=title, width=sum(widths) + 60, height=row * (lines + 2) + 120,
                       margin={"l": 30, "r": 30, "t": 70, "b": 20})
     return fig
 

@@ -91,3 +91,18 @@ def test_a_shallow_model_gets_no_late_layer_panel():
     rows = [{"task": "t", "metric": "acc", "layer": l, "value": 0.1 * l, "lo": None, "hi": None, "n": 5,
              "max_length": 64, "label": "m", "role": "pretrained", "base_model": "m"} for l in range(4)]
     assert all(t.xaxis == "x" for t in layer_metric_figure(pd.DataFrame(rows), "t", "acc", zoom=True).data)
+
+
+def test_a_long_table_entry_wraps_to_its_column_instead_of_widening_it():
+    import pandas as pd
+
+    from sdlib.figures.plots import table_figure
+
+    header = "a-model-name-of-thirty-four-chars (pretrained)"
+    setting = "wikitext-test, 64 x 512 tokens spread over the text"
+    short = table_figure(pd.DataFrame({"metric": ["S"], header: ["0.685 [0.683, 0.687]"]}))
+    wrapped = table_figure(pd.DataFrame({"metric": ["S", "S measured on"], header: ["0.685 [0.683, 0.687]", setting]}))
+    assert wrapped.data[0].columnwidth[1] == short.data[0].columnwidth[1]  # the model column: as wide as its header
+    entry = wrapped.data[0].cells.values[1][1]
+    assert entry.replace("<br>", " ") == setting and entry.count("<br>") == 1
+    assert wrapped.layout.height > short.layout.height + 26  # the extra line has room
