@@ -127,21 +127,31 @@ def save_grid(numbers: dict[str, Any], out_dir: str | Path, provenance: dict[str
     grid_fig, training_fig = (name.format(g["name"]) for name in GRID_FIGURES)
     paths = [save_figure(ablation_figure(table, title=f"{g['title']}<br><sup>S measured on {g['setting']}</sup>"),
                          grid_fig, numbers, out_dir, provenance),
-             save_figure(grid_training_figure(numbers["over_training"], title=f"{g['title']}: over training"),
+             save_figure(grid_training_figure(numbers["over_training"], title=_over_training_title(g)),
                          training_fig, {"grid": g, "over_training": numbers["over_training"]}, out_dir, provenance)]
     return [p["json"] for p in paths]
 
 
-def redraw_grid(name: str, out_dir: str | Path) -> list[Path]:
+def _over_training_title(g: dict[str, Any]) -> str:
+    where = g.get("log_setting")
+    return f"{g['title']}: over training" + (f"<br><sup>the training logs' S and D, measured on {where} (not the "
+                                             "standard setting)</sup>" if where else "")
+
+
+def redraw_grid(name: str, out_dir: str | Path, log_setting: str | None = None) -> list[Path]:
     """Redraw grid ``name``'s two figures from the JSON saved in ``out_dir``, at this commit; no run, cache or model
-    is read. -> the JSON paths"""
+    is read. ``log_setting``: where the training logs measured (``sdlib.studies.grid.log_setting``), for a grid
+    saved before its JSON said. -> the JSON paths"""
     path = Path(out_dir) / f"{GRID_FIGURES[0].format(name)}.json"
     if not path.is_file():
         raise SdlibError(f"no saved {path}: draw it first with `sdlib grid collect GRID --figures {out_dir}`")
     stored = json.loads(path.read_text())
     if "cells" not in stored.get("numbers", {}):
         raise SdlibError(f"{path} holds no grid table to redraw from: draw it with `sdlib grid collect`")
-    return save_grid(stored["numbers"], out_dir, redrawn_provenance(computed_at(stored)))
+    numbers = stored["numbers"]
+    if log_setting and not numbers["grid"].get("log_setting"):
+        numbers["grid"]["log_setting"] = log_setting
+    return save_grid(numbers, out_dir, redrawn_provenance(computed_at(stored)))
 
 
 def notebooks_dir() -> Path:

@@ -158,6 +158,11 @@ def run(grid: Grid, cells: list[str] | None = None, tasks: Sequence[str] = TASKS
     measured(grid, None, tasks)
 
 
+def log_setting(grid: Grid) -> str:
+    """Where the cells' training logs measured S and D (``TrainConfig.log_windows``), for the over-training figure."""
+    return "; ".join(dict.fromkeys(grid.config(cell).log_windows().describe() for cell in grid.cells))
+
+
 def finished_cells(grid: Grid) -> list[str]:
 
     return [cell for cell in grid.cells if finished(grid.config(cell))]
@@ -181,7 +186,7 @@ class GridResults:
         """The figure's JSON: the grid's settings, the table and each cell's measurements over training."""
         g = self.grid
         return nan_to_none({"grid": {"name": g.name, "title": g.title, "eval_subset": g.eval_subset, "measure": g.measure,
-                                     "setting": self.cells[0].setting},
+                                     "setting": self.cells[0].setting, "log_setting": log_setting(g)},
                             "cells": self.table().to_dict("records"),
                             "over_training": {c.cell: [asdict(r) for r in c.over_training] for c in self.cells[1:]}})
 

@@ -19,6 +19,7 @@ from typing import Any
 
 import yaml
 
+from sdlib.data import TextWindows
 from sdlib.errors import SdlibError
 from sdlib.loss import LossSettings
 from sdlib.packaged import canonical
@@ -154,6 +155,10 @@ class TrainConfig:
         """The loss this run trains with (its alpha, k, KL direction, last state, zeta2 form, zeta1 switch,
         lens samples and chunk size)."""
         return LossSettings(**{f.name: getattr(self, f.name) for f in fields(LossSettings)})
+
+    def log_windows(self) -> TextWindows:
+        """Where the training log measures S and D: the first tokens of ``eval_text`` (not the standard setting)."""
+        return TextWindows(self.eval_text, self.eval_windows, self.eval_window_len, placement="first")
 
     def run_dir(self) -> Path:
 

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from sdlib.data import PackedSequences, TextWindows, training_documents
+from sdlib.data import PackedSequences, training_documents
 from sdlib.errors import SdlibError, first_line
 from sdlib.loss import LossParts, TeacherHead, self_distillation_loss
 from sdlib.measurement import LastStepObserver, measure_windows
@@ -167,7 +167,7 @@ class SelfDistillation:
         documents, self.data_hashes = training_documents(config.data, shuffle_seed=shuffle)
         finite = config.data != "fineweb-edu" or self.data_hashes.get("fineweb-edu", "").startswith("sha256:")
         self.stream = PackedSequences(documents, self.tokenizer, config.seq_len, eager=finite, shuffle_seed=shuffle)
-        self.eval_where = TextWindows(config.eval_text, config.eval_windows, config.eval_window_len, placement="first")
+        self.eval_where = config.log_windows()
         self.eval_windows, _, self.eval_hashes = self.eval_where.sample(self.tokenizer)
         self.teacher_eval = self._teacher_states(self.eval_windows)
         self.massive_channel: int | None = None

@@ -14,8 +14,10 @@ from sdlib.data import TextWindows
 from sdlib.errors import SdlibError
 from sdlib.figures.run import kernel_name, redraw_grid
 from sdlib.studies import compare
+from sdlib.studies.grid import log_setting
 from sdlib.studies.measure import MeasureRecord, MeasureSettings
 from sdlib.studies.profiles import load_profile
+from sdlib.train.config import load_grid
 from tests.conftest import ROOT, hang_guard
 
 FIGURES = ROOT / "figures"
@@ -161,6 +163,10 @@ def test_a_grid_redraws_from_its_saved_json(tmp_path):
             assert redrawn["provenance"]["computed_at"] == (committed["provenance"].get("computed_at")
                                                             or [committed["provenance"]["git_commit"]])
             assert path.with_suffix(".png").stat().st_size > 0 and path.with_suffix(".html").stat().st_size > 0
+        # the over-training panels are the training logs' measurement, and say so
+        logged = json.loads((FIGURES / f"ablation_grid_{grid}_training.json").read_text())["numbers"]["grid"]
+        expected = log_setting(load_grid(str(ROOT / "configs" / "ablations" / f"{grid}.yaml")))
+        assert logged.get("log_setting") == expected and expected.endswith("first tokens"), logged
 
 
 # the notebooks whose figure is committed (a notebook whose figure is not, such as the GPU study's, says so in one line)
