@@ -19,6 +19,8 @@ from sdlib.types import LAST_STATES, Role
 SETTING_ROW = "S measured on"
 """the summary's row saying where each model's S was measured (``Measurement.info["setting"]``)"""
 TOKENS_ROW = "tokens measured / LAMBADA passages"
+PAPER_COLUMN = "paper: {} (before → after)"
+"""the summary's column of a model's numbers as the paper reports them"""
 
 # The paper's reported numbers (Shibata et al.), for the summary table; absent where it gives none.
 PAPER = {
@@ -123,7 +125,7 @@ def summary(profile: Profile, device: str | None = None):
                                       greedy[Role.SELF_DISTILLED][:, -1].astype(float))
             after["LAMBADA final / pretrained, paired"] = _interval(r_, lo, hi)
     for model, numbers in PAPER.items():  # the paper does not say which last state: its values get rows of their own
-        columns[f"paper: {model} (before → after)"] = {
+        columns[PAPER_COLUMN.format(model)] = {
             ("S (paper; last state not stated)" if k == "S" else f"{k} (paper)"): f"{v[0]:g} → {v[1]:g}"
             for k, v in numbers.items()}
     metrics = list(dict.fromkeys(k for col in columns.values() for k in col))
@@ -151,7 +153,8 @@ def with_setting_row(table, records: list[MeasureRecord]):
 
     by_label = {r.label: r for r in records}
     rows = {row["metric"]: row for row in table.to_dict("records")}
-    models = [c for c in table.columns if c != "metric" and not c.startswith("paper: ")]
+    paper = {PAPER_COLUMN.format(model) for model in PAPER}
+    models = [c for c in table.columns if c != "metric" and c not in paper]
     setting = {"metric": SETTING_ROW}
     for label in models:
         if label not in by_label:
@@ -169,8 +172,6 @@ def with_setting_row(table, records: list[MeasureRecord]):
 
 
 def _interval(value: float, lo: float, hi: float, signed: bool = False) -> str:
-    import math
-
     fmt = "+.3f" if signed else ".3f"
     if value is None or not math.isfinite(value):
         return "n/a"
