@@ -28,7 +28,7 @@ def _grid(args: argparse.Namespace, extra: Sequence[str]) -> int:
     if args.action == "redraw":
         if args.cells:
             raise SdlibError("grid redraw draws the whole saved grid: leave out the cell names")
-        for path in redraw_grid(g.name, args.figures or "figures", grid.log_setting(g)):
+        for path in redraw_grid(g, args.figures or "figures"):
             print(f"redrawn: {path}")
         return 0
     tasks = check_tasks(args.tasks)

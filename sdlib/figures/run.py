@@ -21,9 +21,11 @@ from sdlib.models import resolve_checkpoint
 from sdlib.paths import absolute_path_variables, build_dir, project_root
 from sdlib.provenance import provenance as make_provenance
 from sdlib.studies import compare, registry
+from sdlib.studies.grid import log_setting
 from sdlib.studies.measure import MeasureRecord
 from sdlib.studies.profiles import DEFAULT_PROFILE, Pair, load_profile
 from sdlib.train.card import refresh_card
+from sdlib.train.config import Grid
 from sdlib.types import Role
 
 NOTEBOOKS = ("00_quickstart", "fig03_movement", "fig04_pca", "fig05_lambada", "fig06_wikitext", "fig07_logit_lens",
@@ -138,19 +140,18 @@ def _over_training_title(g: dict[str, Any]) -> str:
                                              "standard setting)</sup>" if where else "")
 
 
-def redraw_grid(name: str, out_dir: str | Path, log_setting: str | None = None) -> list[Path]:
-    """Redraw grid ``name``'s two figures from the JSON saved in ``out_dir``, at this commit; no run, cache or model
-    is read. ``log_setting``: where the training logs measured (``sdlib.studies.grid.log_setting``), for a grid
-    saved before its JSON said. -> the JSON paths"""
-    path = Path(out_dir) / f"{GRID_FIGURES[0].format(name)}.json"
+def redraw_grid(grid: Grid, out_dir: str | Path) -> list[Path]:
+    """Redraw ``grid``'s two figures from the JSON saved in ``out_dir``, at this commit; no run, cache or model is
+    read. A grid saved before its JSON said where the training logs measured gets that from the grid file.
+    -> the JSON paths"""
+    path = Path(out_dir) / f"{GRID_FIGURES[0].format(grid.name)}.json"
     if not path.is_file():
         raise SdlibError(f"no saved {path}: draw it first with `sdlib grid collect GRID --figures {out_dir}`")
     stored = json.loads(path.read_text())
     if "cells" not in stored.get("numbers", {}):
         raise SdlibError(f"{path} holds no grid table to redraw from: draw it with `sdlib grid collect`")
     numbers = stored["numbers"]
-    if log_setting and not numbers["grid"].get("log_setting"):
-        numbers["grid"]["log_setting"] = log_setting
+    numbers["grid"].setdefault("log_setting", log_setting(grid))
     return save_grid(numbers, out_dir, redrawn_provenance(computed_at(stored)))
 
 

@@ -152,7 +152,8 @@ def with_setting_row(table, records: list[MeasureRecord]):
     import pandas as pd
 
     by_label = {r.label: r for r in records}
-    rows = {row["metric"]: row for row in table.to_dict("records")}
+    out = [row for row in table.to_dict("records") if row["metric"] != SETTING_ROW]
+    rows = {row["metric"]: row for row in out}
     paper = {PAPER_COLUMN.format(model) for model in PAPER}
     models = [c for c in table.columns if c != "metric" and c not in paper]
     setting = {"metric": SETTING_ROW}
@@ -165,7 +166,6 @@ def with_setting_row(table, records: list[MeasureRecord]):
                 raise SdlibError(f"the summary's {metric} of {label!r} is {rows.get(metric, {}).get(label)!r}, its "
                                  f"measurement record's {value!r}: not the records it was computed from")
         setting[label] = by_label[label].info.get("setting", "")
-    out = [row for row in table.to_dict("records") if row["metric"] != SETTING_ROW]
     at = next((i for i, row in enumerate(out) if row["metric"] == TOKENS_ROW), len(out))
     out.insert(at, {c: setting.get(c, "") for c in table.columns})
     return pd.DataFrame(out, columns=table.columns)

@@ -154,7 +154,8 @@ def test_a_grid_redraws_from_its_saved_json(tmp_path):
         shutil.copy(FIGURES / name, tmp_path / name)
     grids = [n.removeprefix("ablation_grid_").removesuffix(".json") for n in names if not n.endswith("_training.json")]
     for grid in grids:
-        written = redraw_grid(grid, tmp_path)
+        spec = load_grid(str(ROOT / "configs" / "ablations" / f"{grid}.yaml"))
+        written = redraw_grid(spec, tmp_path)
         assert sorted(p.name for p in written) == sorted([f"ablation_grid_{grid}.json",
                                                           f"ablation_grid_{grid}_training.json"])
         for path in written:
@@ -165,7 +166,7 @@ def test_a_grid_redraws_from_its_saved_json(tmp_path):
             assert path.with_suffix(".png").stat().st_size > 0 and path.with_suffix(".html").stat().st_size > 0
         # the over-training panels are the training logs' measurement, and say so
         logged = json.loads((FIGURES / f"ablation_grid_{grid}_training.json").read_text())["numbers"]["grid"]
-        expected = log_setting(load_grid(str(ROOT / "configs" / "ablations" / f"{grid}.yaml")))
+        expected = log_setting(spec)
         assert logged.get("log_setting") == expected and expected.endswith("first tokens"), logged
 
 
