@@ -43,6 +43,16 @@ def layer_weights(num_layers: int, k: float) -> torch.Tensor:
     return torch.softmax(k * torch.arange(num_layers, dtype=torch.float64), dim=0)
 
 
+def with_last_weight(weights: torch.Tensor, last_weight: float) -> torch.Tensor:
+    """The layer weights with the last one set to ``last_weight`` and the others scaled to share 1 - last_weight:
+    [L + 1] -> [L + 1], summing to 1 (``last_weight`` 0: ``weights`` unchanged)."""
+    if not last_weight:
+        return weights
+    out = weights * ((1.0 - last_weight) / weights[:-1].sum())
+    out[-1] = last_weight
+    return out
+
+
 @dataclass
 class TeacherHead:
     """The teacher's output distribution, produced chunk by chunk from its final (normed) hidden states.
@@ -94,6 +104,9 @@ class LossSettings:
     probability w_l (``sample_lens_weights``); the others are not computed and their KL entries are NaN"""
     chunk_size: int = 1024
     """tokens per chunk of the lens (memory O(chunk x vocab)); it does not change the value"""
+    last_weight: float = 0.0
+    """0: zeta1 weighs layer l by w_l (the paper); in (0, 1): the final layer's KL weighs ``last_weight`` and the
+    others share the rest in proportion to w_l (``with_last_weight``; beyond the paper). zeta2 keeps w_l."""
 
     def __post_init__(self):
         for name, enum, what in (("kl_direction", KLDirection, "KL direction"), ("last_state", LastState, "last state"),
@@ -105,6 +118,8 @@ class LossSettings:
             raise SdlibError(f"chunk_size must be >= 1, got {self.chunk_size}")
         if self.lens_samples < 0:
             raise SdlibError(f"lens_samples must be >= 0 (0 = every lens layer), got {self.lens_samples}")
+        if not 0 <= self.last_weight < 1:
+            raise SdlibError(f"last_weight must be in [0, 1) (0 = the paper's weights), got {self.last_weight}")
 
     @classmethod
     def of(cls, settings: LossSettings | None, overrides: dict[str, Any]) -> LossSettings:
@@ -359,7 +374,8 @@ def self_distillation_loss(pre_norm_states: Sequence[torch.Tensor], final_norm: 
     options = LensOptions(_teacher_logprobs_fn(teacher, valid, compute_dtype), settings.kl_direction,
                           settings.chunk_size, compute_dtype, logit_transform)
     sampled = settings.lens_samples > 0
-    lens_weights = sample_lens_weights(weights, settings.lens_samples, generator) if sampled else weights
+    kl_weights = with_last_weight(weights, settings.last_weight)
+    lens_weights = sample_lens_weights(kl_weights, settings.lens_samples, generator) if sampled else kl_weights
     zeta1, kl_per_layer = LensKL.apply(lens_weights, lm_head.weight, lm_head.bias, options, *normed)
     return _loss_parts(zeta1, kl_per_layer, flat, normed[-1], weights, settings,
                        (lens_weights > 0).cpu() if sampled else None)

@@ -34,7 +34,7 @@ Interval = tuple[float, float, float]
 """(value, low, high): a 95% bootstrap interval"""
 
 SETTINGS = ("model", "alpha", "k", "lr", "kl_direction", "last_state", "zeta2_form", "zeta1", "lens_samples", "seed",
-            "lr_multipliers")
+            "lr_multipliers", "freeze", "last_weight", "fold_final_norm", "batch_size", "seq_len")
 """the config keys a grid table shows for every cell"""
 
 

@@ -71,8 +71,16 @@ class TrainConfig:
                                "directions only) or monotonicity (1 - soft S of the batch's D curve)")
     lens_samples: int = _f(0, "0 = zeta1 over every layer; m > 0 = an unbiased estimate from m lens layers drawn per "
                               "micro-batch with probability w_l (faster, noisier)")
+    last_weight: float = _f(0.0, "0 = the paper's zeta1 weights softmax(k l); in (0, 1): the final layer's KL weight "
+                                 "set to this and the other layers' scaled to share the rest (beyond the paper; "
+                                 "zeta2's weights are unchanged)")
+    fold_final_norm: bool = _f(False, "fold the final norm's per-channel gain into the head before training "
+                                      "(sdlib.fold: no output changes; the normed h_L then points where the last "
+                                      "block's output points); beyond the paper")
     # optimizer
     lr: float = _f(1e-4, "peak AdamW learning rate")
+    freeze: list = _f([], "parameter groups that do not train, e.g. [embeddings, final_norm, lm_head] (the lens "
+                          "terms then move only the blocks); groups: " + ", ".join(PARAMETER_GROUPS))
     lr_multipliers: dict = _f({}, "learning-rate factors per parameter group, e.g. {final_norm: 100}; groups: "
                                   + ", ".join(PARAMETER_GROUPS))
     weight_decay: float = _f(0.0, "AdamW weight decay")
@@ -141,6 +149,10 @@ class TrainConfig:
                 "folder); use output_dir for a folder elsewhere")
         require(all(isinstance(s, int) and not isinstance(s, bool) and s >= 1 for s in self.eval_steps),
                 f"eval_steps must be a list of step numbers >= 1, got {self.eval_steps!r}")
+        require(all(g in PARAMETER_GROUPS for g in self.freeze) and len(set(self.freeze)) == len(self.freeze),
+                f"freeze must list distinct groups from {', '.join(PARAMETER_GROUPS)}, got {self.freeze!r}")
+        require(0 <= self.last_weight < 1, f"last_weight must be in [0, 1) (0 = the paper's weights), got "
+                f"{self.last_weight}")
         for group, factor in self.lr_multipliers.items():
             require(group in PARAMETER_GROUPS, f"lr_multipliers: unknown group {group!r}; use {', '.join(PARAMETER_GROUPS)}")
             require(isinstance(factor, (int, float)) and not isinstance(factor, bool) and math.isfinite(factor)

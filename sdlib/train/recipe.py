@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 
 from sdlib.data import PackedSequences, training_documents
 from sdlib.errors import SdlibError, first_line
+from sdlib.fold import fold_final_norm
 from sdlib.loss import LossParts, TeacherHead, self_distillation_loss
 from sdlib.measurement import LastStepObserver, measure_windows
 from sdlib.models import check_options, default_device, load, max_sequence_length
@@ -132,6 +133,12 @@ class SelfDistillation:
         if config.seq_len > max_sequence_length(student):
             raise SdlibError(f"seq_len {config.seq_len} is above {config.model}'s maximum of "
                              f"{max_sequence_length(student)} positions")
+        if config.fold_final_norm:
+            fold_final_norm(student)  # the same outputs; the normed h_L now points where the last block's output does
+        groups = decoder_parts(student).parameter_groups()
+        for name in config.freeze:
+            for p in groups.get(name, []):
+                p.requires_grad_(False)
         self.teacher = copy.deepcopy(student).requires_grad_(False)  # the frozen starting weights
         if checkpoint is not None:
             if self.accelerator.distributed_type == "FSDP":

@@ -12,7 +12,7 @@ SDLIB = Path(__file__).resolve().parents[2] / "sdlib"
 LAYERS = [
     ("base", ["errors", "paths", "types", "provenance", "cache"]),
     ("runs", ["runs"]),
-    ("parts", ["parts"]),
+    ("parts", ["parts", "fold"]),
     ("maths", ["metrics", "stats", "loss", "states", "lens", "measurement"]),
     ("models", ["models", "packaged"]),
     ("data", ["data", "bundle"]),
