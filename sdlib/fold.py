@@ -18,13 +18,18 @@ done (``config.sdlib_final_norm_fold``).
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
 
 from sdlib.errors import SdlibError
 from sdlib.parts import decoder_parts, unwrap
+from sdlib.provenance import fsync_tree
 
 FOLD_KEY = "sdlib_final_norm_fold"
 """the config attribute a folded model carries (what was folded, the scale, the check's largest logit change)"""
@@ -187,3 +192,44 @@ def fold_info(model: nn.Module) -> FoldInfo | None:
     """What fold was applied to ``model`` (read from its config), or None for an unfolded model."""
     raw = getattr(unwrap(model).config, FOLD_KEY, None)
     return FoldInfo(**raw) if isinstance(raw, dict) else None
+
+
+def card_text(source: str, info: FoldInfo, checks: str) -> str:
+    """The folded folder's README.md: what was done, and that outputs are unchanged (with the check's numbers)."""
+    return f"""---
+tags: [sdlib, final-norm-fold]
+---
+# {Path(source).name or source}, final norm folded into the head
+
+This is `{source}` with its final norm's per-channel gain g folded into the output head by
+`sdlib fold` (`sdlib.fold.fold_final_norm`): W' = W diag(g) / c and g' = c in every channel (c = {info.scale:.6g};
+final norm: {info.norm}{"; the head, tied to the embedding before, is now a weight of its own" if info.untied else ""}).
+
+**Outputs are unchanged**: the logits depend on W diag(g) only, so every output and every layer's logit-lens
+prediction is the original model's, up to rounding. {checks}
+
+What changes is a coordinate: the normed last hidden state now points where the last block's raw output points,
+so this model's normed D_L is the original model's pre-norm D_L (for an RMSNorm).
+"""
+
+
+def save_folded(model: nn.Module, tokenizer, output_dir: str | os.PathLike, card: str) -> Path:
+    """Write the folded ``model`` (safetensors), its tokenizer and ``card`` as README.md into ``output_dir``, which
+    must not exist yet or be empty: written beside it and renamed into place, so a failure leaves nothing half
+    written. -> the folder."""
+    out = Path(output_dir).expanduser().resolve()
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise SdlibError(f"{out} already exists and is not an empty folder: choose a new --output_dir")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        (tmp / "README.md").write_text(card, encoding="utf-8")
+        fsync_tree(tmp)
+        if out.exists():
+            out.rmdir()
+        os.replace(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out

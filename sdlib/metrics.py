@@ -102,6 +102,20 @@ def last_layer_ratio(D: Sequence[float] | torch.Tensor) -> float:
     return float(d[-1] / d[-2]) if len(d) >= 2 and d[-2] != 0 else float("nan")
 
 
+def jump_rate(D: Sequence[float] | torch.Tensor) -> list[float]:
+    """The follow-up paper's jump rate zeta_l = 100 * sum_{k=l..L} max(0, D_k - D_{k-1}) for l = 1..L: how much the
+    movement still rises from layer l on (zeta_1: every rise of the curve; zeta_L: the last step's rise alone).
+
+    D: [L + 1] movements D_0..D_L -> L floats (zeta_1..zeta_L); NaN everywhere for a curve holding NaN.
+    """
+    d = torch.as_tensor(D, dtype=torch.float64).flatten()
+    rises = (d[1:] - d[:-1]).clamp(min=0)
+    out = 100 * rises.flip(0).cumsum(0).flip(0)
+    if not bool(torch.isfinite(d).all()):
+        out = torch.full_like(out, float("nan"))
+    return out.tolist()
+
+
 def soft_non_monotonicity(D: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
     """1 - S as a differentiable function of the movement curve: [L + 1] -> scalar tensor.
 

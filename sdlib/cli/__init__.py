@@ -1,6 +1,6 @@
 """The ``sdlib`` command (also ``python -m sdlib``). Each subcommand parses its arguments, calls the package
 and prints the result; a fixable error is one line (``sdlib: error: ...``) and exit status 2. One module per
-group of commands: ``measure`` (measure, eval, analyze, study), ``train`` (train, grid), ``figures`` (figures,
+group of commands: ``measure`` (measure, eval, analyze, fold, study), ``train`` (train, grid), ``figures`` (figures,
 plan) and ``machines`` (models, bundle, gpu-study, lm-eval).
 
     sdlib train CONFIG [--resume] [--key value ...]   self-distil a model
@@ -8,6 +8,7 @@ plan) and ``machines`` (models, bundle, gpu-study, lm-eval).
     sdlib eval MODEL                                   LAMBADA / WikiText at every layer (lm-eval's scoring)
     sdlib lm-eval ...                                  lm-eval's own command line with the sdlib-layer model
     sdlib analyze MODEL                                the convergence atlas of one model
+    sdlib fold MODEL --output_dir DIR                  fold the final norm's gain into the head (same outputs)
     sdlib study NAME MODEL [--key value ...]           any registered study (sdlib study list)
     sdlib grid run|train|collect GRID.yaml             the reproduction study's grids
     sdlib figures --profile P                          measure + evaluate a profile's models, run its notebooks

@@ -3,19 +3,23 @@
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 from collections.abc import Sequence
 from dataclasses import replace
 
 from sdlib.cli.common import DTYPES, MODEL_HELP, PLACEMENTS, model_args, output_arg
+from sdlib.data import TextWindows
 from sdlib.errors import SdlibError
 from sdlib.evaluation.layers import eval_settings, evaluate_cached, format_table
 from sdlib.evaluation.tasks import check_tasks
+from sdlib.fold import card_text, fold_final_norm, fold_info, save_folded
 from sdlib.models import default_device, load
 from sdlib.paths import results_dir, slug
 from sdlib.provenance import write_json
 from sdlib.studies import registry
 from sdlib.studies.atlas import AtlasSettings, atlas, format_atlas
+from sdlib.studies.fold_split import compare_outputs
 from sdlib.studies.measure import MeasureSettings, format_measurement, measure_model
 
 
@@ -56,6 +60,21 @@ def _analyze(args: argparse.Namespace, extra: Sequence[str]) -> int:
                        eval_subset=args.subset)
     record = atlas(args.model, settings, device=args.device, use_cache=not args.no_cache, progress=not args.json)
     print(json.dumps(record.to_dict(), indent=2, default=str) if args.json else format_atlas(record))
+    return 0
+
+
+def _fold(args: argparse.Namespace, extra: Sequence[str]) -> int:
+    where = TextWindows(text=args.text, windows=args.windows, window_len=args.window_len)
+    model, tokenizer = load(args.model, dtype=args.dtype, device=default_device(args.device))
+    folded = fold_final_norm(copy.deepcopy(model), scale=args.scale or None)
+    info = fold_info(folded)
+    print(f"folded {args.model}'s final norm ({info.norm}) into its head: c = {info.scale:.6g}"
+          + ("; the tied head is now a weight of its own" if info.untied else ""))
+    comparison, _ = compare_outputs(model, folded, where.ids(tokenizer), args.batch_size, progress=True)
+    checks = comparison.describe(where.describe())
+    out = save_folded(folded, tokenizer, args.output_dir, card_text(args.model, info, checks))
+    print(checks)
+    print(f"written: {out} (a Hugging Face folder: sdlib measure / eval / train and the notebooks read it)")
     return 0
 
 
@@ -115,6 +134,19 @@ def add(sub) -> None:
     p.add_argument("--subset", default="cpu-subset", help="evaluation subset (default cpu-subset; full, tiny)")
     model_args(p)
     p.set_defaults(func=_analyze)
+
+    p = sub.add_parser("fold", help="fold the final norm's per-channel gain into the head (outputs unchanged) and "
+                                    "write the folded model as a Hugging Face folder")
+    p.add_argument("model", help=MODEL_HELP)
+    p.add_argument("--output_dir", "--output-dir", required=True, help="a new folder for the folded model")
+    p.add_argument("--scale", type=float, default=0.0, help="the folded norm's gain c (default: the RMS of the gain)")
+    p.add_argument("--dtype", default="float32", choices=DTYPES, help="float32 (default), bfloat16, float16")
+    p.add_argument("--text", default="wikitext-test", help="text of the output check (default wikitext-test)")
+    p.add_argument("--windows", type=int, default=64, help="windows of the output check (default 64)")
+    p.add_argument("--window-len", "--window_len", type=int, default=512, help="tokens per window (default 512)")
+    p.add_argument("--batch-size", "--batch_size", type=int, default=8, help="windows per forward pass")
+    model_args(p, cache=False)
+    p.set_defaults(func=_fold)
 
     p = sub.add_parser("study", help="run a registered study on a model (`sdlib study list` shows them)",
                        formatter_class=argparse.RawDescriptionHelpFormatter,

@@ -4,7 +4,7 @@ Adding a study is one module that defines ``STUDY`` and one line here."""
 from __future__ import annotations
 
 from sdlib.errors import SdlibError
-from sdlib.studies import atlas, last_layer, measure, norms
+from sdlib.studies import atlas, fold_split, last_layer, measure, norms
 from sdlib.studies.base import Study
 
 STUDIES: dict[str, Study] = {}
@@ -29,5 +29,6 @@ for _study in (
     atlas.STUDY,
     last_layer.STUDY,
     norms.STUDY,
+    fold_split.STUDY,
 ):
     register(_study)
