@@ -10,6 +10,7 @@ extrapolated to all L + 1 layers; the output says so. Needs SDLIB_DATA_DIR offli
 from __future__ import annotations
 
 import argparse
+import json
 import time
 
 import numpy as np
@@ -75,6 +76,10 @@ def main() -> None:
           + (f"  (extrapolated from {len(layers)} layers: {layers})" if extrapolated else ""))
     print(f"speed-up: {per_layer / one_pass:.1f}x (target (L+1)/2 = {n_layers / 2:.1f}x); "
           f"largest relative log-likelihood difference {worst:.1e}")
+    print(json.dumps({"device": device_name(device), "model": args.model, "layers": n_layers, "documents": limits,
+                      "max_length": args.max_length, "batch_size": args.batch_size, "one_pass_s": one_pass,
+                      "per_layer_s": per_layer, "extrapolated_from": layers if extrapolated else None,
+                      "speedup": per_layer / one_pass, "max_rel_loglik_diff": worst}))
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
     python bench/step_profile.py                                  # qwen2.5-coder-0.5b-instruct, 1 x 256, every row
     python bench/step_profile.py --rows ce,exact --steps 3
     python bench/step_profile.py --rows reference,chunked --seq-len 128   # the loss alone, plain vs sdlib
+    python bench/step_profile.py --model tiny-llama --data corpus.txt --steps 1 --seq-len 32   # a smoke run
 
 Rows (each in its own process, so each peak resident memory is its own):
 
@@ -40,7 +41,7 @@ from sdlib import loss as loss_module
 from sdlib.parts import decoder_parts
 from sdlib.provenance import device_name
 from sdlib.states import forward_states
-from sdlib.studies.grid import load_grid
+from sdlib.train.config import load_grid
 from sdlib.train.recipe import SelfDistillation, fused_adamw, student_loss, teacher_head
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the plain reference loss lives with the tests
@@ -48,7 +49,7 @@ from tests.reference_loss import reference_self_distillation_loss  # noqa: E402
 
 ROWS = ("ce", "exact", "sampled", "reference", "chunked")
 MATMUL_OPS = ("aten::mm", "aten::addmm", "aten::addmm_")  # the lm_head gradient accumulates in place (addmm_)
-GRID = "configs/ablations/qwen-cpu.yaml"
+GRID = Path(__file__).resolve().parents[1] / "configs" / "ablations" / "qwen-cpu.yaml"
 
 
 def _rss_gb() -> float:
@@ -89,7 +90,7 @@ def run_row(row: str, args) -> dict:
     config = replace(grid.config("00-paper"), name="bench", output_dir="/tmp/sdlib-bench", seq_len=args.seq_len,
                      micro_batch=args.micro_batch, batch_size=args.micro_batch, eval_every=0, eval_steps=[],
                      save_every=0, lens_samples=4 if row == "sampled" else 0, chunk_size=args.chunk,
-                     max_tokens=10**9, model=args.model)
+                     max_tokens=10**9, model=args.model, data=args.data)
     recipe = SelfDistillation(config, progress=False)
     recipe.setup()
     student, teacher = recipe.unwrapped, recipe.teacher
@@ -180,6 +181,7 @@ def profile_step(student, teacher, ids, config) -> dict[str, float]:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="qwen2.5-coder-0.5b-instruct")
+    p.add_argument("--data", default="fineweb-edu", help="training text: fineweb-edu (default) or a local file")
     p.add_argument("--rows", default="ce,exact,sampled", help=f"comma-separated, from {', '.join(ROWS)}")
     p.add_argument("--seq-len", type=int, default=256)
     p.add_argument("--micro-batch", type=int, default=1)

@@ -78,6 +78,12 @@ def results_dir() -> Path:
     return build_dir() / "results"
 
 
+def records_dir() -> Path:
+    """The small committed records of finished studies and grid cells (what tables and figures redraw from when the
+    run folders are gone)."""
+    return _env_path("SDLIB_RECORDS_DIR", project_root() / "records")
+
+
 def figures_dir() -> Path:
     return _env_path("SDLIB_FIGURES_DIR", project_root() / "figures")
 

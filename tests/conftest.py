@@ -29,6 +29,7 @@ def pytest_collection_modifyitems(config, items):
 def _isolated_dirs(tmp_path, monkeypatch):
     """Every test writes runs/results under its own tmp folder."""
     monkeypatch.setenv("SDLIB_BUILD_DIR", str(tmp_path / "build"))
+    monkeypatch.setenv("SDLIB_RECORDS_DIR", str(tmp_path / "records"))
     torch.manual_seed(0)
 
 

@@ -5,12 +5,17 @@ at every layer, relative to the pretrained model; collected into one table and o
     sdlib grid run configs/ablations/cpu.yaml [CELL ...]   # train + measure + evaluate (cached; rerun to resume)
     sdlib grid train configs/ablations/cpu.yaml [CELL ...] # train only (the long part), cell after cell
     sdlib grid collect configs/ablations/cpu.yaml          # the table (and figure) of every finished cell
+
+Each measured cell (and the pretrained model) is also written as a small record, ``records/grids/<grid>/<cell>.json``
+(its measurement, evaluation and training log, paired with the pretrained model): committed, it keeps the cell's
+numbers when the run folder is gone, and ``collect`` reads it for any cell whose run is not on this machine.
     sdlib grid redraw configs/ablations/cpu.yaml           # the figures again from their saved JSON (no run needed)
     sdlib train configs/ablations/cpu.yaml:00-base --resume # one cell, as any config (profiles list cells so)
 """
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -20,14 +25,14 @@ from typing import Any
 from sdlib.errors import SdlibError
 from sdlib.evaluation.layers import LayerScores
 from sdlib.evaluation.tasks import TASKS, check_tasks
-from sdlib.paths import results_dir
-from sdlib.provenance import atomic_path, nan_to_none
+from sdlib.paths import records_dir, results_dir
+from sdlib.provenance import atomic_path, nan_to_none, provenance, write_json
 from sdlib.stats import paired_ratio
 from sdlib.studies.compare import layer_scores, measurement
 from sdlib.studies.profiles import Pair, Profile
 from sdlib.train import finished, train
 from sdlib.train.config import Grid
-from sdlib.train.runlog import EvalRecord, evals, read_log, steps
+from sdlib.train.runlog import EvalRecord, evals, from_dict, read_log, steps
 from sdlib.types import LAST_STATES, Role
 
 Interval = tuple[float, float, float]
@@ -71,6 +76,23 @@ class CellResult:
     """the training log's measurements (S, D and the last step's mechanism at every evaluation)"""
     setting: str = ""
     """where S was measured (``Measurement.info["setting"]``)"""
+
+    def to_dict(self) -> dict[str, Any]:
+        return nan_to_none(asdict(self))
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> CellResult:
+        values = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        values["over_training"] = [from_dict({**r, "kind": "eval"}) for r in values.get("over_training", [])]
+        for key in ("S", "S_change"):
+            if values.get(key) is not None:
+                values[key] = {conv: tuple(_nan(x) for x in v) for conv, v in values[key].items()}
+        values["lambada"] = [tuple(_nan(x) for x in v) for v in values["lambada"]]
+        if values.get("lambada_ratio") is not None:
+            values["lambada_ratio"] = tuple(_nan(x) for x in values["lambada_ratio"])
+        values["D_ratio"] = {k: _nan(v) for k, v in values["D_ratio"].items()}
+        values["wikitext_ppl"] = [_nan(x) for x in values.get("wikitext_ppl", [])]
+        return cls(**values)
 
     def row(self) -> dict[str, Any]:
         """The flat table row (what the CSV and the figure read)."""
@@ -135,6 +157,37 @@ def cell_result(grid: Grid, cell: str | None, tasks: Sequence[str] = TASKS,
     return result
 
 
+def _nan(value: Any) -> Any:
+    return math.nan if value is None else value
+
+
+def record_path(grid: Grid, cell: str | None) -> Path:
+    """Where a cell's committed record lives (``cell`` None: the pretrained model's)."""
+    return records_dir() / "grids" / grid.name / f"{cell or 'pretrained'}.json"
+
+
+def save_record(grid: Grid, result: CellResult) -> Path:
+    """Write ``result`` as the cell's record, with the grid, the cell's config and where it was computed."""
+    config = grid.config(result.cell if result.cell != "pretrained" else next(iter(grid.cells)))
+    return write_json(record_path(grid, None if result.cell == "pretrained" else result.cell),
+                      {**result.to_dict(), "grid": grid.name, "config": config.to_dict() if result.tokens else
+                       {"model": config.model}, "measure": grid.measure, "eval_subset": grid.eval_subset,
+                       "provenance": provenance()})
+
+
+def read_record(grid: Grid, cell: str | None) -> CellResult | None:
+    """A cell's committed record, or None when there is none."""
+    path = record_path(grid, cell)
+    if not path.is_file():
+        return None
+
+    return CellResult.from_dict(json.loads(path.read_text()))
+
+
+def recorded_cells(grid: Grid) -> list[str]:
+    return [cell for cell in grid.cells if record_path(grid, cell).is_file()]
+
+
 def _plain(value: Any) -> Any:
     return value if isinstance(value, (int, float, bool)) or value is None else str(value or "")
 
@@ -148,14 +201,16 @@ def train_cells(grid: Grid, cells: list[str] | None = None) -> None:
 
 
 def run(grid: Grid, cells: list[str] | None = None, tasks: Sequence[str] = TASKS) -> None:
-    """Train (resume / reuse), measure and evaluate the cells (all by default), then the pretrained model."""
+    """Train (resume / reuse), measure and evaluate the cells (all by default) and the pretrained model, writing
+    each one's record as soon as it is measured."""
 
+    base = measured(grid, None, tasks)
+    save_record(grid, cell_result(grid, None, tasks, base))
     for cell in cells or list(grid.cells):
         print(f"== grid {grid.name}, cell {cell}: train", flush=True)
         train(grid.config(cell), resume=True)
         print(f"== grid {grid.name}, cell {cell}: measure and evaluate", flush=True)
-        measured(grid, cell, tasks)
-    measured(grid, None, tasks)
+        print(f"record: {save_record(grid, cell_result(grid, cell, tasks, base))}", flush=True)
 
 
 def log_setting(grid: Grid) -> str:
@@ -192,15 +247,25 @@ class GridResults:
 
 
 def collect(grid: Grid, cells: list[str] | None = None, tasks: Sequence[str] = TASKS) -> GridResults:
-    """The grid's results over ``cells`` (default: every finished cell), the pretrained model first; the table
-    is written to ``results/ablations-<grid>.csv``."""
-    cells = cells or finished_cells(grid)
+    """The grid's results over ``cells`` (default: every finished or recorded cell), the pretrained model first.
+    A cell whose run has finished here is measured (cached) and its record rewritten; any other is read from its
+    committed record. The table is written to ``results/ablations-<grid>.csv``."""
+    live = finished_cells(grid)
+    cells = cells or [c for c in grid.cells if c in live or c in recorded_cells(grid)]
     if not cells:
-        raise SdlibError(f"no cell of grid {grid.name} has finished training yet: run `sdlib grid run` first")
-    base = measured(grid, None, tasks)  # the pretrained model, loaded once for every pairing
-    results = GridResults(grid, [cell_result(grid, None, tasks, base)] + [cell_result(grid, cell, tasks, base)
-                                                                             for cell in cells],
-                          results_dir() / f"ablations-{grid.name}.csv")
+        raise SdlibError(f"no cell of grid {grid.name} has finished training or has a record yet: run `sdlib grid run` "
+                         "first")
+    missing = [c for c in cells if c not in live and read_record(grid, c) is None]
+    if missing:
+        raise SdlibError(f"cell {missing[0]} of grid {grid.name} has neither a finished run here nor a record under "
+                         f"{record_path(grid, missing[0]).parent}: run it with `sdlib grid run {grid.path} {missing[0]}`")
+    base = measured(grid, None, tasks) if any(c in live for c in cells) or read_record(grid, None) is None else None
+    results = [cell_result(grid, None, tasks, base) if base else read_record(grid, None)]
+    for cell in cells:
+        results.append(cell_result(grid, cell, tasks, base) if cell in live else read_record(grid, cell))
+    for result in results if base else []:
+        save_record(grid, result)
+    results = GridResults(grid, results, results_dir() / f"ablations-{grid.name}.csv")
     with atomic_path(results.csv) as tmp:
         results.table().to_csv(tmp, index=False)
     return results

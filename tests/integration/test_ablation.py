@@ -61,6 +61,18 @@ def test_grid_runs_cells_and_collects_them_with_intervals(tmp_path):
     assert table.loc[0, "lambada_n"] == 16 and table.loc[0, "tokens"] == 0
     # the cells are the base with their keys over it; the runs are named after the grid and the cell
     assert grid.config("b-cosine").name == "abl-tiny-b-cosine" and grid.config("b-cosine").k == grid.config("a-base").k
+    # every measured cell left a record; with the runs and caches gone, the table comes back from the records alone
+    records = sorted(p.name for p in (tmp_path / "records" / "grids" / "tiny").iterdir())
+    assert records == ["a-base.json", "b-cosine.json", "pretrained.json"]
+    assert json.loads((tmp_path / "records" / "grids" / "tiny" / "b-cosine.json").read_text())["config"][
+        "zeta2_form"] == "cosine"
+    import shutil
+
+    shutil.rmtree(tmp_path / "build")
+    again = collect(grid).table()
+    numeric = [c for c in table.columns if table[c].dtype.kind == "f"]
+    assert np.allclose(again[numeric].to_numpy(float), table[numeric].to_numpy(float), equal_nan=True, rtol=0, atol=0)
+    assert list(again["cell"]) == list(table["cell"])
 
 
 @pytest.mark.parametrize("grid", ["cpu", "gpu"])
