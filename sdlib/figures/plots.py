@@ -523,3 +523,42 @@ def _gpu_scores(fig: go.Figure, row: int, role: str, rec: Any, dash: str) -> Non
                                       "arrayminus": [v - lo for v, lo in zip(acc, rec.lambada_lo)]}), row=row, col=3)
     fig.add_trace(go.Scatter(x=layers, y=rec.wikitext_word_ppl, mode="lines+markers", showlegend=False,
                              line={"dash": dash, "color": PALETTE[3]}, name=f"{role}: WikiText"), row=row, col=4)
+
+
+FOLD_READINGS = (("normed", "solid", "normed h_L (original)"), ("pre_norm", "dot", "pre-norm h_L = x_L"),
+                 ("folded", "dash", "normed h_L after the fold"))
+
+
+def fold_split_figure(records: Sequence[Any], title: str = "The last step: the final gain's part and the block's own"
+                      ) -> go.Figure:
+    """Per model (``sdlib.studies.fold_split.FoldSplitRecord``): D_l against relative depth in the three readings
+    (normed solid, pre-norm dotted, folded dashed; one colour per model), and the normed last step D_L as a stacked
+    bar, the last block's own part (the folded D_L) under the final gain's part. README width (880 px)."""
+    fig = make_subplots(rows=2, cols=1, vertical_spacing=0.16, row_heights=[0.58, 0.42], subplot_titles=[
+        "D_l: normed (solid), pre-norm (dotted), folded model's normed (dashed)",
+        "normed D_L split: the last block's own turn (solid) + the final gain's coordinates (light)"])
+    labels = []
+    for i, r in enumerate(records):
+        color = PALETTE[i % len(PALETTE)]
+        name = r.model
+        labels.append(name)
+        for reading, dash, what in FOLD_READINGS:
+            D = r.D[reading]
+            L = len(D) - 1
+            s, lo, hi = r.S[reading]
+            fig.add_trace(go.Scatter(x=[l / L for l in range(L + 1)], y=D, mode="lines", line={"color": color,
+                                     "dash": dash, "width": 2}, name=f"{name}, {reading}: S = {s:.3f} [{lo:.3f}, {hi:.3f}]",
+                                     legendgroup=name, legendgrouptitle_text=name), row=1, col=1)
+        fig.add_trace(go.Bar(x=[name], y=[r.block_part], marker_color=color, showlegend=False,
+                             name=f"{name}: block", text=[f"block {r.block_part:.3f}"], textposition="inside"),
+                      row=2, col=1)
+        fig.add_trace(go.Bar(x=[name], y=[r.gain_part], marker_color=_tint(color, 0.6), showlegend=False,
+                             name=f"{name}: final gain", text=[f"gain {r.gain_part:.3f}"], textposition="inside"),
+                      row=2, col=1)
+    fig.update_xaxes(title_text="relative depth l / L", row=1, col=1)
+    fig.update_yaxes(title_text="D_l", row=1, col=1)
+    fig.update_yaxes(title_text="normed D_L", row=2, col=1)
+    fig.update_layout(title=_with_setting(title, [r for r in records]), template="plotly_white", width=880,
+                      height=1000, barmode="stack", legend={"orientation": "h", "y": -0.12, "x": 0, "font": {"size": 11}},
+                      margin={"l": 60, "r": 20, "t": 110})
+    return fig

@@ -29,7 +29,7 @@ from sdlib.train.config import Grid
 from sdlib.types import Role
 
 NOTEBOOKS = ("00_quickstart", "fig03_movement", "fig04_pca", "fig05_lambada", "fig06_wikitext", "fig07_logit_lens",
-             "table_summary", "ext_pruning", "atlas", "gpu_study")
+             "table_summary", "ext_pruning", "atlas", "fold_split", "gpu_study")
 # what a profile draws unless it names its notebooks (configs/profiles.yaml)
 DEFAULT_NOTEBOOKS = tuple(n for n in NOTEBOOKS if n != "gpu_study")
 KERNEL = "sdlib"
