@@ -558,7 +558,8 @@ def fold_split_figure(records: Sequence[Any], title: str = "The last step: the f
     fig.update_xaxes(title_text="relative depth l / L", row=1, col=1)
     fig.update_yaxes(title_text="D_l", row=1, col=1)
     fig.update_yaxes(title_text="normed D_L", row=2, col=1)
-    fig.update_layout(title=_with_setting(title, [r for r in records]), template="plotly_white", width=880,
+    settings = "; ".join(dict.fromkeys(r.setting for r in records))
+    fig.update_layout(title=f"{title}<br><sup>S and D measured on {settings}</sup>", template="plotly_white", width=880,
                       height=1000, barmode="stack", legend={"orientation": "h", "y": -0.12, "x": 0, "font": {"size": 11}},
                       margin={"l": 60, "r": 20, "t": 110})
     return fig

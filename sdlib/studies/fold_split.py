@@ -163,8 +163,7 @@ def fold_split(subject: Subject, settings: FoldSplitSettings) -> FoldSplitRecord
         lambada_final={"original": accuracy_interval(before), "folded": accuracy_interval(after)},
         lambada_ratio=paired_ratio(before, after), lambada_changed=int((before != after).sum()),
         lambada_n=len(before), setting=settings.describe(),
-        info={"documents": len(set(documents)), "positions": comparison.positions, "data": data_hashes,
-              "setting": settings.describe()},
+        info={"documents": len(set(documents)), "positions": comparison.positions, "data": data_hashes},
         provenance=provenance(device=next(model.parameters()).device, data=data_hashes, limits=asdict(settings)))
 
 
