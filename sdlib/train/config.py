@@ -163,6 +163,19 @@ class TrainConfig:
     def total_steps(self) -> int:
         return self.max_tokens // (self.batch_size * self.seq_len)
 
+    def budget(self) -> str:
+        """One line on what a run will do: steps, tokens per step and in all, and what it changes from the paper's
+        recipe (printed before training starts)."""
+        per_step = self.batch_size * self.seq_len
+        line = (f"{self.model}: {self.total_steps:,} optimizer steps x {self.batch_size} sequences x {self.seq_len} "
+                f"tokens = {per_step:,} tokens per step, {self.total_steps * per_step:,} tokens in all")
+        if self.max_tokens == 10_000_000 and per_step == 128 * 1024:
+            line += " (the paper's 10M tokens at 128 x 1,024)"
+        beyond = [f"{name} {value}" for name, value, default in (
+            ("fold_final_norm", self.fold_final_norm, False), ("freeze", self.freeze, []),
+            ("last_weight", self.last_weight, 0.0), ("lr_multipliers", self.lr_multipliers, {})) if value != default]
+        return line + (f"; beyond the paper: {', '.join(beyond)}" if beyond else "")
+
     def loss(self) -> LossSettings:
         """The loss this run trains with (its alpha, k, KL direction, last state, zeta2 form, zeta1 switch,
         lens samples and chunk size)."""

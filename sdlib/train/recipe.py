@@ -398,6 +398,8 @@ class SelfDistillation:
             if first and first[0].last_step is not None:
                 self.massive_channel = first[0].last_step.channel
         total = config.total_steps
+        if self.main and self.progress:
+            print(f"train {config.name}: {config.budget()}", flush=True)
         bar = tqdm(total=total, initial=self.step, desc=f"train {config.name}", unit="step",
                    disable=not (self.progress and self.main), dynamic_ncols=True)
         started = time.monotonic()
