@@ -537,17 +537,15 @@ def fold_split_figure(records: Sequence[Any], title: str = "The last step: the f
     fig = make_subplots(rows=2, cols=1, vertical_spacing=0.16, row_heights=[0.58, 0.42], subplot_titles=[
         "D_l: normed (solid), pre-norm (dotted), folded model's normed (dashed)",
         "normed D_L split: the last block's own turn (solid) + the final gain's coordinates (light)"])
-    labels = []
     for i, r in enumerate(records):
         color = PALETTE[i % len(PALETTE)]
         name = r.model
-        labels.append(name)
         for reading, dash, what in FOLD_READINGS:
             D = r.D[reading]
             L = len(D) - 1
             s, lo, hi = r.S[reading]
             fig.add_trace(go.Scatter(x=[l / L for l in range(L + 1)], y=D, mode="lines", line={"color": color,
-                                     "dash": dash, "width": 2}, name=f"{name}, {reading}: S = {s:.3f} [{lo:.3f}, {hi:.3f}]",
+                                     "dash": dash, "width": 2}, name=f"{what}: S = {s:.3f} [{lo:.3f}, {hi:.3f}]",
                                      legendgroup=name, legendgrouptitle_text=name), row=1, col=1)
         fig.add_trace(go.Bar(x=[name], y=[r.block_part], marker_color=color, showlegend=False,
                              name=f"{name}: block", text=[f"block {r.block_part:.3f}"], textposition="inside"),

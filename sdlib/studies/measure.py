@@ -16,6 +16,7 @@ from torch import nn
 from sdlib.data import TextWindows
 from sdlib.errors import SdlibError
 from sdlib.measurement import BatchObserver, Measurement, measure_windows, token_movement_both
+from sdlib.models import max_sequence_length
 from sdlib.provenance import provenance
 from sdlib.studies.base import Study, Subject
 
@@ -26,6 +27,9 @@ def measure_text(model: nn.Module, tokenizer, where: TextWindows = TextWindows()
                  progress: bool = False, observers: Sequence[BatchObserver] = ()) -> Measurement:
     """``measure_windows`` on the windows ``where`` names (a text, how many windows of how many tokens, where)."""
 
+    if where.window_len > max_sequence_length(model):
+        raise SdlibError(f"a window of {where.window_len} tokens is longer than the model's "
+                         f"{max_sequence_length(model)} positions: use --window-len {max_sequence_length(model)} or less")
     windows, documents, data_hashes = where.sample(tokenizer)
     result = measure_windows(model, windows, batch_size=batch_size, progress=progress, observers=observers)
     result.window_documents = documents
@@ -85,8 +89,11 @@ def format_measurement(m: Measurement) -> str:
     n = len(m.D["normed"])
     for l in range(n):
         lines.append(f"{l:>5}  {m.D['normed'][l]:>10.5f}  {m.D['pre_norm'][l]:>10.5f}")
-    lines.append(f"S normed = {m.S['normed']:.4f}   S pre_norm = {m.S['pre_norm']:.4f}   "
-                 f"({m.n_tokens} tokens, {m.n_windows} windows of {m.window_len})")
+    intervals = {c: m.S_interval(c) if m.n_windows > 1 else (float("nan"),) * 2 for c in ("normed", "pre_norm")}
+    lines.append("   ".join(f"S {c} = {m.S[c]:.4f} [{lo:.4f}, {hi:.4f}]" for c, (lo, hi) in intervals.items())
+                 + f"   ({m.n_tokens} tokens, {m.n_windows} windows of {m.window_len})")
+    unit = f"its {m.info['documents']} articles" if m.info.get("documents", 0) > 1 else "the windows"
+    lines.append(f"95% bootstrap intervals over {unit}; measured on {m.info.get('setting', 'the given windows')}")
     if m.S_median:
         lines.append(f"S of the per-token median curve: normed {m.S_median['normed']:.4f}, "
                      f"pre_norm {m.S_median['pre_norm']:.4f}")

@@ -330,6 +330,10 @@ def load_config(path: str | os.PathLike | None = None, overrides: Sequence[str] 
             raise SdlibError(f"config file {path} does not exist (see configs/ for examples)")
         values.update(read_yaml(path))
         source = str(path)
+        if {"base", "cells"} <= set(values):
+            cells = ", ".join(str(c) for c in (values.get("cells") or {}))
+            raise SdlibError(f"{path} is a grid (a base and cells: {cells}), not one config: train a cell with "
+                             f"`sdlib train {path}:CELL`, or every cell with `sdlib grid train {path}`")
     extra = overrides if isinstance(overrides, dict) else parse_overrides(overrides)
     values.update(extra)
     sources = {name: ("the command line" if name in extra else source) for name in values}

@@ -20,6 +20,7 @@ def test_measure_prints_curve_and_both_s(text_file, tmp_path):
                   "--out", str(out))
     assert done.returncode == 0, done.stderr
     assert "S normed =" in done.stdout and "S pre_norm =" in done.stdout
+    assert "95% bootstrap intervals over" in done.stdout and "measured on " in done.stdout  # S with its interval
     record = json.loads(out.read_text())
     assert len(record["D"]["normed"]) == 4 and record["n_tokens"] == 192
     assert {"git_commit", "versions", "device", "data"} <= set(record["provenance"])
@@ -73,3 +74,9 @@ def test_smollm2_movement_and_monotonicity(tmp_path):
     assert m.D["normed"][-1] > 0.3 and m.D["pre_norm"][-1] < 0.25
     assert m.S["normed"] < m.S["pre_norm"]
     assert 0.3 < m.S["normed"] < 0.7
+
+
+def test_a_window_longer_than_the_models_positions_is_refused(text_file):
+    done = _sdlib("measure", "tiny-llama", "--text", str(text_file), "--windows", "2", "--window-len", "100000")
+    assert done.returncode == 2 and "longer than the model's 4096 positions" in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1

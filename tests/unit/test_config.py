@@ -123,11 +123,16 @@ def test_a_bad_override_is_blamed_on_the_command_line_not_the_file(tmp_path):
 
 
 def test_the_budget_line_says_steps_tokens_and_what_is_beyond_the_paper():
-    from sdlib.train.config import TrainConfig
-
     paper = TrainConfig().budget()
     assert "76 optimizer steps x 128 sequences x 1024 tokens = 131,072 tokens per step" in paper
     assert "the paper's 10M tokens" in paper and "beyond the paper" not in paper
     mine = TrainConfig(max_tokens=2048, batch_size=4, micro_batch=2, seq_len=64, last_weight=0.5).budget()
     assert mine.endswith("8 optimizer steps x 4 sequences x 64 tokens = 256 tokens per step, 2,048 tokens in all; "
                          "beyond the paper: last_weight 0.5")
+
+
+def test_a_grid_given_as_a_config_is_named_as_a_grid():
+    from tests.conftest import ROOT
+
+    with pytest.raises(SdlibError, match=r"is a grid .*00-paper.*sdlib train .*:CELL"):
+        load_config(ROOT / "configs" / "ablations" / "smol-jump.yaml")
