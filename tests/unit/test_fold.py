@@ -197,3 +197,23 @@ def test_last_weight_sets_the_final_kl_weight_and_scales_the_rest():
     assert float(parts.zeta1) == pytest.approx(float(sum(e * k for e, k in zip(expected, kl))), rel=1e-5)
     with pytest.raises(SdlibError, match="last_weight"):
         self_distillation_loss(states, norm, head, teacher, last_weight=1.0)
+
+
+@pytest.mark.data
+def test_the_fold_split_study_splits_the_normed_last_step():
+    from sdlib.studies import registry
+
+    model, tok = _model("tiny-qwen2", tie=True)
+    study = registry.get("fold-split")
+    r = study.run("tiny-qwen2-gain", study.settings_from({"windows": 4, "window_len": 64, "eval_subset": "tiny"}),
+                  loaded=(model, tok), progress=False)
+    assert r.S["folded"][0] == pytest.approx(r.S["pre_norm"][0], abs=1e-6)
+    assert r.D["folded"][:-1] == pytest.approx(r.D["normed"][:-1], abs=1e-7)
+    assert r.gain_part + r.block_part == pytest.approx(r.D_last["normed"], abs=1e-12)
+    assert r.block_part == pytest.approx(r.D_last["pre_norm"], abs=1e-6) and abs(r.gain_part) > 1e-3
+    assert r.S_folded_vs_normed[0] == pytest.approx(r.S["folded"][0] - r.S["normed"][0], abs=1e-9)
+    # jump rate at the last layer: 100 * the last step's rise, by hand
+    assert r.jump_rate["normed"][-1] == pytest.approx(100 * max(0.0, r.D["normed"][-1] - r.D["normed"][-2]))
+    assert r.max_logit_diff < 1e-4 * r.max_logit and r.top1_agreement == 1.0 and r.info["positions"] == 256
+    assert r.lambada_n == 16 and r.lambada_changed == 0 and r.fold["untied"]
+    assert fold_info(model) is None  # the study folds a copy; the model it was given is left as it was
