@@ -269,10 +269,31 @@ def evaluate_cached(source: str, tasks, settings: EvalSettings, *, device: str |
         bad = table[~table["value"].map(math.isfinite)].iloc[0]
         print(f"warning: non-finite {bad['metric']} at layer {bad['layer']} of {bad['task']}")
     csv_path = out_dir / "results.csv"
+    earlier_rows, earlier = _earlier_tasks(out_dir, names, fingerprint)
     with atomic_path(csv_path) as tmp:
-        table.to_csv(tmp, index=False)
-    write_json(out_dir / "results.json", {"model": str(source), "checkpoint": checkpoint, "tasks": records})
+        pd.concat([earlier_rows, table], ignore_index=True).to_csv(tmp, index=False)
+    write_json(out_dir / "results.json", {"model": str(source), "checkpoint": checkpoint,
+                                          "tasks": {**earlier, **records}})
     return LayerScores(table, greedy), csv_path
+
+
+def _earlier_tasks(out_dir: Path, names: list[str], fingerprint: str):
+    """The rows and records of the tasks an earlier evaluation of the same weights wrote into ``out_dir`` and this one
+    does not redo (``sdlib eval --tasks A`` then ``--tasks B`` leaves both): -> (DataFrame, {task: record})."""
+    import json
+
+    import pandas as pd
+
+    try:
+        stored = json.loads((out_dir / "results.json").read_text())
+        rows = pd.read_csv(out_dir / "results.csv")
+    except (OSError, ValueError):
+        return pd.DataFrame(), {}
+    keep = {task: record for task, record in (stored.get("tasks") or {}).items()
+            if task not in names and isinstance(record, dict) and record.get("fingerprint") == fingerprint}
+    if "task" not in rows.columns:
+        return pd.DataFrame(), {}
+    return rows[rows["task"].isin(list(keep))], keep
 
 
 def with_intervals(rows: list[dict], greedy: np.ndarray | None, level: float = 0.95) -> list[dict]:

@@ -106,6 +106,13 @@ def test_eval_cli_writes_a_tidy_table_and_reuses_its_cache(tmp_path):
     second = _sdlib(*args)
     assert second.returncode == 0 and [p.stat().st_mtime_ns for p in caches] == stamps
     assert pd.read_csv(tmp_path / "ev" / "results.csv").equals(table)
+    # one task at a time: each evaluation adds its task's rows and keeps the other's
+    one = ("eval", "tiny-llama", "--limit", "3", "--max-length", "64", "--out", str(tmp_path / "one"))
+    assert _sdlib(*one, "--tasks", "lambada_openai").returncode == 0
+    assert _sdlib(*one, "--tasks", "wikitext").returncode == 0
+    merged = pd.read_csv(tmp_path / "one" / "results.csv")
+    assert set(merged["task"]) == {"lambada_openai", "wikitext"} and len(merged) == len(table)
+    assert set(json.loads((tmp_path / "one" / "results.json").read_text())["tasks"]) == {"lambada_openai", "wikitext"}
 
 
 @pytest.mark.parametrize("args, message", [
