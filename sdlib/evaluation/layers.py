@@ -36,7 +36,8 @@ class EvalSettings:
     """What changes the numbers: recorded with every result and part of the cache key."""
 
     subset: str = "full"
-    """name of the subset (configs/eval/<name>.yaml) or 'custom'"""
+    """name of the subset (configs/eval/<name>.yaml), with what the command line changed (``quick: first 20 per
+    task``)"""
     limit: dict[str, int] = field(default_factory=dict)
     """first N documents per task, as lm-eval's --limit (absent = all)"""
     max_length: int | None = None
@@ -70,7 +71,7 @@ def load_subset(name_or_path: str, device: str) -> EvalSettings:
 def eval_settings(subset: str, device: str, *, limit: int | None = None, max_length: int | None = None,
                   dtype: str = "float32", tasks: Sequence[str] = ()) -> EvalSettings:
     """The subset's settings with a per-task ``limit`` (as lm-eval's --limit) and ``max_length`` over them (the
-    subset is then ``custom``)."""
+    subset's name then says so: ``cpu-subset: first 20 per task, max_length 512``)."""
     for flag, value in (("limit", limit), ("max_length", max_length)):
         if value is not None and value < 1:
             raise SdlibError(f"{flag} must be at least 1, got {value}")
@@ -79,8 +80,9 @@ def eval_settings(subset: str, device: str, *, limit: int | None = None, max_len
         settings.limit = {t: limit for t in tasks}
     if max_length is not None:
         settings.max_length = max_length
-    if limit is not None or max_length is not None:
-        settings.subset = "custom"
+    changed = [f"first {limit} per task"] * (limit is not None) + [f"max_length {max_length}"] * (max_length is not None)
+    if changed:
+        settings.subset = f"{settings.subset}: {', '.join(changed)}"
     settings.dtype = dtype
     return settings
 
