@@ -192,3 +192,33 @@ def describe(r: FoldSplitRecord) -> str:
 
 STUDY = Study("fold-split", "the normed last step split into the final gain's part and the last block's own part "
               "(fold the gain into the head, measure both)", FoldSplitSettings, FoldSplitRecord, fold_split, describe)
+
+
+def markdown_table(records) -> str:
+    """The fold-split records as one Markdown table, a column per model (what RESULTS.md shows; a test holds the
+    committed table to the committed records)."""
+    def s(r, reading):
+        v, lo, hi = r.S[reading]
+        return f"{v:.4f} [{lo:.4f}, {hi:.4f}]"
+
+    rows = [("S normed [95%]", lambda r: s(r, "normed")),
+            ("S pre_norm [95%]", lambda r: s(r, "pre_norm")),
+            ("S folded (normed, after the fold) [95%]", lambda r: s(r, "folded")),
+            ("S folded - S normed, paired", lambda r: "{:+.4f} [{:+.4f}, {:+.4f}]".format(*r.S_folded_vs_normed)),
+            ("D_L normed", lambda r: f"{r.D_last['normed']:.4f}"),
+            ("... the final gain's part", lambda r: f"{r.gain_part:.4f} ({r.gain_part / r.D_last['normed']:.0%})"),
+            ("... the last block's own (D_L folded)", lambda r: f"{r.block_part:.4f}"),
+            ("D_L / D_L-1: normed; folded", lambda r: f"{r.D_ratio['normed']:.2f}; {r.D_ratio['folded']:.2f}"),
+            ("jump rate zeta_L (100 x the last rise): normed; folded",
+             lambda r: f"{r.jump_rate['normed'][-1]:.2f}; {r.jump_rate['folded'][-1]:.2f}"),
+            ("jump rate zeta_1 (100 x every rise): normed; folded",
+             lambda r: f"{r.jump_rate['normed'][0]:.2f}; {r.jump_rate['folded'][0]:.2f}"),
+            ("fold: c; head untied", lambda r: f"{r.fold['scale']:.4g}; {'yes' if r.fold['untied'] else 'no'}"),
+            ("largest final-logit change (largest \\|logit\\|)", lambda r: f"{r.max_logit_diff:.1e} ({r.max_logit:.1f})"),
+            ("top-1 agreement over the windows' positions", lambda r: f"{r.top1_agreement:.6f} of {r.info.get('positions', 0):,}"),
+            ("LAMBADA final layer: original; folded", lambda r: "{:.3f}; {:.3f}".format(
+                r.lambada_final["original"][0], r.lambada_final["folded"][0])),
+            ("LAMBADA passages whose outcome changed", lambda r: f"{r.lambada_changed} of {r.lambada_n}")]
+    lines = ["| | " + " | ".join(r.model for r in records) + " |", "|---" * (len(records) + 1) + "|"]
+    lines += [f"| {name} | " + " | ".join(value(r) for r in records) + " |" for name, value in rows]
+    return "\n".join(lines)
