@@ -215,7 +215,8 @@ def markdown_table(records) -> str:
              lambda r: f"{r.jump_rate['normed'][0]:.2f}; {r.jump_rate['folded'][0]:.2f}"),
             ("fold: c; head untied", lambda r: f"{r.fold['scale']:.4g}; {'yes' if r.fold['untied'] else 'no'}"),
             ("largest final-logit change (largest \\|logit\\|)", lambda r: f"{r.max_logit_diff:.1e} ({r.max_logit:.1f})"),
-            ("top-1 agreement over the windows' positions", lambda r: f"{r.top1_agreement:.6f} of {r.info.get('positions', 0):,}"),
+            ("top-1 agreement over the windows' positions",
+             lambda r: f"{r.top1_agreement:.6f} of {r.info.get('positions', 0):,}"),
             ("LAMBADA final layer: original; folded", lambda r: "{:.3f}; {:.3f}".format(
                 r.lambada_final["original"][0], r.lambada_final["folded"][0])),
             ("LAMBADA passages whose outcome changed", lambda r: f"{r.lambada_changed} of {r.lambada_n}")]
