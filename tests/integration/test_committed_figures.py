@@ -200,3 +200,28 @@ def test_each_notebook_redraws_the_committed_figure_with_its_defaults(notebook, 
     # drawn at this checkout's commit; what it shows keeps the commits that computed it
     assert again["provenance"]["computed_at"] == (committed["provenance"].get("computed_at")
                                                   or [committed["provenance"]["git_commit"]])
+
+
+def test_the_results_fold_split_table_is_the_committed_records():
+    """RESULTS.md's fold-split table is ``markdown_table`` of the records in figures/fold_split.json, line for line."""
+    from sdlib.studies.fold_split import FoldSplitRecord, markdown_table
+
+    records = [FoldSplitRecord.from_dict(r) for r in json.loads((FIGURES / "fold_split.json").read_text())["records"]]
+    table = markdown_table(records)
+    assert table in (ROOT / "RESULTS.md").read_text(), "RESULTS.md's fold-split table differs from the records"
+    for r in records:  # and what the table says holds: the fold moved no output
+        assert r.max_logit_diff < 1e-3 and r.lambada_changed <= 1 and r.lambada_n == 500
+
+
+def test_the_results_grid_table_is_the_committed_records(monkeypatch):
+    """RESULTS.md's SmolLM2 grid table is ``markdown_table`` of the committed records under records/grids/."""
+    import pandas as pd
+
+    monkeypatch.setenv("SDLIB_RECORDS_DIR", str(ROOT / "records"))
+    from sdlib.studies.grid import markdown_table, read_record, recorded_cells
+
+    grid = load_grid(str(ROOT / "configs" / "ablations" / "smol-jump.yaml"))
+    cells = [read_record(grid, None)] + [read_record(grid, c) for c in recorded_cells(grid)]
+    assert len(cells) > 1, "no SmolLM2 grid cell is recorded"
+    table = markdown_table(pd.DataFrame([c.row() for c in cells]))
+    assert table in (ROOT / "RESULTS.md").read_text(), "RESULTS.md's grid table differs from the records"
