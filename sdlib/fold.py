@@ -18,6 +18,7 @@ done (``config.sdlib_final_norm_fold``).
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import tempfile
@@ -28,7 +29,7 @@ import torch
 from torch import nn
 
 from sdlib.errors import SdlibError
-from sdlib.parts import decoder_parts, unwrap
+from sdlib.parts import decoder_parts, norm_eps, unwrap
 from sdlib.provenance import fsync_tree
 
 FOLD_KEY = "sdlib_final_norm_fold"
@@ -65,14 +66,6 @@ class FoldInfo:
     windows)"""
 
 
-def _eps(norm: nn.Module) -> float:
-    for name in ("eps", "variance_epsilon", "epsilon"):
-        value = getattr(norm, name, None)
-        if isinstance(value, (int, float)):
-            return float(value)
-    return 1e-6
-
-
 @torch.no_grad()
 def norm_form(norm: nn.Module) -> NormForm:
     """Which ``NormForm`` ``norm`` computes, found by running it on a probe and matching each candidate to
@@ -88,7 +81,7 @@ def norm_form(norm: nn.Module) -> NormForm:
     out = norm(x.to(weight.dtype)).double()
     w = weight.double().cpu()
     b = bias.double().cpu() if bias is not None else torch.zeros(d, dtype=torch.float64)
-    eps = _eps(norm)
+    eps = norm_eps(norm, 1e-6)
     normalised = {False: x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps),
                   True: (x - x.mean(-1, keepdim=True)) * torch.rsqrt(x.var(-1, unbiased=False, keepdim=True) + eps)}
     tolerance = 1e-4 if weight.dtype in (torch.float32, torch.float64) else 2e-2
@@ -144,7 +137,7 @@ def fold_final_norm(model: nn.Module, scale: float | None = None) -> nn.Module:
     form = norm_form(norm)
     gain = norm.weight.detach().double() + form.offset
     c = float(gain.pow(2).mean().sqrt()) if scale is None else float(scale)
-    if not (c > 0 and torch.isfinite(torch.tensor(c))):
+    if not (c > 0 and math.isfinite(c)):
         raise SdlibError(f"the fold's scale must be a finite number > 0, got {c}")
     if form.bias and bool((gain == 0).any()):
         raise SdlibError("the final LayerNorm has a channel with gain 0 and a bias: its bias cannot be folded exactly; "

@@ -109,8 +109,18 @@ class DecoderParts:
             raise SdlibError(f"the final norm {type(self.norm).__name__} has no weight")
         with torch.no_grad():
             ones = torch.ones(1, weight.shape[-1], dtype=weight.dtype, device=weight.device)
-            eps = float(getattr(self.norm, "eps", getattr(self.norm, "variance_epsilon", 0.0)) or 0.0)
+            eps = norm_eps(self.norm, 0.0)
             return (self.norm(ones)[0].float() * (1.0 + eps) ** 0.5).detach()
+
+
+def norm_eps(norm: nn.Module, default: float) -> float:
+    """The epsilon a norm adds under its root (``eps`` for torch's and most norms, ``variance_epsilon`` for Llama's),
+    or ``default`` when it names none."""
+    for name in ("eps", "variance_epsilon"):
+        value = getattr(norm, name, None)
+        if isinstance(value, (int, float)):
+            return float(value)
+    return default
 
 
 def decoder_parts(model: nn.Module) -> DecoderParts:

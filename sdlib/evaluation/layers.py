@@ -8,6 +8,7 @@ the tidy table (``model, checkpoint, task, layer, metric, value, n`` + settings)
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -282,8 +283,6 @@ def evaluate_cached(source: str, tasks, settings: EvalSettings, *, device: str |
 def _earlier_tasks(out_dir: Path, names: list[str], fingerprint: str):
     """The rows and records of the tasks an earlier evaluation of the same weights wrote into ``out_dir`` and this one
     does not redo (``sdlib eval --tasks A`` then ``--tasks B`` leaves both): -> (DataFrame, {task: record})."""
-    import json
-
     import pandas as pd
 
     try:

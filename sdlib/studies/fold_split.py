@@ -18,7 +18,7 @@ D_0..D_{L-1}, and final-layer LAMBADA of both models paired over the same passag
 from __future__ import annotations
 
 import copy
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -145,11 +145,9 @@ def fold_split(subject: Subject, settings: FoldSplitSettings) -> FoldSplitRecord
     S = {r: (m.S[c], *m.S_interval(c)) for r, (m, c) in per_reading.items()}
     S_change = paired_S_difference(original_m.per_window_D["normed"], folded_m.per_window_D["normed"],
                                    documents=documents)
-    eval_settings = load_subset(settings.eval_subset, subject.device)
-    eval_settings = EvalSettings(subset=eval_settings.subset,
-                                 limit={"lambada_openai": eval_settings.limit_for("lambada_openai")}
-                                 if eval_settings.limit_for("lambada_openai") else {},
-                                 max_length=eval_settings.max_length, dtype=settings.dtype)
+    subset = load_subset(settings.eval_subset, subject.device)
+    eval_settings = replace(subset, limit={t: n for t, n in subset.limit.items() if t == "lambada_openai"},
+                            dtype=settings.dtype)
     before = _lambada(model, tokenizer, eval_settings, subject.progress)
     after = _lambada(folded, tokenizer, eval_settings, subject.progress)
     inner = max(abs(a - b) for a, b in zip(D["normed"][:-1], D["folded"][:-1]))

@@ -6,11 +6,12 @@ at every layer, relative to the pretrained model; collected into one table and o
     sdlib grid train configs/ablations/cpu.yaml [CELL ...] # train only (the long part), cell after cell
     sdlib grid collect configs/ablations/cpu.yaml          # the table (and figure) of every finished cell
 
+    sdlib grid redraw configs/ablations/cpu.yaml           # the figures again from their saved JSON (no run needed)
+    sdlib train configs/ablations/cpu.yaml:00-base --resume # one cell, as any config (profiles list cells so)
+
 Each measured cell (and the pretrained model) is also written as a small record, ``records/grids/<grid>/<cell>.json``
 (its measurement, evaluation and training log, paired with the pretrained model): committed, it keeps the cell's
 numbers when the run folder is gone, and ``collect`` reads it for any cell whose run is not on this machine.
-    sdlib grid redraw configs/ablations/cpu.yaml           # the figures again from their saved JSON (no run needed)
-    sdlib train configs/ablations/cpu.yaml:00-base --resume # one cell, as any config (profiles list cells so)
 """
 
 from __future__ import annotations
@@ -167,12 +168,18 @@ def record_path(grid: Grid, cell: str | None) -> Path:
 
 
 def save_record(grid: Grid, result: CellResult) -> Path:
-    """Write ``result`` as the cell's record, with the grid, the cell's config and where it was computed."""
+    """Write ``result`` as the cell's record, with the grid, the cell's config and where it was computed. A record
+    that already holds the same numbers is left as it is (a rerun does not rewrite a committed record's provenance)."""
     config = grid.config(result.cell if result.cell != "pretrained" else next(iter(grid.cells)))
-    return write_json(record_path(grid, None if result.cell == "pretrained" else result.cell),
-                      {**result.to_dict(), "grid": grid.name, "config": config.to_dict() if result.tokens else
-                       {"model": config.model}, "measure": grid.measure, "eval_subset": grid.eval_subset,
-                       "provenance": provenance()})
+    path = record_path(grid, None if result.cell == "pretrained" else result.cell)
+    record = {**result.to_dict(), "grid": grid.name, "config": config.to_dict() if result.tokens else
+              {"model": config.model}, "measure": grid.measure, "eval_subset": grid.eval_subset}
+    if path.is_file():
+        stored = json.loads(path.read_text())
+        stored.pop("provenance", None)
+        if stored == json.loads(json.dumps(record)):
+            return path
+    return write_json(path, {**record, "provenance": provenance()})
 
 
 def read_record(grid: Grid, cell: str | None) -> CellResult | None:
@@ -180,7 +187,6 @@ def read_record(grid: Grid, cell: str | None) -> CellResult | None:
     path = record_path(grid, cell)
     if not path.is_file():
         return None
-
     return CellResult.from_dict(json.loads(path.read_text()))
 
 
@@ -255,14 +261,14 @@ def collect(grid: Grid, cells: list[str] | None = None, tasks: Sequence[str] = T
     if not cells:
         raise SdlibError(f"no cell of grid {grid.name} has finished training or has a record yet: run `sdlib grid run` "
                          "first")
-    missing = [c for c in cells if c not in live and read_record(grid, c) is None]
+    stored = {c: read_record(grid, c) for c in [None, *cells] if c not in live}
+    missing = [c for c in cells if c not in live and stored[c] is None]
     if missing:
         raise SdlibError(f"cell {missing[0]} of grid {grid.name} has neither a finished run here nor a record under "
                          f"{record_path(grid, missing[0]).parent}: run it with `sdlib grid run {grid.path} {missing[0]}`")
-    base = measured(grid, None, tasks) if any(c in live for c in cells) or read_record(grid, None) is None else None
-    results = [cell_result(grid, None, tasks, base) if base else read_record(grid, None)]
-    for cell in cells:
-        results.append(cell_result(grid, cell, tasks, base) if cell in live else read_record(grid, cell))
+    base = measured(grid, None, tasks) if any(c in live for c in cells) or stored[None] is None else None
+    results = [cell_result(grid, None, tasks, base) if base else stored[None]]
+    results += [cell_result(grid, cell, tasks, base) if cell in live else stored[cell] for cell in cells]
     for result in results if base else []:
         save_record(grid, result)
     results = GridResults(grid, results, results_dir() / f"ablations-{grid.name}.csv")

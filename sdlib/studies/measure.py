@@ -27,9 +27,10 @@ def measure_text(model: nn.Module, tokenizer, where: TextWindows = TextWindows()
                  progress: bool = False, observers: Sequence[BatchObserver] = ()) -> Measurement:
     """``measure_windows`` on the windows ``where`` names (a text, how many windows of how many tokens, where)."""
 
-    if where.window_len > max_sequence_length(model):
-        raise SdlibError(f"a window of {where.window_len} tokens is longer than the model's "
-                         f"{max_sequence_length(model)} positions: use --window-len {max_sequence_length(model)} or less")
+    positions = max_sequence_length(model)
+    if where.window_len > positions:
+        raise SdlibError(f"a window of {where.window_len} tokens is longer than the model's {positions} positions: "
+                         f"use --window-len {positions} or less")
     windows, documents, data_hashes = where.sample(tokenizer)
     result = measure_windows(model, windows, batch_size=batch_size, progress=progress, observers=observers)
     result.window_documents = documents

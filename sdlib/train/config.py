@@ -151,8 +151,7 @@ class TrainConfig:
                 f"eval_steps must be a list of step numbers >= 1, got {self.eval_steps!r}")
         require(all(g in PARAMETER_GROUPS for g in self.freeze) and len(set(self.freeze)) == len(self.freeze),
                 f"freeze must list distinct groups from {', '.join(PARAMETER_GROUPS)}, got {self.freeze!r}")
-        require(0 <= self.last_weight < 1, f"last_weight must be in [0, 1) (0 = the paper's weights), got "
-                f"{self.last_weight}")
+        self.loss()  # last_weight and the other loss fields are checked by LossSettings, where they are defined
         for group, factor in self.lr_multipliers.items():
             require(group in PARAMETER_GROUPS, f"lr_multipliers: unknown group {group!r}; use {', '.join(PARAMETER_GROUPS)}")
             require(isinstance(factor, (int, float)) and not isinstance(factor, bool) and math.isfinite(factor)
