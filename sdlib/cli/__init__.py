@@ -1,7 +1,7 @@
 """The ``sdlib`` command (also ``python -m sdlib``). Each subcommand parses its arguments, calls the package
 and prints the result; a fixable error is one line (``sdlib: error: ...``) and exit status 2. One module per
-group of commands: ``measure`` (measure, eval, analyze, fold, study), ``train`` (train, grid), ``figures`` (figures,
-plan) and ``machines`` (models, bundle, gpu-study, lm-eval).
+group of commands: ``measure`` (measure, eval, analyze, fold, study), ``train`` (train, grid), ``figures`` (compare,
+figures, plan) and ``machines`` (models, bundle, gpu-study, lm-eval).
 
     sdlib train CONFIG [--resume] [--key value ...]   self-distil a model
     sdlib measure MODEL                                D curve and S, both last-state conventions
@@ -11,6 +11,7 @@ plan) and ``machines`` (models, bundle, gpu-study, lm-eval).
     sdlib fold MODEL --output_dir DIR                  fold the final norm's gain into the head (same outputs)
     sdlib study NAME MODEL [--key value ...]           any registered study (sdlib study list)
     sdlib grid run|train|collect GRID.yaml             the reproduction study's grids
+    sdlib compare BASE RUN                             a trained run against its base model, paired
     sdlib figures --profile P                          measure + evaluate a profile's models, run its notebooks
     sdlib plan --profile P                             what run_all.sh will do for a profile
     sdlib models [install NAME]                        the built-in real models
@@ -26,10 +27,10 @@ from collections.abc import Sequence
 
 from sdlib import __version__
 from sdlib.cli import figures, machines, measure, train
-from sdlib.cli.common import DTYPES, PROFILES
+from sdlib.cli.common import DTYPES
 from sdlib.errors import SdlibError
 
-__all__ = ["DTYPES", "PROFILES", "build_parser", "main"]
+__all__ = ["DTYPES", "build_parser", "main"]
 TAKES_SETTINGS = ("train", "study")
 """commands whose unknown ``--key value`` words are settings (a config's keys, a study's settings)"""
 

@@ -8,7 +8,6 @@ from sdlib.types import WindowPlacement
 
 DTYPES = ("float32", "bfloat16", "float16")
 PLACEMENTS = tuple(str(p) for p in WindowPlacement)
-PROFILES = ("qwen", "quick", "atlas", "tiny", "paper", "gpu")
 MODEL_HELP = "smollm2-135m-instruct, qwen2.5-coder-0.5b-instruct, tiny-llama, a hub id, a model or run folder"
 
 

@@ -1,14 +1,61 @@
-"""Commands that draw: ``figures`` and ``plan``."""
+"""Commands that compare and draw: ``compare``, ``figures`` and ``plan``."""
 
 from __future__ import annotations
 
 import argparse
+import json
 from collections.abc import Sequence
+from pathlib import Path
 
-from sdlib.cli.common import PROFILES, model_args
+import pandas as pd
+
+from sdlib.cli.common import model_args, output_arg
+from sdlib.errors import SdlibError
+from sdlib.evaluation.tasks import check_tasks
 from sdlib.figures.run import DEFAULT_NOTEBOOKS, prepare, run_notebooks
-from sdlib.studies.profiles import DEFAULT_PROFILE, load_profile
+from sdlib.paths import results_dir, slug
+from sdlib.provenance import provenance, write_json
+from sdlib.studies.compare import measured_pair, paired_result
+from sdlib.studies.grid import markdown_table
+from sdlib.studies.profiles import DEFAULT_PROFILE, Pair, Profile, load_profile
 from sdlib.train import run_state
+from sdlib.train.config import config_from_dict
+from sdlib.train.runlog import read_log, steps
+from sdlib.types import Role
+
+
+def _run_pair(base: str, run: Path) -> Pair:
+    """A pair of ``base`` and the trained run folder ``run`` (its config read from the run's ``run.json``)."""
+    saved = run / "run.json"
+    if not saved.is_file():
+        raise SdlibError(f"{run} is not a training run folder (no run.json): pass the folder `sdlib train` wrote")
+    config = json.loads(saved.read_text()).get("config") or {}
+    config = config_from_dict({**config, "model": base, "output_dir": str(run)}, f"{saved}")
+    return Pair(str(run), config, str(run), "")
+
+
+def _compare(args: argparse.Namespace, extra: Sequence[str]) -> int:
+    tasks = check_tasks(args.tasks)
+    run = Path(args.run).expanduser().resolve()
+    pair = _run_pair(args.base, run)
+    profile = Profile("compare", [pair], args.subset, {"text": args.text, "windows": args.windows,
+                                                       "window_len": args.window_len})
+    base = measured_pair(profile, pair, Role.PRETRAINED, tasks)
+    rows = [paired_result(profile, pair, Role.PRETRAINED, tasks, measured=base),
+            paired_result(profile, pair, Role.SELF_DISTILLED, tasks, base=base)]
+    rows[0].cell, rows[1].cell = args.base, str(run)
+    done = steps(read_log(run)) if (run / "log.jsonl").is_file() else []
+    if done:
+        rows[1].tokens, rows[1].train_seconds = done[-1].tokens, sum(r.seconds for r in done)
+        rows[1].epochs, rows[1].final_loss = done[-1].epochs, done[-1].loss
+    print(f"{args.base} vs {run}: S measured on {rows[0].setting}; LAMBADA {rows[0].lambada_n} passages "
+          f"(subset {args.subset}); changes and ratios paired over the same windows and passages")
+    print(markdown_table(pd.DataFrame([r.row() for r in rows])))
+    out = write_json(args.out or results_dir() / slug(str(run)) / "compare.json",
+                     {"base": args.base, "run": str(run), "pretrained": rows[0].to_dict(),
+                      "trained": rows[1].to_dict(), "provenance": provenance()})
+    print(f"written: {out}")
+    return 0
 
 
 def _figures(args: argparse.Namespace, extra: Sequence[str]) -> int:
@@ -45,9 +92,25 @@ def _plan(args: argparse.Namespace, extra: Sequence[str]) -> int:
 
 
 def add(sub) -> None:
+    p = sub.add_parser("compare", help="a trained run against its base model: S in both readings with the paired "
+                                       "change, D_L and its ratio, LAMBADA final and L-1 with the paired ratio")
+    p.add_argument("base", help="the base model the run was trained from (a name, hub id or folder)")
+    p.add_argument("run", help="the run folder `sdlib train` wrote")
+    p.add_argument("--tasks", default="lambada_openai,wikitext", type=lambda s: s.split(","),
+                   help="lambada_openai (required) and wikitext (default: both)")
+    p.add_argument("--subset", default="cpu-short",
+                   help="evaluation subset: cpu-short (default: the first 500 LAMBADA passages, 2 WikiText pages), "
+                        "cpu-subset, full, tiny, quick or a YAML file")
+    p.add_argument("--text", default="wikitext-test", help="measurement text (default wikitext-test)")
+    p.add_argument("--windows", type=int, default=64, help="measurement windows (default 64)")
+    p.add_argument("--window-len", "--window_len", type=int, default=512, help="tokens per window (default 512)")
+    output_arg(p, "JSON output path (default: <build>/results/<run>/compare.json)")
+    p.set_defaults(func=_compare)
+
     p = sub.add_parser("figures", help="measure + evaluate a profile's models (cached), then run its notebooks")
-    p.add_argument("--profile", default=DEFAULT_PROFILE, choices=PROFILES,
-                   help="qwen (default; writes figures/), quick, atlas (writes figures/atlas.*), tiny, paper or gpu")
+    p.add_argument("--profile", default=DEFAULT_PROFILE,
+                   help=f"a profile of configs/profiles.yaml (default {DEFAULT_PROFILE}: writes figures/jump/; qwen "
+                        "and atlas write figures/, tiny, quick and paper build/figures/)")
     p.add_argument("--only", default=None, help="comma-separated notebook names (default: the profile's)")
     p.add_argument("--no-prepare", "--no_prepare", action="store_true", help="skip the measure/evaluate step")
     p.add_argument("--redraw", action="store_true",
@@ -57,7 +120,8 @@ def add(sub) -> None:
     p.set_defaults(func=_figures)
 
     p = sub.add_parser("plan", help="what run_all.sh will do for a profile")
-    p.add_argument("--profile", default=DEFAULT_PROFILE, choices=PROFILES, help=", ".join(PROFILES) + " (default qwen)")
+    p.add_argument("--profile", default=DEFAULT_PROFILE,
+                   help=f"a profile of configs/profiles.yaml (default {DEFAULT_PROFILE})")
     group = p.add_mutually_exclusive_group()
     group.add_argument("--configs", action="store_true", help="print only the training configs, one per line")
     group.add_argument("--models", action="store_true", help="print only the built-in real models it needs")

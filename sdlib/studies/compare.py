@@ -4,16 +4,20 @@ model's weights and the settings, and the summary table beside the paper's numbe
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, replace
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from sdlib.cache import cached, model_fingerprint
 from sdlib.errors import SdlibError
 from sdlib.evaluation.layers import LayerScores, evaluate_cached, load_subset
+from sdlib.evaluation.tasks import TASKS, check_tasks
 from sdlib.paths import results_dir, slug
+from sdlib.provenance import nan_to_none
 from sdlib.stats import paired_ratio
 from sdlib.studies.measure import MeasureRecord, MeasureSettings, measure_model
 from sdlib.studies.profiles import ROLES, Pair, Profile
+from sdlib.train.runlog import EvalRecord, from_dict
 from sdlib.types import LAST_STATES, Role
 
 SETTING_ROW = "S measured on"
@@ -28,6 +32,114 @@ PAPER = {
                      "LAMBADA drop (final - penultimate) / final": (0.38, 0.09)},
     "Llama-3.2-3B": {"S": (0.66, 0.89)},
 }
+
+
+Interval = tuple[float, float, float]
+"""(value, low, high): a 95% bootstrap interval"""
+
+@dataclass
+class CellResult:
+    """One cell's trained model (or the pretrained model) measured and evaluated, paired with the pretrained
+    model on the same windows and passages."""
+
+    cell: str
+    """the cell's name, or ``pretrained``"""
+    settings: dict[str, Any]
+    """the config keys of ``SETTINGS``, as strings or numbers"""
+    tokens: int
+    """training tokens (0 for the pretrained model)"""
+    S: dict[str, Interval]
+    """S per last-state convention, with its bootstrap interval over windows"""
+    D_last: dict[str, float]
+    """D_L per convention"""
+    D_ratio: dict[str, float]
+    """D_L / D_{L-1} per convention"""
+    lambada: list[Interval]
+    """LAMBADA accuracy of every layer's lens (the last: the model's own output), with intervals over passages"""
+    lambada_n: int
+    wikitext_ppl: list[float]
+    """WikiText word perplexity of every layer's lens (empty when WikiText was not evaluated)"""
+    S_change: dict[str, Interval] | None = None
+    """S minus the pretrained model's S, paired over the same windows (None for the pretrained model)"""
+    lambada_ratio: Interval | None = None
+    """final-layer LAMBADA accuracy / the pretrained model's, paired over the same passages"""
+    train_seconds: float | None = None
+    epochs: float | None = None
+    final_loss: float | None = None
+    over_training: list[EvalRecord] = field(default_factory=list)
+    """the training log's measurements (S, D and the last step's mechanism at every evaluation)"""
+    setting: str = ""
+    """where S was measured (``Measurement.info["setting"]``)"""
+
+    def to_dict(self) -> dict[str, Any]:
+        return nan_to_none(asdict(self))
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> CellResult:
+        values = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        values["over_training"] = [from_dict({**r, "kind": "eval"}) for r in values.get("over_training", [])]
+        for key in ("S", "S_change"):
+            if values.get(key) is not None:
+                values[key] = {conv: tuple(_nan(x) for x in v) for conv, v in values[key].items()}
+        values["lambada"] = [tuple(_nan(x) for x in v) for v in values["lambada"]]
+        if values.get("lambada_ratio") is not None:
+            values["lambada_ratio"] = tuple(_nan(x) for x in values["lambada_ratio"])
+        values["D_ratio"] = {k: _nan(v) for k, v in values["D_ratio"].items()}
+        values["wikitext_ppl"] = [_nan(x) for x in values.get("wikitext_ppl", [])]
+        return cls(**values)
+
+    def row(self) -> dict[str, Any]:
+        """The flat table row (what the CSV and the figure read)."""
+        row: dict[str, Any] = {"cell": self.cell, **self.settings, "tokens": self.tokens}
+        for conv in LAST_STATES:
+            row |= {f"S_{conv}": self.S[conv][0], f"S_{conv}_lo": self.S[conv][1], f"S_{conv}_hi": self.S[conv][2],
+                    f"last_D_{conv}": self.D_last[conv], f"D_ratio_{conv}": self.D_ratio[conv]}
+            change = (self.S_change or {}).get(conv, (math.nan,) * 3)
+            row |= {f"S_{conv}_change": change[0], f"S_{conv}_change_lo": change[1], f"S_{conv}_change_hi": change[2]}
+        ratio = self.lambada_ratio or ((1.0, math.nan, math.nan) if self.tokens == 0 else (math.nan,) * 3)
+        row |= {"lambada_final": self.lambada[-1][0], "lambada_final_lo": self.lambada[-1][1],
+                "lambada_final_hi": self.lambada[-1][2], "lambada_penultimate": self.lambada[-2][0],
+                "lambada_n": self.lambada_n, "lambada_final_vs_pretrained": ratio[0],
+                "lambada_final_vs_pretrained_lo": ratio[1], "lambada_final_vs_pretrained_hi": ratio[2],
+                "wikitext_final_word_ppl": self.wikitext_ppl[-1] if self.wikitext_ppl else math.nan,
+                "train_seconds": self.train_seconds, "epochs": self.epochs, "final_loss": self.final_loss}
+        return row
+
+
+def _nan(value: Any) -> Any:
+    return math.nan if value is None else value
+
+
+def measured_pair(profile: Profile, pair: Pair, role: Role, tasks: Sequence[str] = TASKS
+                  ) -> tuple[MeasureRecord, LayerScores]:
+    """(the movement record, the per-layer scores on ``tasks``) of one model of a pair; both cached."""
+    tasks = check_tasks(list(tasks))
+    if "lambada_openai" not in tasks:
+        raise SdlibError(f"a paired comparison needs lambada_openai among its tasks, got {', '.join(tasks)}")
+    return measurement(profile, pair, role), layer_scores(profile, pair, role, tasks=tasks)
+
+
+def paired_result(profile: Profile, pair: Pair, role: Role, tasks: Sequence[str] = TASKS,
+                  base: tuple[MeasureRecord, LayerScores] | None = None,
+                  measured: tuple[MeasureRecord, LayerScores] | None = None) -> CellResult:
+    """One model of a pair measured and evaluated (``measured``, computed here when not given); a self-distilled
+    one paired with its pretrained model (``base``, likewise) on the same windows and passages: the change of S in
+    each reading and the final layer's LAMBADA ratio. What ``sdlib compare`` prints and each grid cell records."""
+
+    m, scores = measured or measured_pair(profile, pair, role, tasks)
+    result = CellResult(
+        cell=str(role), settings={}, tokens=0,
+        S={conv: (m.S[conv], *m.S_interval(conv)) for conv in LAST_STATES},
+        D_last={conv: m.D[conv][-1] for conv in LAST_STATES}, D_ratio=dict(m.last_layer_ratio),
+        lambada=scores.curve("lambada_openai", "acc", intervals=True), lambada_n=scores.n("lambada_openai"),
+        wikitext_ppl=scores.curve("wikitext", "word_perplexity") if "wikitext" in scores.table.task.values else [],
+        setting=m.info.get("setting", ""))
+    if role == Role.SELF_DISTILLED:
+        base_m, base_scores = base or measured_pair(profile, pair, Role.PRETRAINED, tasks)
+        result.S_change = {conv: m.S_change_from(base_m, conv) for conv in LAST_STATES}
+        result.lambada_ratio = paired_ratio(base_scores.final_correct("lambada_openai"),
+                                            scores.final_correct("lambada_openai"))
+    return result
 
 
 def fingerprint(pair: Pair, role: Role, device: str | None = None) -> str:

@@ -19,98 +19,25 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from sdlib.errors import SdlibError
 from sdlib.evaluation.layers import LayerScores
-from sdlib.evaluation.tasks import TASKS, check_tasks
+from sdlib.evaluation.tasks import TASKS
 from sdlib.paths import records_dir, results_dir
 from sdlib.provenance import atomic_path, nan_to_none, provenance, write_json
-from sdlib.stats import paired_ratio
-from sdlib.studies.compare import layer_scores, measurement
+from sdlib.studies.compare import CellResult, measured_pair, paired_result
 from sdlib.studies.profiles import Pair, Profile
 from sdlib.train import finished, train
 from sdlib.train.config import Grid
-from sdlib.train.runlog import EvalRecord, evals, from_dict, read_log, steps
-from sdlib.types import LAST_STATES, Role
-
-Interval = tuple[float, float, float]
-"""(value, low, high): a 95% bootstrap interval"""
+from sdlib.train.runlog import evals, read_log, steps
+from sdlib.types import Role
 
 SETTINGS = ("model", "alpha", "k", "lr", "kl_direction", "last_state", "zeta2_form", "zeta1", "lens_samples", "seed",
             "lr_multipliers", "freeze", "last_weight", "fold_final_norm", "batch_size", "seq_len")
 """the config keys a grid table shows for every cell"""
-
-
-@dataclass
-class CellResult:
-    """One cell's trained model (or the pretrained model) measured and evaluated, paired with the pretrained
-    model on the same windows and passages."""
-
-    cell: str
-    """the cell's name, or ``pretrained``"""
-    settings: dict[str, Any]
-    """the config keys of ``SETTINGS``, as strings or numbers"""
-    tokens: int
-    """training tokens (0 for the pretrained model)"""
-    S: dict[str, Interval]
-    """S per last-state convention, with its bootstrap interval over windows"""
-    D_last: dict[str, float]
-    """D_L per convention"""
-    D_ratio: dict[str, float]
-    """D_L / D_{L-1} per convention"""
-    lambada: list[Interval]
-    """LAMBADA accuracy of every layer's lens (the last: the model's own output), with intervals over passages"""
-    lambada_n: int
-    wikitext_ppl: list[float]
-    """WikiText word perplexity of every layer's lens (empty when WikiText was not evaluated)"""
-    S_change: dict[str, Interval] | None = None
-    """S minus the pretrained model's S, paired over the same windows (None for the pretrained model)"""
-    lambada_ratio: Interval | None = None
-    """final-layer LAMBADA accuracy / the pretrained model's, paired over the same passages"""
-    train_seconds: float | None = None
-    epochs: float | None = None
-    final_loss: float | None = None
-    over_training: list[EvalRecord] = field(default_factory=list)
-    """the training log's measurements (S, D and the last step's mechanism at every evaluation)"""
-    setting: str = ""
-    """where S was measured (``Measurement.info["setting"]``)"""
-
-    def to_dict(self) -> dict[str, Any]:
-        return nan_to_none(asdict(self))
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> CellResult:
-        values = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
-        values["over_training"] = [from_dict({**r, "kind": "eval"}) for r in values.get("over_training", [])]
-        for key in ("S", "S_change"):
-            if values.get(key) is not None:
-                values[key] = {conv: tuple(_nan(x) for x in v) for conv, v in values[key].items()}
-        values["lambada"] = [tuple(_nan(x) for x in v) for v in values["lambada"]]
-        if values.get("lambada_ratio") is not None:
-            values["lambada_ratio"] = tuple(_nan(x) for x in values["lambada_ratio"])
-        values["D_ratio"] = {k: _nan(v) for k, v in values["D_ratio"].items()}
-        values["wikitext_ppl"] = [_nan(x) for x in values.get("wikitext_ppl", [])]
-        return cls(**values)
-
-    def row(self) -> dict[str, Any]:
-        """The flat table row (what the CSV and the figure read)."""
-        row: dict[str, Any] = {"cell": self.cell, **self.settings, "tokens": self.tokens}
-        for conv in LAST_STATES:
-            row |= {f"S_{conv}": self.S[conv][0], f"S_{conv}_lo": self.S[conv][1], f"S_{conv}_hi": self.S[conv][2],
-                    f"last_D_{conv}": self.D_last[conv], f"D_ratio_{conv}": self.D_ratio[conv]}
-            change = (self.S_change or {}).get(conv, (math.nan,) * 3)
-            row |= {f"S_{conv}_change": change[0], f"S_{conv}_change_lo": change[1], f"S_{conv}_change_hi": change[2]}
-        ratio = self.lambada_ratio or ((1.0, math.nan, math.nan) if self.tokens == 0 else (math.nan,) * 3)
-        row |= {"lambada_final": self.lambada[-1][0], "lambada_final_lo": self.lambada[-1][1],
-                "lambada_final_hi": self.lambada[-1][2], "lambada_penultimate": self.lambada[-2][0],
-                "lambada_n": self.lambada_n, "lambada_final_vs_pretrained": ratio[0],
-                "lambada_final_vs_pretrained_lo": ratio[1], "lambada_final_vs_pretrained_hi": ratio[2],
-                "wikitext_final_word_ppl": self.wikitext_ppl[-1] if self.wikitext_ppl else math.nan,
-                "train_seconds": self.train_seconds, "epochs": self.epochs, "final_loss": self.final_loss}
-        return row
 
 
 def cell_profile(grid: Grid, cell: str) -> tuple[Profile, Pair]:
@@ -122,44 +49,30 @@ def cell_profile(grid: Grid, cell: str) -> tuple[Profile, Pair]:
 def measured(grid: Grid, cell: str | None, tasks: Sequence[str] = TASKS) -> tuple[Any, LayerScores]:
     """(the movement record, the per-layer scores on ``tasks``) of one cell's trained model (``cell`` None: the
     pretrained model); both cached, so asking again costs nothing but the model's load."""
-    tasks = check_tasks(list(tasks))
-    if "lambada_openai" not in tasks:
-        raise SdlibError(f"a grid's table needs lambada_openai among its tasks, got {', '.join(tasks)}")
     profile, pair = cell_profile(grid, cell or next(iter(grid.cells)))
-    role = Role.SELF_DISTILLED if cell else Role.PRETRAINED
-    return measurement(profile, pair, role), layer_scores(profile, pair, role, tasks=tasks)
+    return measured_pair(profile, pair, Role.SELF_DISTILLED if cell else Role.PRETRAINED, tasks)
 
 
 def cell_result(grid: Grid, cell: str | None, tasks: Sequence[str] = TASKS,
                 base: tuple[Any, LayerScores] | None = None) -> CellResult:
     """One cell's trained model (``cell`` None: the pretrained model) measured and evaluated on ``tasks`` (LAMBADA
     is required), paired with the pretrained model's ``base = measured(grid, None, tasks)`` (measured here when
-    not given)."""
+    not given), and the cell's training log."""
 
-    m, scores = base if cell is None and base is not None else measured(grid, cell, tasks)
-    c = grid.config(cell or next(iter(grid.cells)))
-    result = CellResult(
-        cell=cell or "pretrained", settings={k: _plain(getattr(c, k)) for k in SETTINGS},
-        tokens=c.total_steps * c.batch_size * c.seq_len if cell else 0,
-        S={conv: (m.S[conv], *m.S_interval(conv)) for conv in LAST_STATES},
-        D_last={conv: m.D[conv][-1] for conv in LAST_STATES}, D_ratio=dict(m.last_layer_ratio),
-        lambada=scores.curve("lambada_openai", "acc", intervals=True), lambada_n=scores.n("lambada_openai"),
-        wikitext_ppl=scores.curve("wikitext", "word_perplexity") if "wikitext" in scores.table.task.values else [],
-        setting=m.info.get("setting", ""))
+    profile, pair = cell_profile(grid, cell or next(iter(grid.cells)))
+    if cell is None:
+        result = paired_result(profile, pair, Role.PRETRAINED, tasks, measured=base)
+    else:
+        result = paired_result(profile, pair, Role.SELF_DISTILLED, tasks, base=base)
+    c = pair.config
+    result.cell, result.settings = cell or "pretrained", {k: _plain(getattr(c, k)) for k in SETTINGS}
+    result.tokens = c.total_steps * c.batch_size * c.seq_len if cell else 0
     if cell:
-        base_m, base_scores = base or measured(grid, None, tasks)
-        result.S_change = {conv: m.S_change_from(base_m, conv) for conv in LAST_STATES}
-        result.lambada_ratio = paired_ratio(base_scores.final_correct("lambada_openai"),
-                                            scores.final_correct("lambada_openai"))
         log = read_log(c.run_dir())
         done = steps(log)
         result.train_seconds, result.epochs = sum(r.seconds for r in done), done[-1].epochs
         result.final_loss, result.over_training = done[-1].loss, evals(log)
     return result
-
-
-def _nan(value: Any) -> Any:
-    return math.nan if value is None else value
 
 
 def record_path(grid: Grid, cell: str | None) -> Path:
@@ -292,7 +205,7 @@ def markdown_table(table) -> str:
              "| D_L pre_norm (/ D_L-1) | LAMBADA final / penult. | final / pretrained, paired | train min |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for r in table.to_dict("records"):
-        minutes = "" if r["tokens"] == 0 else f"{r['train_seconds'] / 60:.0f}"
+        minutes = "" if not r["tokens"] or r["train_seconds"] is None else f"{r['train_seconds'] / 60:.0f}"
         lines.append(f"| {r['cell']} | {interval(r, 'S_normed')} | {interval(r, 'S_normed_change', '+.4f')} | "
                      f"{interval(r, 'S_pre_norm')} | {interval(r, 'S_pre_norm_change', '+.4f')} | "
                      f"{r['last_D_normed']:.3f} ({r['D_ratio_normed']:.2f}) | "

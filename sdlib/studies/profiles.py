@@ -23,7 +23,7 @@ from sdlib.studies.atlas import AtlasSettings
 from sdlib.train.config import TrainConfig, load_config, read_yaml
 from sdlib.types import Role
 
-DEFAULT_PROFILE = "qwen"
+DEFAULT_PROFILE = "jump"
 ROLES: tuple[Role, ...] = tuple(Role)
 
 
@@ -125,12 +125,23 @@ class Profile:
         names = [p.config.model for p in self.pairs] + self.atlas_models()
         return [n for n in dict.fromkeys(canonical(n) for n in names) if is_packaged(n)]
 
+    def fold_models(self) -> list[str]:
+        """What the fold-split notebook splits: the atlas models, or else every model the profile compares
+        (pretrained first, then each self-distilled run folder)."""
+        return self.atlas_models() or [pair.source(role) for pair, role in self.models()]
+
     def figures_dir(self) -> Path:
-        """figures/ for the default profile (the committed figures); build/figures for the others."""
+        """The committed figures folder (or a folder under it) for a profile that names one (``figures:``);
+        build/figures for the others."""
 
         if self.figures:
             return figures_dir() / self.figures
-        return figures_dir() if self.name == DEFAULT_PROFILE else build_dir() / "figures"
+        return build_dir() / "figures"
+
+
+def profile_names() -> list[str]:
+    """The profiles ``configs/profiles.yaml`` defines, in its order."""
+    return list(read_yaml(configs_dir() / "profiles.yaml", "profiles file"))
 
 
 def _entry(item: Any, profile: str) -> tuple[str, str]:
@@ -149,7 +160,7 @@ def load_profile(name: str = DEFAULT_PROFILE, trained: str | list[str] | None = 
 
     profiles = read_yaml(configs_dir() / "profiles.yaml", "profiles file")
     if name not in profiles:
-        raise SdlibError(f"unknown profile {name!r}: use one of {', '.join(profiles)}")
+        raise SdlibError(f"unknown profile {name!r}: use one of {', '.join(profiles)} (configs/profiles.yaml)")
     entry = profiles[name]
     paths = configs or entry.get("configs") or []
     overrides = [trained] if isinstance(trained, str) else list(trained or [])

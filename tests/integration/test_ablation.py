@@ -66,6 +66,19 @@ def test_grid_runs_cells_and_collects_them_with_intervals(tmp_path):
     assert records == ["a-base.json", "b-cosine.json", "pretrained.json"]
     assert json.loads((tmp_path / "records" / "grids" / "tiny" / "b-cosine.json").read_text())["config"][
         "zeta2_form"] == "cosine"
+    # `sdlib compare BASE RUN` pairs a run with its base model as the grid does: the same changes and ratio
+    run = next((tmp_path / "build" / "runs").glob("abl-tiny-b-cosine*"))
+    done = _sdlib("compare", "tiny-llama", str(run), "--subset", "tiny", "--windows", "8", "--window-len", "128",
+                  "--out", str(tmp_path / "compare.json"))
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "| pretrained |" not in done.stdout and f"| {run} |" in done.stdout
+    compared = json.loads((tmp_path / "compare.json").read_text())["trained"]
+    row = table.loc[2]
+    for conv in ("normed", "pre_norm"):
+        assert compared["S_change"][conv] == pytest.approx(
+            [row[f"S_{conv}_change"], row[f"S_{conv}_change_lo"], row[f"S_{conv}_change_hi"]], abs=1e-12)
+    assert compared["D_ratio"]["pre_norm"] == pytest.approx(row["D_ratio_pre_norm"], abs=1e-12)
+    assert compared["lambada_n"] == row["lambada_n"] and compared["tokens"] == row["tokens"]
     import shutil
 
     shutil.rmtree(tmp_path / "build")

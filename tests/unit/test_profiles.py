@@ -5,7 +5,8 @@ import pytest
 
 from sdlib.errors import SdlibError
 from sdlib.studies import profiles
-from sdlib.studies.profiles import load_profile
+from sdlib.cli import main
+from sdlib.studies.profiles import load_profile, profile_names
 from sdlib.train.config import load_config, load_grid
 from sdlib.types import Role
 
@@ -55,16 +56,25 @@ def test_a_bad_profile_entry_is_one_line(project):
         load_profile("p")
 
 
-def test_the_default_profile_is_the_qwen_study_and_its_cells_exist():
+def test_the_default_profile_is_the_jump_study_and_its_cells_exist():
     p = load_profile()
-    assert p.name == "qwen" and {pair.model for pair in p.pairs} == {"qwen2.5-coder-0.5b-instruct"}
-    assert [pair.name for pair in p.pairs] == ["abl-qwen-cpu-00-paper", "abl-qwen-cpu-04-final-norm-lr-100"]
-    assert len(p.models()) == 3 and p.figures_dir().name == "figures"
+    assert p.name == "jump" and {pair.model for pair in p.pairs} == {"smollm2-135m-instruct"}
+    assert [pair.name for pair in p.pairs] == ["abl-smol-jump-00-paper", "abl-smol-jump-08-pre-norm-reverse-kl"]
+    assert len(p.models()) == 3 and p.figures_dir().name == "jump" and p.figures_dir().parent.name == "figures"
     assert [pair.label(role) for pair, role in p.models()] == [
-        "qwen2.5-coder-0.5b-instruct Q4_K_M (pretrained)",
-        "qwen2.5-coder-0.5b-instruct Q4_K_M (self-distilled: the paper's recipe)",
-        "qwen2.5-coder-0.5b-instruct Q4_K_M (self-distilled: final-norm lr x100)"]
-    assert load_profile("atlas").figures_dir().resolve() == p.figures_dir().resolve()
+        "smollm2-135m-instruct Q4_1 (pretrained)",
+        "smollm2-135m-instruct Q4_1 (self-distilled: the paper's recipe)",
+        "smollm2-135m-instruct Q4_1 (self-distilled: pre-norm zeta2, reverse KL (beyond the paper))"]
+    # the fold-split notebook splits the base model and both trained runs
+    assert p.fold_models() == ["smollm2-135m-instruct"] + [str(pair.trained_dir()) for pair in p.pairs]
+    qwen = load_profile("qwen")
+    assert qwen.figures_dir().resolve() == load_profile("atlas").figures_dir().resolve() == p.figures_dir().parent
+
+
+def test_a_profile_added_to_the_file_needs_no_code(project):
+    _profiles(project, "mine:\n  configs: [configs/other.yaml]\n  eval_subset: tiny\n")
+    assert profile_names() == ["mine"] and load_profile("mine").pairs[0].model == "tiny-qwen2"
+    assert main(["plan", "--profile", "mine", "--configs"]) == 0
 
 
 def test_a_bad_override_of_a_grid_cell_blames_the_command_line(project):
