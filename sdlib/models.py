@@ -59,18 +59,27 @@ def check_head(model: nn.Module, atol: float = 1e-3) -> None:
 
 
 def load(name: str | os.PathLike, *, dtype: torch.dtype | str = torch.float32, device: str | None = None,
+         revision: str | None = None, device_map: str | dict | None = None, tokenizer: str | os.PathLike | None = None,
          **options: Any):
-    """Return ``(model, tokenizer)`` for a built-in name, a local folder or a hub id (see module doc)."""
+    """Return ``(model, tokenizer)`` for a built-in name, a local folder or a hub id (see module doc).
+
+    A folder or hub model is read in ``dtype`` directly (its weights never pass through float32 first), at
+    ``revision`` (a hub branch, tag or commit), placed by ``device_map`` (transformers' ``"auto"`` or a map;
+    then ``device`` is not applied); ``tokenizer`` (a name, hub id or folder) is used instead of the model's own,
+    which a folder without tokenizer files needs. ``trust_remote_code`` is never set."""
 
     dtype = _dtype(dtype)
     name_str = str(name)
     check_options(name_str, options)
+    if (revision or device_map) and (name_str in TINY_MODELS or is_packaged(name_str)):
+        raise SdlibError(f"revision and device_map apply to hub ids and folders, not the built-in {name_str!r}")
+    where = {"dtype": dtype, "revision": revision, "device_map": device_map, "tokenizer": tokenizer}
     if name_str in TINY_MODELS:
-        model, tokenizer = _tiny(name_str, **options)
+        model, tok = _tiny(name_str, **options)
     elif is_packaged(name_str):
-        model, tokenizer = _from_folder(model_dir(name_str), name_str)
+        model, tok = _from_folder(model_dir(name_str), name_str, **where)
     elif Path(name_str).expanduser().exists():
-        model, tokenizer = _from_folder(resolve_checkpoint(name_str), name_str)
+        model, tok = _from_folder(resolve_checkpoint(name_str), name_str, **where)
     elif name_str.startswith((".", "/", "~")) or name_str.count("/") > 1:
         raise SdlibError(f"model folder {name_str!r} does not exist: check the path")
     else:
@@ -83,13 +92,15 @@ def load(name: str | os.PathLike, *, dtype: torch.dtype | str = torch.float32, d
         if offline:
             raise SdlibError(f"model {name_str!r} is not a built-in name or a folder, and {offline}: pass a local "
                              f"folder, or one of {', '.join(PACKAGED)} (`sdlib models`)")
-        model, tokenizer = _from_hub(name_str)
+        model, tok = _from_hub(name_str, **where)
+    if tokenizer is not None and name_str in TINY_MODELS:
+        tok = _tokenizer(tokenizer)
     model = model.to(dtype=dtype)
-    if device is not None:
+    if device is not None and device_map is None:
         model = model.to(device)
     model.eval()
     check_head(model)  # fail early, with what was looked for, for anything the resolver cannot place
-    return model, tokenizer
+    return model, tok
 
 
 def check_options(name: str, options: dict[str, Any]) -> None:
@@ -130,24 +141,48 @@ def resolve_checkpoint(path: str | os.PathLike) -> Path:
     return latest
 
 
-def _from_pretrained(source: Path | str, error: Callable[[str], str]):
-    """Tokenizer and fp32 model from a folder or hub id; a load failure becomes ``SdlibError(error(reason))``."""
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
+
+
+def _tokenizer(source: str | os.PathLike):
+    """A tokenizer by built-in name, folder or hub id (a built-in model's own, for a built-in name)."""
+    from transformers import AutoTokenizer
+
+    source = str(source)
+    if source in TINY_MODELS:
+        return byte_tokenizer()
+    folder = model_dir(source) if is_packaged(source) else Path(source).expanduser()
+    try:
+        return AutoTokenizer.from_pretrained(folder if folder.exists() else source)
+    except (OSError, ValueError) as err:
+        raise SdlibError(f"could not load the tokenizer {source!r}: {first_line(err)}") from err
+
+
+def _from_pretrained(source: Path | str, error: Callable[[str], str], dtype: torch.dtype = torch.float32,
+                     revision: str | None = None, device_map: str | dict | None = None,
+                     tokenizer: str | os.PathLike | None = None):
+    """Tokenizer and model (read in ``dtype``) from a folder or hub id; a load failure becomes
+    ``SdlibError(error(reason))``. A folder without tokenizer files needs ``tokenizer``."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
+    if tokenizer is None and isinstance(source, Path) and not any((source / f).exists() for f in TOKENIZER_FILES):
+        raise SdlibError(f"{source} has no tokenizer files ({', '.join(TOKENIZER_FILES)}): pass --tokenizer "
+                         "with the base model's name or folder")
     bars = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()  # a per-tensor "Loading weights" bar is noise next to sdlib's own output
     from safetensors import SafetensorError
 
+    hub = {"revision": revision} if revision else {}
     try:
-        tokenizer = AutoTokenizer.from_pretrained(source)
-        model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32)
+        tok = _tokenizer(tokenizer) if tokenizer is not None else AutoTokenizer.from_pretrained(source, **hub)
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, device_map=device_map, **hub)
     except (OSError, ValueError, SafetensorError) as err:
         raise SdlibError(error(first_line(err))) from err
     finally:
         if bars:
             hf_logging.enable_progress_bar()
-    return model, tokenizer
+    return model, tok
 
 
 def _hub_offline() -> str | None:
@@ -168,15 +203,15 @@ def _hub_offline() -> str | None:
     return None
 
 
-def _from_folder(path: Path, label: str):
-    return _from_pretrained(path, lambda reason: f"could not load {label!r} from {path}: {reason}")
+def _from_folder(path: Path, label: str, **where: Any):
+    return _from_pretrained(path, lambda reason: f"could not load {label!r} from {path}: {reason}", **where)
 
 
-def _from_hub(model_id: str):
+def _from_hub(model_id: str, **where: Any):
     return _from_pretrained(model_id, lambda reason: (
-        f"could not load model {model_id!r} from the Hugging Face hub (hub unreachable, no access, or no "
-        f"such model: {reason[:160]}); download it elsewhere and pass its local folder instead, "
-        "e.g. `sdlib measure /path/to/model`"))
+        f"could not load model {model_id!r} from the Hugging Face hub (hub unreachable, no access, no such model "
+        f"or revision: {reason[:160]}); download it elsewhere and pass its local folder instead, "
+        "e.g. `sdlib measure /path/to/model`"), **where)
 
 
 # --- tiny random-init models ----------------------------------------------------------------------------------

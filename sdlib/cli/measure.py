@@ -8,7 +8,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import replace
 
-from sdlib.cli.common import DTYPES, MODEL_HELP, PLACEMENTS, model_args, output_arg
+from sdlib.cli.common import DTYPES, MODEL_HELP, PLACEMENTS, load_args, load_kwargs, model_args, output_arg
 from sdlib.data import TextWindows
 from sdlib.errors import SdlibError
 from sdlib.evaluation.layers import eval_settings, evaluate_cached, format_table
@@ -26,7 +26,7 @@ from sdlib.studies.measure import MeasureSettings, format_measurement, measure_m
 def _measure(args: argparse.Namespace, extra: Sequence[str]) -> int:
     settings = MeasureSettings(text=args.text, windows=args.windows, window_len=args.window_len,
                                placement=args.placement, batch_size=args.batch_size, dtype=args.dtype)
-    model, tokenizer = load(args.model, dtype=args.dtype, device=default_device(args.device))
+    model, tokenizer = load(args.model, dtype=args.dtype, device=default_device(args.device), **load_kwargs(args))
     record = measure_model(model, tokenizer, settings, name=args.model, progress=not args.json)
     out = write_json(args.out or results_dir() / slug(args.model) / "measure.json", record.to_dict())
     if args.json:
@@ -48,8 +48,9 @@ def _eval(args: argparse.Namespace, extra: Sequence[str]) -> int:
                              tasks=tasks)
     print(f"evaluating {args.model} on {', '.join(tasks)}: subset {settings.subset}, "
           f"limit {settings.limit or 'none'}, max_length {settings.max_length or 'the model maximum'}, {device}")
+    loaded = load(args.model, dtype=args.dtype, device=device, **load_kwargs(args)) if load_kwargs(args) else None
     scores, path = evaluate_cached(args.model, tasks, settings, device=device, batch_size=args.batch_size or 8,
-                                   out_dir=args.out, use_cache=not args.no_cache)
+                                   out_dir=args.out, use_cache=not args.no_cache, loaded=loaded)
     print(format_table(scores.table))
     print(f"written: {path} (and results.json beside it)")
     return 0
@@ -105,6 +106,7 @@ def add(sub) -> None:
                    help="spread (default): windows evenly spaced over the whole text; first: its first tokens")
     p.add_argument("--batch-size", "--batch_size", type=int, default=8, help="windows per forward pass")
     output_arg(p, "JSON output path (default: <build>/results/<model>/measure.json)")
+    load_args(p)
     model_args(p, cache=False)
     p.set_defaults(func=_measure)
 
@@ -120,6 +122,7 @@ def add(sub) -> None:
     p.add_argument("--batch-size", "--batch_size", type=int, default=None, help="requests per forward pass (default 8)")
     p.add_argument("--dtype", default="float32", choices=DTYPES, help="float32 (default), bfloat16, float16")
     output_arg(p, "output folder, as lm-eval's --output_path (default: <build>/results/<model>/eval)")
+    load_args(p)
     model_args(p)
     p.set_defaults(func=_eval)
 

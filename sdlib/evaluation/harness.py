@@ -95,6 +95,15 @@ class AllLayersLM(LayerLM):
                 self.on_batch(len(idx))
         return results
 
+    def rolling_windows(self, requests) -> int:
+        """How many windows ``loglikelihood_rolling`` scores for ``requests`` (lm-eval's own windowing): the
+        total of a progress bar that counts them."""
+        from lm_eval import utils
+
+        return sum(len(list(utils.get_rolling_token_windows(
+            token_list=self.tok_encode(req.args[0]), prefix_token=self.prefix_token_id, max_seq_len=self.max_length,
+            context_len=1))) for req in requests)
+
     @torch.no_grad()
     def _score_batch(self, batch) -> list[tuple[np.ndarray, np.ndarray]]:
 

@@ -137,7 +137,7 @@ def evaluate_layers(model: nn.Module, tokenizer, tasks=("lambada_openai", "wikit
         if not instances:
             raise SdlibError(f"{name}: no documents to evaluate (limit {settings.limit_for(name)})")
         bar.set_description(f"evaluate {name}")
-        bar.reset(total=len(instances) if task.OUTPUT_TYPE == "loglikelihood" else None)
+        bar.reset(total=len(instances) if task.OUTPUT_TYPE == "loglikelihood" else lm.rolling_windows(instances))
         if task.OUTPUT_TYPE == "loglikelihood":
             raw = lm.loglikelihood(instances, disable_tqdm=True)
             loglik = np.stack([r[0] for r in raw])

@@ -158,3 +158,18 @@ def test_smollm2_one_pass_equals_lm_eval_on_a_few_passages():
             assert ours.loglikelihood[sample["doc_id"], layer] == pytest.approx(ll, rel=1e-5, abs=1e-6)
             assert bool(ours.greedy[sample["doc_id"], layer]) == greedy
     assert np.isfinite(ours.metrics["perplexity"]).all()
+
+
+@pytest.mark.data
+def test_the_wikitext_bar_has_a_total_that_its_batches_reach():
+    from sdlib.evaluation.harness import AllLayersLM
+    from sdlib.evaluation.tasks import load_tasks
+
+    model, tok = models.load("tiny-llama", num_layers=2)
+    done = []
+    lm = AllLayersLM(model, tokenizer=tok, batch_size=4, max_length=64, on_batch=done.append)
+    task = load_tasks(["wikitext"])["wikitext"]
+    task.build_all_requests(limit=2, rank=0, world_size=1)
+    total = lm.rolling_windows(task.instances)
+    lm.loglikelihood_rolling(task.instances, disable_tqdm=True)
+    assert total > len(task.instances) and sum(done) == total
