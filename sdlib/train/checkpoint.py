@@ -18,41 +18,78 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from sdlib.errors import SdlibError
+from sdlib.errors import SdlibError, first_line
 from sdlib.provenance import fsync_tree, write_json
-from sdlib.runs import CONFIG_FILE, PARTIAL_PREFIX, STATE_DIR, STATE_FILE, checkpoint_name, checkpoints_dir
+from sdlib.runs import (
+    CONFIG_FILE,
+    PARTIAL_PREFIX,
+    STATE_DIR,
+    STATE_FILE,
+    checkpoint_name,
+    checkpoints_dir,
+    latest_checkpoint,
+)
 from sdlib.train.config import save_config
 
 
 def save_checkpoint(run_dir: str | os.PathLike, step: int, model, tokenizer, optimizer, scheduler,
                     training_state: dict[str, Any], config, metrics: dict[str, Any], card: str,
                     state_dict: dict[str, Any] | None = None) -> Path:
-    """Write ``checkpoint-<step>`` atomically (main process only). -> its path."""
-    from accelerate.checkpointing import save_accelerator_state
-
+    """Write ``checkpoint-<step>`` atomically (main process only). -> its path. A failed write (full disk, file-size
+    limit, permissions) is one line naming the folder; the last good checkpoint is kept."""
     root = checkpoints_dir(run_dir)
     root.mkdir(parents=True, exist_ok=True)
     final = root / checkpoint_name(step)
     tmp = Path(tempfile.mkdtemp(prefix=f"{PARTIAL_PREFIX}{step}-", dir=root))
     try:
-        model.save_pretrained(tmp, safe_serialization=True, state_dict=state_dict)
-        tokenizer.save_pretrained(tmp)
-        save_config(config, tmp / CONFIG_FILE)
-        write_json(tmp / "metrics.json", metrics)
-        (tmp / "README.md").write_text(card, encoding="utf-8")
-        (tmp / STATE_DIR).mkdir()
-        # every process starts from the same seed, so the main process's RNG stands for all (index 0)
-        save_accelerator_state(str(tmp / STATE_DIR), [], [optimizer], [scheduler], [], 0, step, None,
-                               safe_serialization=True)
-        write_json(tmp / STATE_FILE, training_state)
-        fsync_tree(tmp)  # every byte on disk before the rename makes the checkpoint count
+        _write(tmp, model, tokenizer, optimizer, scheduler, training_state, config, metrics, card, state_dict, step)
         if final.exists():  # an earlier save of this step: replace it
             shutil.rmtree(final)
         os.replace(tmp, final)
         fsync_tree(root, files=False)
+    except Exception as err:
+        if not _is_write_failure(err):
+            raise
+        kept = latest_checkpoint(run_dir)
+        raise SdlibError(f"could not write checkpoint {step} under {root} ({first_line(err)}): "
+                         f"{f'the last good checkpoint, {kept.name}, is kept' if kept else 'no checkpoint yet'}; "
+                         "free disk space (or raise the file-size limit) and rerun with --resume") from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return final
+
+
+def _is_write_failure(err: BaseException) -> bool:
+    """A full disk, a file-size limit or a permission error, as the writers report it (OSError; safetensors'
+    "I/O error"; torch's "unexpected pos" / "file write failed")."""
+    text = str(err)
+    return isinstance(err, OSError) or any(m in text for m in (
+        "I/O error", "unexpected pos", "file write failed", "No space left", "File too large"))
+
+
+def _write(tmp: Path, model, tokenizer, optimizer, scheduler, training_state, config, metrics, card, state_dict,
+           step: int) -> None:
+    """Everything a checkpoint holds, into ``tmp``, flushed to disk."""
+    from accelerate.checkpointing import save_accelerator_state
+    from transformers.utils import logging as hf_logging
+
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # a "Writing model shards" bar at every save is noise under the training bar
+    try:
+        model.save_pretrained(tmp, safe_serialization=True, state_dict=state_dict)
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
+    tokenizer.save_pretrained(tmp)
+    save_config(config, tmp / CONFIG_FILE)
+    write_json(tmp / "metrics.json", metrics)
+    (tmp / "README.md").write_text(card, encoding="utf-8")
+    (tmp / STATE_DIR).mkdir()
+    # every process starts from the same seed, so the main process's RNG stands for all (index 0)
+    save_accelerator_state(str(tmp / STATE_DIR), [], [optimizer], [scheduler], [], 0, step, None,
+                           safe_serialization=True)
+    write_json(tmp / STATE_FILE, training_state)
+    fsync_tree(tmp)  # every byte on disk before the rename makes the checkpoint count
 
 
 def load_training_state(checkpoint: str | os.PathLike) -> dict[str, Any]:

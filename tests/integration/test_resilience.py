@@ -441,3 +441,21 @@ def test_cli_choices_are_validated_and_lm_eval_spellings_accepted(tmp_path, caps
     parsed = build_parser().parse_args(["eval", "tiny-llama", "--output_path", str(tmp_path / "x")])
     assert parsed.out == str(tmp_path / "x")
     assert build_parser().parse_args(["measure", "tiny-llama", "--output-path", "m.json"]).out == "m.json"
+
+
+def test_a_full_disk_during_a_checkpoint_is_one_line_and_the_resume_matches_a_clean_run(half_run, text_file):
+    clean = {r.step: r.loss for r in steps(read_log(half_run))}  # the uncut run's log: every step to 16
+    assert max(clean) == 16
+    weights = (half_run / "checkpoints" / "checkpoint-8" / "model.safetensors").stat().st_size
+    args = " ".join(str(a) for a in _train(half_run, text_file, "--save_every", "4", "--resume"))
+    # a file-size limit below one weights file: the next checkpoint (step 12) cannot be written
+    done = subprocess.run(["bash", "-c", f"ulimit -f {weights // 2048}; {sys.executable} -m sdlib {args}"],
+                          capture_output=True, text=True, cwd=ROOT, timeout=600)
+    errors = [line for line in done.stderr.splitlines() if line.startswith("sdlib: error:")]
+    assert done.returncode == 2 and len(errors) == 1 and "Traceback" not in done.stderr, done.stderr[-2000:]
+    assert "could not write checkpoint 12" in errors[0] and "checkpoint-8, is kept" in errors[0]
+    assert [s for s, _ in list_checkpoints(half_run)] == [4, 8]
+    assert sorted(p.name for p in (half_run / "checkpoints").iterdir()) == ["checkpoint-4", "checkpoint-8"]
+    assert main([str(a) for a in _train(half_run, text_file, "--save_every", "4", "--resume")]) == 0
+    resumed = {r.step: r.loss for r in steps(read_log(half_run))}
+    assert resumed == pytest.approx(clean, rel=1e-6, abs=1e-6)
