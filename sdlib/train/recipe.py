@@ -404,36 +404,36 @@ class SelfDistillation:
                    disable=not (self.progress and self.main), dynamic_ncols=True)
         started = time.monotonic()
         checkpoint = None
-        while self.step < total:
-            record = self.train_step()
-            self.log.append(record)
-            bar.update(1)
-            if isinstance(record, SkipRecord):
-                bar.write(f"skipped {record.reason}")
-                continue
-            if config.log_every and (self.step % config.log_every == 0 or self.step == total):
-                bar.set_postfix(loss=f"{record.loss:.4f}", z1=f"{record.zeta1:.4f}", z2=f"{record.zeta2:.4f}",
-                                tok_s=f"{record.tokens_per_s:.0f}")
-            self._track({"loss": record.loss, "zeta1": record.zeta1, "zeta2": record.zeta2, "lr": record.lr,
-                         "grad_norm": record.grad_norm, "tokens_per_s": record.tokens_per_s})
-            out_of_time = _out_of_time(self.accelerator, started, config.max_minutes)
-            at_end = self.step == total
-            if (config.eval_every and self.step % config.eval_every == 0 or self.step in config.eval_steps or at_end
-                    or out_of_time):
-                evaluation = self.evaluate()
-                if self.main:
-                    bar.write(f"step {self.step}: S normed {evaluation.S['normed']:.4f}, "
-                              f"pre_norm {evaluation.S['pre_norm']:.4f} (training-log measurement: "
-                              f"{self.eval_where.describe()})")
-            if config.save_every and self.step % config.save_every == 0 or at_end or out_of_time:
-                checkpoint = self.save(record)
-            if out_of_time and not at_end:
-                self.log.append(StopRecord(step=self.step, reason=f"max_minutes {config.max_minutes} reached after "
-                                           f"step {self.step} of {total}; --resume continues"))
-                bar.write(f"stopped after step {self.step} of {total}: max_minutes {config.max_minutes} reached "
-                          "(a checkpoint is saved; --resume continues)")
-                break
-        bar.close()
+        with bar:  # closed (its line ended) however the loop ends, so an error prints on a line of its own
+            while self.step < total:
+                record = self.train_step()
+                self.log.append(record)
+                bar.update(1)
+                if isinstance(record, SkipRecord):
+                    bar.write(f"skipped {record.reason}")
+                    continue
+                if config.log_every and (self.step % config.log_every == 0 or self.step == total):
+                    bar.set_postfix(loss=f"{record.loss:.4f}", z1=f"{record.zeta1:.4f}", z2=f"{record.zeta2:.4f}",
+                                    tok_s=f"{record.tokens_per_s:.0f}")
+                self._track({"loss": record.loss, "zeta1": record.zeta1, "zeta2": record.zeta2, "lr": record.lr,
+                             "grad_norm": record.grad_norm, "tokens_per_s": record.tokens_per_s})
+                out_of_time = _out_of_time(self.accelerator, started, config.max_minutes)
+                at_end = self.step == total
+                if (config.eval_every and self.step % config.eval_every == 0 or self.step in config.eval_steps or at_end
+                        or out_of_time):
+                    evaluation = self.evaluate()
+                    if self.main:
+                        bar.write(f"step {self.step}: S normed {evaluation.S['normed']:.4f}, "
+                                  f"pre_norm {evaluation.S['pre_norm']:.4f} (training-log measurement: "
+                                  f"{self.eval_where.describe()})")
+                if config.save_every and self.step % config.save_every == 0 or at_end or out_of_time:
+                    checkpoint = self.save(record)
+                if out_of_time and not at_end:
+                    self.log.append(StopRecord(step=self.step, reason=f"max_minutes {config.max_minutes} reached after "
+                                               f"step {self.step} of {total}; --resume continues"))
+                    bar.write(f"stopped after step {self.step} of {total}: max_minutes {config.max_minutes} reached "
+                              "(a checkpoint is saved; --resume continues)")
+                    break
         if config.report_to != ReportTo.NONE:
             self.accelerator.end_training()
         if config.push_to_hub and self.main and checkpoint is not None and self.step == total:
