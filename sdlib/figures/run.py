@@ -33,6 +33,9 @@ NOTEBOOKS = ("00_quickstart", "fig03_movement", "fig04_pca", "fig05_lambada", "f
 # what a profile draws unless it names its notebooks (configs/profiles.yaml)
 DEFAULT_NOTEBOOKS = tuple(n for n in NOTEBOOKS if n != "gpu_study")
 KERNEL = "sdlib"
+KERNEL_ARGUMENTS = ["--IPKernelApp.log_level=ERROR"]
+"""the kernel's own log at errors only: its warning that a local kernel talks to papermill over TCP on the loopback
+is not news to a reader of the run's output"""
 
 
 class FigureRun:
@@ -210,7 +213,8 @@ def run_notebooks(profile_name: str, names: list[str] | None = None, options: di
             values.update(profile.quickstart)
         try:
             papermill.execute_notebook(src, out_dir / f"{name}.ipynb", parameters=values,
-                                       kernel_name=kernel, cwd=str(notebooks_dir()), progress_bar=progress)
+                                       kernel_name=kernel, cwd=str(notebooks_dir()), progress_bar=progress,
+                                       extra_arguments=KERNEL_ARGUMENTS)
         except papermill.PapermillExecutionError as err:
             raise SdlibError(f"notebook {name} failed in cell {err.exec_count}: {err.ename}: "
                              f"{str(err.evalue).splitlines()[0] if err.evalue else ''} "

@@ -40,6 +40,7 @@ def test_tiny_profile_regenerates_every_figure(tmp_path):
     where = {v for k, v in rows["S measured on"].items() if k.startswith("tiny-llama")}
     assert where == {"wikitext-test, 4 x 128 tokens spread over the text"}, "the summary prints where S was measured"
     assert "wall time per stage" in done.stdout
+    assert "WARNING" not in done.stderr and "KeyboardInterrupt" not in done.stderr, "a quiet run: no kernel noise"
     card = next((tmp_path / "build" / "runs" / "tiny" / "checkpoints").glob("checkpoint-16")) / "README.md"
     assert "## Per-layer evaluation" in card.read_text() and "lambada_openai" in card.read_text()
 
