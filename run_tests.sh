@@ -10,7 +10,7 @@ if [ "${1:-}" = "--slow" ]; then
     export SDLIB_SLOW=1
     shift
 elif [ "${1:-}" = "--fast" ]; then
-    targets=(tests/unit -q)
+    targets=(tests/unit -q -m "not committed")
     shift
 fi
 if [ -z "${SDLIB_DATA_DIR:-}" ] && [ -d ../shared/data ]; then

@@ -5,7 +5,6 @@ import json
 import re
 import shutil
 import subprocess
-import time
 
 import papermill
 import pytest
@@ -20,8 +19,12 @@ from sdlib.studies.profiles import load_profile
 from sdlib.train.config import load_grid
 from tests.conftest import ROOT, hang_guard
 
+pytestmark = pytest.mark.committed  # checks committed artefacts and history: CI and ./run_tests.sh, not --fast
+
 FIGURES = ROOT / "figures"
-JSONS = sorted(FIGURES.glob("*.json"))  # figures/gpu/ (the GPU study's record, another machine) is its own
+# figures/ (the qwen and atlas profiles, the grids) and figures/jump/ (the default profile); figures/gpu/ (the GPU
+# study's record, another machine) is its own
+JSONS = sorted(FIGURES.glob("*.json")) + sorted((FIGURES / "jump").glob("*.json"))
 CLEAN_COMMIT = re.compile(r"[0-9a-f]{40}")  # a sha without "+dirty"
 STANDARD = MeasureSettings().describe()  # "wikitext-test, 64 x 512 tokens spread over the text"
 
@@ -186,12 +189,9 @@ def test_each_notebook_redraws_the_committed_figure_with_its_defaults(notebook, 
     monkeypatch.setenv("SDLIB_BUILD_DIR", str(build))
     monkeypatch.setenv("SDLIB_CACHE_DIR", str(tmp_path / "cache"))  # nothing cached: nothing to lean on
     before = {p.name: p.stat().st_mtime_ns for p in FIGURES.iterdir()}
-    t0 = time.perf_counter()
     papermill.execute_notebook(notebook, tmp_path / notebook.name, kernel_name=kernel_name(),
                                cwd=str(notebook.parent), progress_bar=False,
-                               execution_timeout=int(hang_guard(300)))
-    seconds = time.perf_counter() - t0
-    assert seconds < hang_guard(60), f"{notebook.stem} took {seconds:.0f} s with its defaults"
+                               execution_timeout=int(hang_guard(300)))  # a guard against a hang, not a timing
     assert {p.name: p.stat().st_mtime_ns for p in FIGURES.iterdir()} == before, "a notebook wrote into figures/"
     redrawn = list((build / "figures").rglob(f"{notebook.stem}.json"))
     assert len(redrawn) == 1, f"{notebook.stem} wrote {redrawn}"
