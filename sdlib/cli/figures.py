@@ -8,11 +8,13 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import pandas as pd
+import yaml
 
 from sdlib.cli.common import model_args, output_arg
 from sdlib.errors import SdlibError
 from sdlib.evaluation.tasks import check_tasks
 from sdlib.figures.run import DEFAULT_NOTEBOOKS, prepare, run_notebooks
+from sdlib.models import resolve_checkpoint
 from sdlib.paths import results_dir, slug
 from sdlib.provenance import provenance, write_json
 from sdlib.studies.compare import measured_pair, paired_result
@@ -58,12 +60,39 @@ def _compare(args: argparse.Namespace, extra: Sequence[str]) -> int:
     return 0
 
 
+OWN_NOTEBOOKS = ["fig03_movement", "fig04_pca", "fig05_lambada", "fig06_wikitext", "fig07_logit_lens", "table_summary"]
+"""what ``sdlib figures --model ... --trained ...`` draws: the paper's Figs. 3-7 and the summary table"""
+
+
+def _own_profile(args: argparse.Namespace) -> str:
+    """A profile of one base model and its trained runs, written as ``<output_dir>/profile.yaml``; -> its path."""
+    if not args.trained or not args.output_dir:
+        raise SdlibError("--model needs --trained RUN (one or more) and --output_dir DIR")
+    out = Path(args.output_dir).expanduser().resolve()
+    configs = []
+    for run in args.trained:
+        run = Path(run).expanduser().resolve()
+        config = resolve_checkpoint(run) / "sdlib_config.yaml"
+        if not config.is_file():
+            raise SdlibError(f"{run} is not an sdlib training run (no sdlib_config.yaml in its checkpoint): pass "
+                             "the folder `sdlib train` wrote")
+        configs.append({"config": str(config), "label": run.name, "trained": str(run), "model": args.model})
+    entry = {"configs": configs, "eval_subset": args.subset, "notebooks": OWN_NOTEBOOKS, "figures": str(out),
+             "measure": {"text": "wikitext-test", "windows": args.windows, "window_len": args.window_len}}
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "profile.yaml"
+    path.write_text(yaml.safe_dump({slug(args.model): entry}, sort_keys=False))
+    print(f"profile: {path} (pass it as --profile to draw again)")
+    return str(path)
+
+
 def _figures(args: argparse.Namespace, extra: Sequence[str]) -> int:
-    timings = {} if args.no_prepare or args.redraw else prepare(args.profile, device=args.device)
+    profile = _own_profile(args) if args.model else args.profile
+    timings = {} if args.no_prepare or args.redraw else prepare(profile, device=args.device)
     only = [n.strip() for n in args.only.split(",")] if args.only else None
-    timings |= run_notebooks(args.profile, only, {"device": args.device} if args.device else None,
-                             compute=not args.redraw)
+    timings |= run_notebooks(profile, only, {"device": args.device} if args.device else None, compute=not args.redraw)
     print("wall time per stage (s): " + ", ".join(f"{k} {v:.0f}" for k, v in timings.items()))
+    print(f"figures in {load_profile(profile).figures_dir()}")
     return 0
 
 
@@ -111,6 +140,15 @@ def add(sub) -> None:
     p.add_argument("--profile", default=DEFAULT_PROFILE,
                    help=f"a profile of configs/profiles.yaml (default {DEFAULT_PROFILE}: writes figures/jump/; qwen "
                         "and atlas write figures/, tiny, quick and paper build/figures/)")
+    p.add_argument("--model", default=None,
+                   help="your own base model (a name, hub id or folder): with --trained and --output_dir, the paper's "
+                        "Figs. 3-7 and the summary table for it and its runs, instead of a profile")
+    p.add_argument("--trained", action="append", default=[], help="a run folder trained from --model (repeatable)")
+    p.add_argument("--output_dir", "--output-dir", default=None, help="where --model's figures go")
+    p.add_argument("--subset", default="cpu-short", help="--model's evaluation subset (default cpu-short; full, tiny "
+                                                          "or a YAML file)")
+    p.add_argument("--windows", type=int, default=64, help="--model's measurement windows (default 64)")
+    p.add_argument("--window-len", "--window_len", type=int, default=512, help="tokens per window (default 512)")
     p.add_argument("--only", default=None, help="comma-separated notebook names (default: the profile's)")
     p.add_argument("--no-prepare", "--no_prepare", action="store_true", help="skip the measure/evaluate step")
     p.add_argument("--redraw", action="store_true",

@@ -530,16 +530,17 @@ FOLD_READINGS = (("normed", "solid", "normed h_L (original)"), ("pre_norm", "dot
 
 
 def fold_split_figure(records: Sequence[Any], title: str = "The last step: the final gain's part and the block's own",
-                      labels: dict[str, str] | None = None) -> go.Figure:
+                      labels: dict[str, str] | None = None, colors: dict[str, str] | None = None) -> go.Figure:
     """Per model (``sdlib.studies.fold_split.FoldSplitRecord``): D_l against relative depth in the three readings
     (normed solid, pre-norm dotted, folded dashed; one colour per model), and the normed last step D_L as a stacked
     bar, the last block's own part (the folded D_L) under the final gain's part. ``labels`` names a record's
-    model (a run folder, say) in the legend. README width (880 px)."""
+    model (a run folder, say), ``colors`` gives it its colour (``model_colors``), both keyed by the record's model.
+    README width (880 px)."""
     fig = make_subplots(rows=2, cols=1, vertical_spacing=0.16, row_heights=[0.58, 0.42], subplot_titles=[
         "D_l: normed (solid), pre-norm (dotted), folded model's normed (dashed)",
         "normed D_L split: the last block's own turn (solid) + the final gain's coordinates (light)"])
     for i, r in enumerate(records):
-        color = PALETTE[i % len(PALETTE)]
+        color = (colors or {}).get(r.model) or PALETTE[i % len(PALETTE)]
         name = (labels or {}).get(r.model, r.model)
         for reading, dash, what in FOLD_READINGS:
             D = r.D[reading]

@@ -48,7 +48,7 @@ class FigureRun:
 
         self.profile = load_profile(profile, trained=trained, only=models)
         self.device = device
-        self.output = Path(output) if output else build_dir() / "figures" / profile
+        self.output = Path(output) if output else build_dir() / "figures" / self.profile.name
         self.png = png
         """False: HTML and JSON only (no browser is started for the static image)"""
         self.computed_at: dict[str, list[str]] = {}
@@ -198,7 +198,7 @@ def run_notebooks(profile_name: str, names: list[str] | None = None, options: di
     unknown = [n for n in names if n not in NOTEBOOKS]
     if unknown:
         raise SdlibError(f"unknown notebook(s) {', '.join(unknown)}: use {', '.join(NOTEBOOKS)}")
-    out_dir = build_dir() / "notebooks" / profile_name
+    out_dir = build_dir() / "notebooks" / profile.name
     out_dir.mkdir(parents=True, exist_ok=True)
     kernel = kernel_name()
     absolute_path_variables()  # the kernels run in notebooks/: a relative SDLIB_DATA_DIR would point elsewhere
@@ -206,7 +206,7 @@ def run_notebooks(profile_name: str, names: list[str] | None = None, options: di
     for name in names:
         src = notebooks_dir() / f"{name}.ipynb"
         t0 = time.perf_counter()
-        print(f"== notebook {name} ({profile_name})", flush=True)
+        print(f"== notebook {name} ({profile.name})", flush=True)
         values: dict[str, Any] = {"profile": profile_name, "compute": compute,
                                   "options": {"output": str(profile.figures_dir()), **(options or {})}}
         if name == "00_quickstart":

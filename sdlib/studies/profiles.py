@@ -144,13 +144,31 @@ def profile_names() -> list[str]:
     return list(read_yaml(configs_dir() / "profiles.yaml", "profiles file"))
 
 
-def _entry(item: Any, profile: str) -> tuple[str, str]:
-    """(config path, arm label) of one ``configs:`` entry: a path, or ``{config: PATH, label: TEXT}``."""
+ENTRY_KEYS = ("config", "label", "trained", "model")
+
+
+def _entry(item: Any, profile: str) -> dict[str, str]:
+    """One ``configs:`` entry as ``{config, label, trained, model}``: a path, or ``{config: PATH, label: TEXT}``
+    with, optionally, the run folder (``trained``) and the base model (``model``) when they are not the config's."""
     if isinstance(item, str):
-        return item, ""
-    if isinstance(item, dict) and isinstance(item.get("config"), str) and set(item) <= {"config", "label"}:
-        return item["config"], str(item.get("label") or "")
+        item = {"config": item}
+    if isinstance(item, dict) and isinstance(item.get("config"), str) and set(item) <= set(ENTRY_KEYS):
+        return {k: str(item.get(k) or "") for k in ENTRY_KEYS}
     raise SdlibError(f"profile {profile}: a configs entry is a path or {{config: PATH, label: TEXT}}, got {item!r}")
+
+
+def _profiles(name: str) -> tuple[dict[str, Any], str]:
+    """(the profiles file's entries, the profile's name in it): ``configs/profiles.yaml``, or a YAML file of one
+    profile when ``name`` is its path (what ``sdlib figures --model ... --trained ...`` writes)."""
+    if not name.endswith((".yaml", ".yml")):
+        return read_yaml(configs_dir() / "profiles.yaml", "profiles file"), name
+    path = Path(name).expanduser()
+    if not path.is_file():
+        raise SdlibError(f"profile file {name} does not exist: give a profile of configs/profiles.yaml or a YAML file")
+    entries = read_yaml(path, "profile file")
+    if len(entries) != 1:
+        raise SdlibError(f"{name} must hold exactly one profile, not {len(entries)}")
+    return entries, next(iter(entries))
 
 
 def load_profile(name: str = DEFAULT_PROFILE, trained: str | list[str] | None = None,
@@ -158,7 +176,7 @@ def load_profile(name: str = DEFAULT_PROFILE, trained: str | list[str] | None = 
     """The named profile; ``trained`` replaces the run folders (one per config), ``configs`` the configs,
     ``only`` keeps the pairs whose config name is listed (e.g. the paper profile's Llama models)."""
 
-    profiles = read_yaml(configs_dir() / "profiles.yaml", "profiles file")
+    profiles, name = _profiles(name)
     if name not in profiles:
         raise SdlibError(f"unknown profile {name!r}: use one of {', '.join(profiles)} (configs/profiles.yaml)")
     entry = profiles[name]
@@ -168,9 +186,10 @@ def load_profile(name: str = DEFAULT_PROFILE, trained: str | list[str] | None = 
         raise SdlibError(f"{len(overrides)} trained checkpoint(s) given for {len(paths)} config(s) of profile {name}")
     pairs = []
     for i, item in enumerate(paths):
-        path, arm = _entry(item, name)
-        full = Path(path) if Path(path).is_absolute() else project_root() / path
-        pairs.append(Pair(str(path), load_config(full), overrides[i] if overrides else None, arm))
+        e = _entry(item, name)
+        full = Path(e["config"]) if Path(e["config"]).is_absolute() else project_root() / e["config"]
+        config = load_config(full, {"model": e["model"]} if e["model"] else {})
+        pairs.append(Pair(e["config"], config, overrides[i] if overrides else e["trained"] or None, e["label"]))
     if only:
         unknown = sorted(set(only) - {p.name for p in pairs})
         if unknown:

@@ -69,3 +69,23 @@ def test_a_notebook_pointed_at_a_missing_checkpoint_fails_in_one_line(tmp_path):
     with pytest.raises(SdlibError, match=r"notebook fig03_movement failed .*trained checkpoint .*does not exist"):
         run_notebooks("tiny", ["fig03_movement"], options={"trained": str(tmp_path / "no-such-run")},
                       progress=False)
+
+
+@pytest.mark.data
+def test_your_own_model_and_run_get_the_papers_figures(tmp_path):
+    env = {"SDLIB_BUILD_DIR": str(tmp_path / "build"), "SDLIB_FIGURES_DIR": str(tmp_path / "committed")}
+    run = tmp_path / "my-run"
+    train = _sdlib("train", "configs/tiny.yaml", "--output_dir", str(run), env_extra=env)
+    assert train.returncode == 0, train.stderr[-2000:]
+    out = tmp_path / "mine"
+    done = _sdlib("figures", "--model", "tiny-llama", "--trained", str(run), "--output_dir", str(out),
+                  "--subset", "tiny", "--windows", "4", "--window-len", "128", env_extra=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    for name in ("fig03_movement", "fig04_pca", "fig05_lambada", "fig06_wikitext", "fig07_logit_lens",
+                 "table_summary"):
+        assert finite_numbers(json.loads((out / f"{name}.json").read_text())["numbers"]), name
+    movement = json.loads((out / "fig03_movement.json").read_text())["numbers"]
+    assert set(movement) == {"tiny-llama (pretrained)", "tiny-llama (self-distilled: my-run)"}
+    assert (out / "profile.yaml").is_file() and not (tmp_path / "committed").exists()
+    again = _sdlib("figures", "--profile", str(out / "profile.yaml"), "--redraw", env_extra=env)
+    assert again.returncode == 0, again.stderr[-3000:]
