@@ -3,9 +3,9 @@ model once, and a grid cell named in a profile is the grid's own run."""
 
 import pytest
 
+from sdlib.cli import main
 from sdlib.errors import SdlibError
 from sdlib.studies import profiles
-from sdlib.cli import main
 from sdlib.studies.profiles import load_profile, profile_names
 from sdlib.train.config import load_config, load_grid
 from sdlib.types import Role
