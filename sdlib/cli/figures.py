@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -17,39 +16,36 @@ from sdlib.figures.run import DEFAULT_NOTEBOOKS, prepare, run_notebooks
 from sdlib.models import resolve_checkpoint
 from sdlib.paths import results_dir, slug
 from sdlib.provenance import provenance, write_json
+from sdlib.runs import CONFIG_FILE
 from sdlib.studies.compare import measured_pair, paired_result
 from sdlib.studies.grid import markdown_table
 from sdlib.studies.profiles import DEFAULT_PROFILE, Pair, Profile, load_profile
 from sdlib.train import run_state
-from sdlib.train.config import config_from_dict
-from sdlib.train.runlog import read_log, steps
+from sdlib.train.config import load_config
 from sdlib.types import Role
 
 
-def _run_pair(base: str, run: Path) -> Pair:
-    """A pair of ``base`` and the trained run folder ``run`` (its config read from the run's ``run.json``)."""
-    saved = run / "run.json"
-    if not saved.is_file():
-        raise SdlibError(f"{run} is not a training run folder (no run.json): pass the folder `sdlib train` wrote")
-    config = json.loads(saved.read_text()).get("config") or {}
-    config = config_from_dict({**config, "model": base, "output_dir": str(run)}, f"{saved}")
-    return Pair(str(run), config, str(run), "")
+def _run_config(run: Path) -> Path:
+    """The config file a run folder's latest checkpoint was written with."""
+    config = resolve_checkpoint(run) / CONFIG_FILE
+    if not config.is_file():
+        raise SdlibError(f"{run} is not an sdlib training run (no {CONFIG_FILE} in its checkpoint): pass the folder "
+                         "`sdlib train` wrote")
+    return config
 
 
 def _compare(args: argparse.Namespace, extra: Sequence[str]) -> int:
     tasks = check_tasks(args.tasks)
     run = Path(args.run).expanduser().resolve()
-    pair = _run_pair(args.base, run)
+    pair = Pair(str(run), load_config(_run_config(run), {"model": args.base}), str(run), "")
     profile = Profile("compare", [pair], args.subset, {"text": args.text, "windows": args.windows,
                                                        "window_len": args.window_len})
     base = measured_pair(profile, pair, Role.PRETRAINED, tasks)
     rows = [paired_result(profile, pair, Role.PRETRAINED, tasks, measured=base),
             paired_result(profile, pair, Role.SELF_DISTILLED, tasks, base=base)]
     rows[0].cell, rows[1].cell = args.base, str(run)
-    done = steps(read_log(run)) if (run / "log.jsonl").is_file() else []
-    if done:
-        rows[1].tokens, rows[1].train_seconds = done[-1].tokens, sum(r.seconds for r in done)
-        rows[1].epochs, rows[1].final_loss = done[-1].epochs, done[-1].loss
+    rows[1].tokens = pair.config.train_tokens
+    rows[1].add_training_log(run)
     print(f"{args.base} vs {run}: S measured on {rows[0].setting}; LAMBADA {rows[0].lambada_n} passages "
           f"(subset {args.subset}); changes and ratios paired over the same windows and passages")
     print(markdown_table(pd.DataFrame([r.row() for r in rows])))
@@ -72,11 +68,8 @@ def _own_profile(args: argparse.Namespace) -> str:
     configs = []
     for run in args.trained:
         run = Path(run).expanduser().resolve()
-        config = resolve_checkpoint(run) / "sdlib_config.yaml"
-        if not config.is_file():
-            raise SdlibError(f"{run} is not an sdlib training run (no sdlib_config.yaml in its checkpoint): pass "
-                             "the folder `sdlib train` wrote")
-        configs.append({"config": str(config), "label": run.name, "trained": str(run), "model": args.model})
+        configs.append({"config": str(_run_config(run)), "label": run.name, "trained": str(run),
+                        "model": args.model})
     entry = {"configs": configs, "eval_subset": args.subset, "notebooks": OWN_NOTEBOOKS, "figures": str(out),
              "measure": {"text": "wikitext-test", "windows": args.windows, "window_len": args.window_len}}
     out.mkdir(parents=True, exist_ok=True)

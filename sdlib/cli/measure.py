@@ -48,7 +48,8 @@ def _eval(args: argparse.Namespace, extra: Sequence[str]) -> int:
                              tasks=tasks)
     print(f"evaluating {args.model} on {', '.join(tasks)}: subset {settings.subset}, "
           f"limit {settings.limit or 'none'}, max_length {settings.max_length or 'the model maximum'}, {device}")
-    loaded = load(args.model, dtype=args.dtype, device=device, **load_kwargs(args)) if load_kwargs(args) else None
+    how = load_kwargs(args)  # a revision, device map or tokenizer: load here; else evaluate_cached loads by name
+    loaded = load(args.model, dtype=args.dtype, device=device, **how) if how else None
     scores, path = evaluate_cached(args.model, tasks, settings, device=device, batch_size=args.batch_size or 8,
                                    out_dir=args.out, use_cache=not args.no_cache, loaded=loaded)
     print(format_table(scores.table))

@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 from sdlib.cache import cached, model_fingerprint
@@ -17,7 +18,7 @@ from sdlib.provenance import nan_to_none
 from sdlib.stats import paired_ratio
 from sdlib.studies.measure import MeasureRecord, MeasureSettings, measure_model
 from sdlib.studies.profiles import ROLES, Pair, Profile
-from sdlib.train.runlog import EvalRecord, from_dict
+from sdlib.train.runlog import EvalRecord, evals, from_dict, read_log, steps
 from sdlib.types import LAST_STATES, Role
 
 SETTING_ROW = "S measured on"
@@ -36,6 +37,7 @@ PAPER = {
 
 Interval = tuple[float, float, float]
 """(value, low, high): a 95% bootstrap interval"""
+
 
 @dataclass
 class CellResult:
@@ -87,6 +89,15 @@ class CellResult:
         values["D_ratio"] = {k: _nan(v) for k, v in values["D_ratio"].items()}
         values["wikitext_ppl"] = [_nan(x) for x in values.get("wikitext_ppl", [])]
         return cls(**values)
+
+    def add_training_log(self, run_dir: Path) -> CellResult:
+        """The run's training time, data epochs, final loss and its log's measurements, from its ``log.jsonl``."""
+        log = read_log(run_dir)
+        done = steps(log)
+        if done:
+            self.train_seconds, self.epochs, self.final_loss = sum(r.seconds for r in done), done[-1].epochs, done[-1].loss
+        self.over_training = evals(log)
+        return self
 
     def row(self) -> dict[str, Any]:
         """The flat table row (what the CSV and the figure read)."""

@@ -32,7 +32,6 @@ from sdlib.studies.compare import CellResult, measured_pair, paired_result
 from sdlib.studies.profiles import Pair, Profile
 from sdlib.train import finished, train
 from sdlib.train.config import Grid
-from sdlib.train.runlog import evals, read_log, steps
 from sdlib.types import Role
 
 SETTINGS = ("model", "alpha", "k", "lr", "kl_direction", "last_state", "zeta2_form", "zeta1", "lens_samples", "seed",
@@ -66,13 +65,8 @@ def cell_result(grid: Grid, cell: str | None, tasks: Sequence[str] = TASKS,
         result = paired_result(profile, pair, Role.SELF_DISTILLED, tasks, base=base)
     c = pair.config
     result.cell, result.settings = cell or "pretrained", {k: _plain(getattr(c, k)) for k in SETTINGS}
-    result.tokens = c.total_steps * c.batch_size * c.seq_len if cell else 0
-    if cell:
-        log = read_log(c.run_dir())
-        done = steps(log)
-        result.train_seconds, result.epochs = sum(r.seconds for r in done), done[-1].epochs
-        result.final_loss, result.over_training = done[-1].loss, evals(log)
-    return result
+    result.tokens = c.train_tokens if cell else 0
+    return result.add_training_log(c.run_dir()) if cell else result
 
 
 def record_path(grid: Grid, cell: str | None) -> Path:

@@ -139,9 +139,13 @@ class Profile:
         return build_dir() / "figures"
 
 
+def _profiles_file() -> dict[str, Any]:
+    return read_yaml(configs_dir() / "profiles.yaml", "profiles file")
+
+
 def profile_names() -> list[str]:
     """The profiles ``configs/profiles.yaml`` defines, in its order."""
-    return list(read_yaml(configs_dir() / "profiles.yaml", "profiles file"))
+    return list(_profiles_file())
 
 
 ENTRY_KEYS = ("config", "label", "trained", "model")
@@ -161,7 +165,7 @@ def _profiles(name: str) -> tuple[dict[str, Any], str]:
     """(the profiles file's entries, the profile's name in it): ``configs/profiles.yaml``, or a YAML file of one
     profile when ``name`` is its path (what ``sdlib figures --model ... --trained ...`` writes)."""
     if not name.endswith((".yaml", ".yml")):
-        return read_yaml(configs_dir() / "profiles.yaml", "profiles file"), name
+        return _profiles_file(), name
     path = Path(name).expanduser()
     if not path.is_file():
         raise SdlibError(f"profile file {name} does not exist: give a profile of configs/profiles.yaml or a YAML file")

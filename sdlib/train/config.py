@@ -162,12 +162,17 @@ class TrainConfig:
     def total_steps(self) -> int:
         return self.max_tokens // (self.batch_size * self.seq_len)
 
+    @property
+    def train_tokens(self) -> int:
+        """The tokens a finished run has trained on: whole steps of ``batch_size`` x ``seq_len``."""
+        return self.total_steps * self.batch_size * self.seq_len
+
     def budget(self) -> str:
         """One line on what a run will do: steps, tokens per step and in all, and what it changes from the paper's
         recipe (printed before training starts)."""
         per_step = self.batch_size * self.seq_len
         line = (f"{self.model}: {self.total_steps:,} optimizer steps x {self.batch_size} sequences x {self.seq_len} "
-                f"tokens = {per_step:,} tokens per step, {self.total_steps * per_step:,} tokens in all")
+                f"tokens = {per_step:,} tokens per step, {self.train_tokens:,} tokens in all")
         if self.max_tokens == 10_000_000 and per_step == 128 * 1024:
             line += " (the paper's 10M tokens at 128 x 1,024)"
         beyond = [f"{name} {value}" for name, value, default in (
