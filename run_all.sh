@@ -31,6 +31,10 @@ case "$PROFILE" in
     [A-Za-z0-9]*) ;;
     *) echo "run_all: bad profile name '$PROFILE' (use a profile of configs/profiles.yaml)" >&2; exit 2 ;;
 esac
+if [ ! -x .venv/bin/sdlib ]; then
+    echo "== set-up: a virtual environment with torch (CPU build), sdlib and Jupyter in .venv (first time only; 1.5 min on"
+    echo "   a 2-core CPU with pip's cache warm, plus the download of torch otherwise); then the plan with every stage's time"
+fi
 ./scripts/setup.sh
 SDLIB=.venv/bin/sdlib
 if [ -z "${SDLIB_DATA_DIR:-}" ] && [ -d ../shared/data ]; then
@@ -58,10 +62,10 @@ if [ "$REDRAW" = 1 ]; then
     echo "== done: figures redrawn"
     exit 0
 fi
-MODELS=$("$SDLIB" plan --profile "$PROFILE" --models)
-if [ -n "$MODELS" ]; then ./scripts/setup.sh --models "$MODELS"; fi
 echo "== plan ($PROFILE profile)"
 "$SDLIB" plan --profile "$PROFILE"
+MODELS=$("$SDLIB" plan --profile "$PROFILE" --models)
+if [ -n "$MODELS" ]; then ./scripts/setup.sh --models "$MODELS"; fi
 LAUNCH=${LAUNCH:-".venv/bin/python -m"}
 for cfg in $("$SDLIB" plan --profile "$PROFILE" --configs); do
     echo "== train $cfg"

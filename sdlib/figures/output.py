@@ -9,7 +9,7 @@ from typing import Any
 
 import plotly.graph_objects as go
 
-from sdlib.provenance import atomic_path, nan_to_none, write_json
+from sdlib.provenance import atomic_path, nan_to_none, same_but_run_stamp, write_json
 from sdlib.provenance import provenance as make_provenance
 
 
@@ -22,22 +22,26 @@ def save_figure(fig: go.Figure, name: str, numbers: dict[str, Any], out_dir: str
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"html": out / f"{name}.html", "json": out / f"{name}.json"}
+    if png:
+        paths["png"] = out / f"{name}.png"
+    stored = {"figure": name, "numbers": numbers, "provenance": provenance or make_provenance()}
+    if records is not None:
+        # a DataFrame's rows (missing values as null), or each record exactly as it caches (NaN kept)
+        stored["records"] = json_records(records) if hasattr(records, "columns") else [r.to_dict() for r in records]
+    if all(p.is_file() for p in paths.values()) and same_but_run_stamp(paths["json"], stored):
+        return paths  # the same figure: rewriting it would change only when and where it was drawn
     with atomic_path(paths["html"]) as tmp:
-        # "directory": a <script src="plotly.min.js"> beside the files, written once (offline, ~4.7 MB once)
-        fig.write_html(tmp, include_plotlyjs="directory", full_html=True)
+        # "directory": a <script src="plotly.min.js"> beside the files, written once (offline, ~4.7 MB once); the
+        # plot's element named for the figure, so the same figure is the same file
+        fig.write_html(tmp, include_plotlyjs="directory", full_html=True, div_id=name)
     if not (out / "plotly.min.js").exists():
         from plotly.offline import get_plotlyjs
 
         with atomic_path(out / "plotly.min.js") as tmp:
             tmp.write_text(get_plotlyjs(), encoding="utf-8")
     if png:
-        paths["png"] = out / f"{name}.png"
         with atomic_path(paths["png"]) as tmp:
             fig.write_image(tmp, format="png", scale=1.5)
-    stored = {"figure": name, "numbers": numbers, "provenance": provenance or make_provenance()}
-    if records is not None:
-        # a DataFrame's rows (missing values as null), or each record exactly as it caches (NaN kept)
-        stored["records"] = json_records(records) if hasattr(records, "columns") else [r.to_dict() for r in records]
     write_json(paths["json"], stored)
     return paths
 

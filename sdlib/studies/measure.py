@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 from torch import nn
@@ -17,6 +18,7 @@ from sdlib.data import TextWindows
 from sdlib.errors import SdlibError
 from sdlib.measurement import BatchObserver, Measurement, measure_windows, token_movement_both
 from sdlib.models import max_sequence_length
+from sdlib.paths import slug
 from sdlib.provenance import provenance
 from sdlib.studies.base import Study, Subject
 
@@ -51,6 +53,11 @@ class MeasureSettings(TextWindows):
         super().__post_init__()
         if self.batch_size < 1:
             raise SdlibError("the batch size must be >= 1")
+
+    def file_name(self) -> str:
+        """``wikitext-test-64x512-spread-float32.json``: one file per setting, so measuring again with other windows
+        keeps the first measurement (the batch size changes no number and is left out)."""
+        return slug(f"{Path(self.text).name}-{self.windows}x{self.window_len}-{self.placement}-{self.dtype}") + ".json"
 
 
 @dataclass

@@ -23,6 +23,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from sdlib import timings
 from sdlib.data import PackedSequences, training_documents
 from sdlib.errors import SdlibError, first_line
 from sdlib.fold import fold_final_norm
@@ -399,10 +400,12 @@ class SelfDistillation:
                 self.massive_channel = first[0].last_step.channel
         total = config.total_steps
         if self.main and self.progress:
-            print(f"train {config.name}: {config.budget()}", flush=True)
+            left = (total - self.step) * config.batch_size * config.seq_len
+            print(f"train {config.name}: {config.budget()}; estimated "
+                  f"{timings.estimate('train', config.model, left).text()}", flush=True)
         bar = tqdm(total=total, initial=self.step, desc=f"train {config.name}", unit="step",
                    disable=not (self.progress and self.main), dynamic_ncols=True)
-        started = time.monotonic()
+        started, first_step = time.monotonic(), self.step
         checkpoint = None
         with bar:  # closed (its line ended) however the loop ends, so an error prints on a line of its own
             while self.step < total:
@@ -434,6 +437,9 @@ class SelfDistillation:
                     bar.write(f"stopped after step {self.step} of {total}: max_minutes {config.max_minutes} reached "
                               "(a checkpoint is saved; --resume continues)")
                     break
+        if self.main and self.step > first_step:  # this machine's rate, for the next plan's estimate
+            timings.record("train", config.model, time.monotonic() - started,
+                           (self.step - first_step) * config.batch_size * config.seq_len)
         if config.report_to != ReportTo.NONE:
             self.accelerator.end_training()
         if config.push_to_hub and self.main and checkpoint is not None and self.step == total:

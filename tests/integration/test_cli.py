@@ -30,6 +30,19 @@ def test_measure_prints_curve_and_both_s(text_file, tmp_path):
     assert 0 <= summary["S"]["normed"] <= 1 and summary["n_windows"] == 2
 
 
+def test_measurements_with_other_settings_keep_their_own_files(text_file, tmp_path):
+    """`sdlib measure` with other windows writes beside the first measurement, not over it."""
+    env = {"SDLIB_BUILD_DIR": str(tmp_path / "build")}
+    for windows in ("2", "3"):
+        done = _sdlib("measure", "tiny-llama", "--text", str(text_file), "--windows", windows, "--window-len", "32",
+                      env_extra=env)
+        assert done.returncode == 0, done.stderr
+    written = sorted(p.name for p in (tmp_path / "build" / "results" / "tiny-llama" / "measure").iterdir())
+    assert written == ["corpus.txt-2x32-spread-float32.json", "corpus.txt-3x32-spread-float32.json"]
+    assert json.loads((tmp_path / "build" / "results" / "tiny-llama" / "measure" / written[0]).read_text())[
+        "n_windows"] == 2
+
+
 @pytest.mark.parametrize("args, message", [
     (["measure", "/no/such/model"], "does not exist"),
     (["measure", "tiny-llama", "--text", "/no/such/file.txt"], "neither"),
