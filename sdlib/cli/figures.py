@@ -13,7 +13,7 @@ from sdlib import timings
 from sdlib.cli.common import model_args, output_arg
 from sdlib.errors import SdlibError
 from sdlib.evaluation.tasks import check_tasks
-from sdlib.figures.run import DEFAULT_NOTEBOOKS, plan, prepare, run_notebooks
+from sdlib.figures.run import plan, prepare, run_notebooks
 from sdlib.models import resolve_checkpoint
 from sdlib.paths import results_dir, slug
 from sdlib.provenance import provenance, write_json
@@ -21,8 +21,8 @@ from sdlib.runs import CONFIG_FILE
 from sdlib.studies.compare import measured_pair, paired_result
 from sdlib.studies.grid import markdown_table
 from sdlib.studies.profiles import DEFAULT_PROFILE, Pair, Profile, load_profile
-from sdlib.train.config import load_config
 from sdlib.timings import machine
+from sdlib.train.config import load_config
 from sdlib.types import Role
 
 

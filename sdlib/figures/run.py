@@ -22,10 +22,10 @@ from sdlib.figures.plots import ablation_figure, grid_training_figure
 from sdlib.models import resolve_checkpoint
 from sdlib.paths import absolute_path_variables, build_dir, project_root
 from sdlib.provenance import provenance as make_provenance
+from sdlib.runs import list_checkpoints
 from sdlib.studies import compare, registry
 from sdlib.studies.grid import log_setting
 from sdlib.studies.measure import MeasureRecord
-from sdlib.runs import list_checkpoints
 from sdlib.studies.profiles import DEFAULT_PROFILE, Pair, Profile, load_profile
 from sdlib.train.card import refresh_card
 from sdlib.train.config import Grid

@@ -70,6 +70,12 @@ def distillation_loss(student, teacher, input_ids: torch.Tensor, attention_mask:
                         loss_fn)
 
 
+def _rng_untouched(device: torch.device):
+    """A block whose random draws leave torch's global RNG (CPU, and this CUDA device) as it found it."""
+    devices = [device] if getattr(device, "type", None) == "cuda" else []
+    return torch.random.fork_rng(devices=devices)
+
+
 class Distiller(torch.nn.Module):
     """The student with the loss inside its forward pass: what the recipe hands to accelerate.
 
@@ -122,9 +128,14 @@ class SelfDistillation:
                              f"{self.world} processes: make it a multiple of {self.world}")
         self.accum = per_step // self.world
         set_seed(config.seed)
-        student = self._setup_model()
-        self._setup_optimizer(student)
-        self._setup_data()
+        # the random draws of training (a sampled zeta1's layers) start from the seed, or from a resumed
+        # checkpoint's RNG state, whatever loading a model or data drew on the way (a first load that builds the
+        # model's cache draws; a later one does not): those steps run on a forked RNG
+        with _rng_untouched(accelerator.device):
+            student = self._setup_model()
+        self._setup_optimizer(student)  # a resumed run's RNG state is restored here
+        with _rng_untouched(accelerator.device):
+            self._setup_data()
         self._setup_log()
 
     def _setup_model(self) -> torch.nn.Module:

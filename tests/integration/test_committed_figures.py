@@ -228,3 +228,14 @@ def test_the_results_grid_table_is_the_committed_records(monkeypatch):
     assert len(cells) > 1, "no SmolLM2 grid cell is recorded"
     table = markdown_table(pd.DataFrame([c.row() for c in cells]))
     assert table in (ROOT / "RESULTS.md").read_text(), "RESULTS.md's grid table differs from the records"
+
+
+def test_the_results_qwen_table_is_the_committed_grid_record():
+    """RESULTS.md's Qwen2.5 grid table is ``markdown_table`` of the cells recorded in the grid figure's JSON."""
+    import pandas as pd
+
+    from sdlib.studies.grid import markdown_table
+
+    cells = json.loads((FIGURES / "ablation_grid_qwen-cpu.json").read_text())["numbers"]["cells"]
+    table = markdown_table(pd.DataFrame.from_records(cells, coerce_float=True))
+    assert len(cells) > 1 and table in (ROOT / "RESULTS.md").read_text(), "RESULTS.md's Qwen table differs"

@@ -94,6 +94,28 @@ def test_resume_equals_uninterrupted(text_file, tmp_path):
     assert {p: p.stat().st_mtime_ns for p in part.rglob("*") if p.is_file()} == files
 
 
+def test_sampled_lens_layers_do_not_depend_on_what_loading_drew(text_file, tmp_path, monkeypatch):
+    """A first load that builds a cache (dequantizing a model, tokenizing data) draws from torch's RNG and a later
+    one does not: the layers a sampled zeta1 draws, and so the run, must be the same either way."""
+    from sdlib.train import recipe
+
+    plain = train(_config(text_file, tmp_path, "plain", lens_samples=2, save_every=0), progress=False)
+    loader, reader = recipe.load, recipe.training_documents
+
+    def drawing_load(*args, **kwargs):
+        torch.rand(7)  # what a cold cache's first load does to the global RNG
+        return loader(*args, **kwargs)
+
+    def drawing_reader(*args, **kwargs):
+        torch.randint(0, 10, (3,))
+        return reader(*args, **kwargs)
+
+    monkeypatch.setattr(recipe, "load", drawing_load)
+    monkeypatch.setattr(recipe, "training_documents", drawing_reader)
+    cold = train(_config(text_file, tmp_path, "cold", lens_samples=2, save_every=0), progress=False)
+    assert [(r.step, r.loss) for r in _steps(plain)] == [(r.step, r.loss) for r in _steps(cold)]
+
+
 def _launch_tiny(accelerate_config: str, text_file, output_dir, *options: str) -> subprocess.CompletedProcess:
     """``sdlib train configs/tiny.yaml`` under ``accelerate launch`` with 2 processes, on ``text_file``."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
