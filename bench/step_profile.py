@@ -12,7 +12,7 @@ Rows (each in its own process, so each peak resident memory is its own):
   loss with every lens layer, backward, clipping, AdamW);
 * ``sampled``: the same with ``lens_samples: 4``;
 * ``reference`` / ``chunked``: the self-distillation step with the plain reference loss (every layer's logits
-  materialized, ``tests/reference_loss.py``) or sdlib's chunked loss, without the optimizer.
+  materialized, ``references/loss.py``) or sdlib's chunked loss, without the optimizer.
 
 Each row prints one JSON line: tokens/s (median over ``--steps`` timed steps after one warm-up), the process's
 peak resident memory (and its growth over the set-up's peak: what the step adds), the step's FLOPs (counted
@@ -38,14 +38,14 @@ from pathlib import Path
 import torch
 
 from sdlib import loss as loss_module
+from sdlib.experiments.grid_config import load_grid
 from sdlib.parts import decoder_parts
 from sdlib.provenance import device_name
 from sdlib.states import forward_states
-from sdlib.train.config import load_grid
 from sdlib.train.recipe import SelfDistillation, fused_adamw, student_loss, teacher_head
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the plain reference loss lives with the tests
-from tests.reference_loss import reference_self_distillation_loss  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the plain reference loss (references/)
+from references.loss import reference_self_distillation_loss  # noqa: E402
 
 ROWS = ("ce", "exact", "sampled", "reference", "chunked")
 MATMUL_OPS = ("aten::mm", "aten::addmm", "aten::addmm_")  # the lm_head gradient accumulates in place (addmm_)

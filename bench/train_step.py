@@ -26,14 +26,14 @@ from pathlib import Path
 import torch
 
 from sdlib import models
+from sdlib.experiments.throughput import model_flops_per_token, peak_flops
 from sdlib.loss import self_distillation_loss
 from sdlib.provenance import device_name
-from sdlib.studies.throughput import model_flops_per_token, peak_flops
 from sdlib.train import distillation_loss
 from sdlib.train.config import TrainConfig
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the plain reference loss lives with the tests
-from tests.reference_loss import reference_self_distillation_loss  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the plain reference loss (references/)
+from references.loss import reference_self_distillation_loss  # noqa: E402
 
 SHAPES = {  # the paper models' configurations (from their config.json), for random-init timing
     "llama-3.2-1b": dict(model_type="llama", hidden_size=2048, intermediate_size=8192, num_hidden_layers=16,

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU study (sdlib/studies/gpu_study.py) on a GPU machine, or its dry run on this one.
+# The GPU study (sdlib/experiments/gpu/) on a GPU machine, or its dry run on this one.
 #   ./scripts/gpu_study.sh --dry-run                        every stage on the CPU with tiny models (CI runs it)
 #   bash scripts/gpu_study.sh run --budget S [--bundle DIR]  on the GPU machine: the stages within S seconds
 # A GPU machine without network first gets the models and the data as a bundle made where they are

@@ -13,12 +13,13 @@ default; ``kl_direction="reverse"`` gives KL(student || teacher).
 zeta1 never holds every layer's logits: ``LensKL`` walks token chunks (outer) and layers (inner),
 computes each chunk's KL and its gradient with respect to the normed states and lm_head at once, and
 keeps only the gradients, so the extra memory is O(chunk x vocab) plus one lm_head-sized buffer.
-``tests/reference_loss.py`` writes the loss out plainly (every layer's logits, plain autograd); tests hold the two
+``references/loss.py`` writes the loss out plainly (every layer's logits, plain autograd); tests hold the two
 equal.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields, replace
 from typing import Any
@@ -112,8 +113,10 @@ class LossSettings:
         for name, enum, what in (("kl_direction", KLDirection, "KL direction"), ("last_state", LastState, "last state"),
                                  ("zeta2_form", Zeta2Form, "zeta2 form")):
             object.__setattr__(self, name, parse(enum, getattr(self, name), what))
-        if not self.alpha >= 0:
-            raise SdlibError(f"alpha must be >= 0, got {self.alpha}")
+        if not (self.alpha >= 0 and math.isfinite(self.alpha)):
+            raise SdlibError(f"alpha must be a finite number >= 0, got {self.alpha}")
+        if not math.isfinite(self.k):
+            raise SdlibError(f"k must be finite, got {self.k}")
         if self.chunk_size < 1:
             raise SdlibError(f"chunk_size must be >= 1, got {self.chunk_size}")
         if self.lens_samples < 0:

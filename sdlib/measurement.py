@@ -1,7 +1,7 @@
 """The measurement core: the D curve and S of a model on token windows, in both last-state conventions, with
 hooks (observers) for anything else a pass over the same states should collect.
 
-It sits below training (the recipe measures held-out text with it) and below the studies (``sdlib.studies.measure``
+It sits below training (the recipe measures held-out text with it) and below the studies (``sdlib.studies.movement``
 adds the default text, settings and the cached record).
 """
 

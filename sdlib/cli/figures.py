@@ -13,14 +13,14 @@ from sdlib import timings
 from sdlib.cli.common import model_args, output_arg
 from sdlib.errors import SdlibError
 from sdlib.evaluation.tasks import check_tasks
+from sdlib.experiments.compare import measured_pair, paired_result
+from sdlib.experiments.grid import markdown_table
+from sdlib.experiments.profiles import DEFAULT_PROFILE, Pair, Profile, load_profile
 from sdlib.figures.run import plan, prepare, run_notebooks
 from sdlib.models import resolve_checkpoint
 from sdlib.paths import results_dir, slug
 from sdlib.provenance import provenance, write_json
 from sdlib.runs import CONFIG_FILE
-from sdlib.studies.compare import measured_pair, paired_result
-from sdlib.studies.grid import markdown_table
-from sdlib.studies.profiles import DEFAULT_PROFILE, Pair, Profile, load_profile
 from sdlib.timings import machine
 from sdlib.train.config import load_config
 from sdlib.types import Role

@@ -11,8 +11,10 @@ from pathlib import Path
 from sdlib import bundle, packaged
 from sdlib.errors import SdlibError
 from sdlib.evaluation.tasks import TASKS, offline_task_dir
+from sdlib.experiments.gpu.records import load_study
+from sdlib.experiments.gpu.report import import_results, summary_lines
+from sdlib.experiments.gpu.runner import GpuStudyRunner
 from sdlib.models import default_device
-from sdlib.studies import gpu_study
 
 
 def _models(args: argparse.Namespace, extra: Sequence[str]) -> int:
@@ -27,13 +29,13 @@ def _models(args: argparse.Namespace, extra: Sequence[str]) -> int:
 
 def _gpu_study(args: argparse.Namespace, extra: Sequence[str]) -> int:
     if args.action == "run":
-        results = gpu_study.Study(args.out, args.work, args.budget, dry_run=args.dry_run).run(args.stages)
-        print("\n".join(gpu_study.summary_lines(results)))
+        results = GpuStudyRunner(args.out, args.work, args.budget, dry_run=args.dry_run).run(args.stages)
+        print("\n".join(summary_lines(results)))
         return 0
     if not args.source:
         raise SdlibError("name the folder the study wrote (its --out): `sdlib gpu-study import FOLDER`")
-    path = gpu_study.import_results(args.source)
-    print("\n".join(gpu_study.summary_lines(gpu_study.load_study(path))))
+    path = import_results(args.source)
+    print("\n".join(summary_lines(load_study(path))))
     print(f"written: {path}; draw it with `sdlib figures --profile gpu`")
     return 0
 

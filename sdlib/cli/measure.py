@@ -20,7 +20,7 @@ from sdlib.provenance import write_json
 from sdlib.studies import registry
 from sdlib.studies.atlas import AtlasSettings, atlas, format_atlas
 from sdlib.studies.fold_split import compare_outputs
-from sdlib.studies.measure import MeasureSettings, format_measurement, measure_model
+from sdlib.studies.movement import MeasureSettings, format_measurement, measure_model
 
 
 def _measure(args: argparse.Namespace, extra: Sequence[str]) -> int:
@@ -96,6 +96,11 @@ def _study(args: argparse.Namespace, extra: Sequence[str]) -> int:
 
 
 def add(sub) -> None:
+    for add_command in (_add_measure, _add_eval, _add_analyze, _add_fold, _add_study):
+        add_command(sub)
+
+
+def _add_measure(sub) -> None:
     p = sub.add_parser("measure", help="D curve and S (both last-state conventions) of a model or checkpoint")
     p.add_argument("model", help=MODEL_HELP)
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
@@ -112,6 +117,8 @@ def add(sub) -> None:
     model_args(p, cache=False)
     p.set_defaults(func=_measure)
 
+
+def _add_eval(sub) -> None:
     p = sub.add_parser("eval", help="LAMBADA / WikiText scores of every layer (logit lens), scored as lm-eval does")
     p.add_argument("model", help=MODEL_HELP)
     p.add_argument("--tasks", default="lambada_openai,wikitext",
@@ -128,6 +135,8 @@ def add(sub) -> None:
     model_args(p)
     p.set_defaults(func=_eval)
 
+
+def _add_analyze(sub) -> None:
     p = sub.add_parser("analyze", help="the convergence atlas of a model (the atlas study): D and S, the last step "
                                        "split into block and final norm, channel shares, per-layer evaluation, "
                                        "zeta1/zeta2 at initialisation")
@@ -140,6 +149,8 @@ def add(sub) -> None:
     model_args(p)
     p.set_defaults(func=_analyze)
 
+
+def _add_fold(sub) -> None:
     p = sub.add_parser("fold", help="fold the final norm's per-channel gain into the head (outputs unchanged) and "
                                     "write the folded model as a Hugging Face folder")
     p.add_argument("model", help=MODEL_HELP)
@@ -153,6 +164,8 @@ def add(sub) -> None:
     model_args(p, cache=False)
     p.set_defaults(func=_fold)
 
+
+def _add_study(sub) -> None:
     p = sub.add_parser("study", help="run a registered study on a model (`sdlib study list` shows them)",
                        formatter_class=argparse.RawDescriptionHelpFormatter,
                        epilog="studies and their settings (pass any as --key value):\n" + "\n".join(

@@ -8,14 +8,15 @@ from dataclasses import fields
 
 from sdlib.errors import SdlibError
 from sdlib.evaluation.tasks import check_tasks
+from sdlib.experiments import grid
+from sdlib.experiments.grid_config import load_grid, load_run_config
 from sdlib.figures.run import redraw_grid, save_grid
-from sdlib.studies import grid
 from sdlib.train import train
-from sdlib.train.config import TrainConfig, config_help, load_config, load_grid
+from sdlib.train.config import TrainConfig, config_help
 
 
 def _train(args: argparse.Namespace, extra: Sequence[str]) -> int:
-    run_dir = train(load_config(args.config, extra), resume=args.resume)
+    run_dir = train(load_run_config(args.config, extra), resume=args.resume)
     print(f"run folder: {run_dir}")
     return 0
 

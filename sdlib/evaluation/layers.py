@@ -25,8 +25,8 @@ from sdlib.models import default_device, load, resolve_checkpoint
 from sdlib.parts import decoder_parts
 from sdlib.paths import configs_dir, results_dir, slug
 from sdlib.provenance import atomic_path, provenance, write_json
+from sdlib.settings import read_yaml
 from sdlib.stats import accuracy_interval
-from sdlib.train.config import read_yaml
 
 # The CPU-sized subset and the full tasks live in configs/eval/*.yaml; ``--subset auto`` picks by device.
 SUBSETS = ("cpu-subset", "cpu-short", "full")

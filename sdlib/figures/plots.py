@@ -55,7 +55,7 @@ def _tint(color: str, amount: float) -> str:
 def movement_figure(records: Sequence[Any], title: str = "Hidden-state movement per layer") -> go.Figure:
     """D_l against layer, one panel per last-state convention, S in each legend entry; below, where a base model
     has both a pretrained and a self-distilled record, the change D_l(after) - D_l(before) per layer, which the
-    shared y axis of D (set by D_0 and D_L) would hide. Records: ``sdlib.studies.measure.MeasureRecord``."""
+    shared y axis of D (set by D_0 and D_L) would hide. Records: ``sdlib.studies.movement.MeasureRecord``."""
     pairs = _before_after(records)
     rows = 2 if pairs else 1
     fig = make_subplots(rows=rows, cols=len(LAST_STATES), shared_xaxes=True, vertical_spacing=0.1,
@@ -100,7 +100,7 @@ def _before_after(records: Sequence[Any]) -> dict[str, tuple[Any, Any]]:
 
 
 def pca_figure_3d(pca, max_tokens: int = 40, title: str | None = None) -> go.Figure:
-    """Trajectories of token directions from input to last layer (``sdlib.studies.lens.PcaTrajectories``), one
+    """Trajectories of token directions from input to last layer (``sdlib.experiments.sentence.PcaTrajectories``), one
     3-D scene per model on shared axes: one line per token, markers coloured by layer, ◆ the input (h_-1) and
     ■ the last layer (h_L). Positions left out of the PCA fit are not drawn (the subtitle says which)."""
     df = pca.frame()
@@ -138,7 +138,7 @@ def pca_figure_3d(pca, max_tokens: int = 40, title: str | None = None) -> go.Fig
 
 
 def pca_figure(pca, max_tokens: int = 40, title: str | None = None) -> go.Figure:
-    """Trajectories of token directions in PC1/PC2 (``sdlib.studies.lens.PcaTrajectories``), one panel per model
+    """Trajectories of token directions in PC1/PC2 (``sdlib.experiments.sentence.PcaTrajectories``), one panel per model
     on shared axes: a solid path per token from the input h_-1 through the intermediate layers to h_{L-1}, and
     the last step h_{L-1} -> h_L as an arrow, the paper's jump. ◆ the input, ■ the last layer."""
     df = pca.frame()
@@ -234,7 +234,7 @@ def lens_rows(num_layers: int, max_rows: int = 12) -> list[int]:
 
 def lens_figure(grids: Sequence[Any], title: str = "Logit lens: top-1 token and probability per layer",
                 max_rows: int = 12) -> go.Figure:
-    """Per model (``sdlib.studies.lens.LensGrid``), one under the other at full width: a heatmap (layers x
+    """Per model (``sdlib.experiments.sentence.LensGrid``), one under the other at full width: a heatmap (layers x
     positions; text = top-1 token, colour = its probability) above the movement curves D_l of the positions
     predicting the last tokens. Deep models show ``max_rows`` layers (``lens_rows``; the record keeps them all; ⋮
     marks a row after skipped layers), so the tokens read at README width."""
@@ -300,7 +300,7 @@ def table_figure(df, title: str = "Summary") -> go.Figure:
 
 def pruning_figure(studies: Sequence[Any], title: str = "Early exit and layer deletion") -> go.Figure:
     """LAMBADA accuracy and WikiText word perplexity against layers removed, and accuracy against the measured
-    decoding speed-up (``sdlib.studies.pruning.PruningStudy`` records); one colour per method, dashed =
+    decoding speed-up (``sdlib.experiments.early_exit.PruningStudy`` records); one colour per method, dashed =
     pretrained, solid = self-distilled."""
     methods = {"early_exit": "early exit (logit lens)", "movement": "remove lowest-D layers (ShortGPT)",
                "last": "remove the last layers before L"}
@@ -333,7 +333,7 @@ def ablation_figure(table, title: str = "One-factor grid", target_ratio: float =
     """Per grid cell: the change of S from the pretrained model in both conventions, paired over the same windows,
     with its 95% interval (the axis fits the changes, so the intervals show), and final-layer LAMBADA accuracy
     relative to the pretrained model with its paired interval (the 95% bar dotted). ``table``: the rows of
-    ``sdlib.studies.grid.collect``, the pretrained model first."""
+    ``sdlib.experiments.grid.collect``, the pretrained model first."""
     base, cells = table.iloc[0], table.iloc[1:]
     fig = make_subplots(rows=1, cols=2, horizontal_spacing=0.1, subplot_titles=[
         f"S minus the pretrained model's (normed {base['S_normed']:.3f}, pre_norm {base['S_pre_norm']:.3f}) [95%]",
@@ -479,7 +479,7 @@ def _atlas_model(fig: go.Figure, r: Any, color: str, group: str) -> None:
 
 
 def gpu_study_figure(study: Any, title: str | None = None) -> go.Figure:
-    """The GPU study (``sdlib.studies.gpu_study.GpuStudy``): for each distilled model (the recipe, the second
+    """The GPU study (``sdlib.experiments.gpu.records.GpuStudy``): for each distilled model (the recipe, the second
     model), the movement curve before (dashed) and after (solid) in both conventions, S over training, and LAMBADA
     accuracy (with its 95% interval) and WikiText word perplexity per layer before and after."""
     runs = [study.stages[name] for name in ("recipe", "cosine") if study.finished(name)]

@@ -17,18 +17,19 @@ from typing import Any
 
 from sdlib import packaged, timings
 from sdlib.errors import SdlibError
+from sdlib.experiments import compare
+from sdlib.experiments.grid import log_setting
+from sdlib.experiments.grid_config import Grid
+from sdlib.experiments.profiles import DEFAULT_PROFILE, Pair, Profile, load_profile
 from sdlib.figures.output import save_figure
 from sdlib.figures.plots import ablation_figure, grid_training_figure
 from sdlib.models import resolve_checkpoint
 from sdlib.paths import absolute_path_variables, build_dir, project_root
 from sdlib.provenance import provenance as make_provenance
 from sdlib.runs import list_checkpoints
-from sdlib.studies import compare, registry
-from sdlib.studies.grid import log_setting
-from sdlib.studies.measure import MeasureRecord
-from sdlib.studies.profiles import DEFAULT_PROFILE, Pair, Profile, load_profile
+from sdlib.studies import registry
+from sdlib.studies.movement import MeasureRecord
 from sdlib.train.card import refresh_card
-from sdlib.train.config import Grid
 from sdlib.train.recipe import finished, run_state
 from sdlib.types import Role
 
@@ -127,7 +128,7 @@ GRID_FIGURES = ("ablation_grid_{}", "ablation_grid_{}_training")
 
 
 def save_grid(numbers: dict[str, Any], out_dir: str | Path, provenance: dict[str, Any] | None = None) -> list[Path]:
-    """A grid's two figures from its numbers (``sdlib.studies.grid.GridResults.numbers``): the change of S and
+    """A grid's two figures from its numbers (``sdlib.experiments.grid.GridResults.numbers``): the change of S and
     LAMBADA per cell, and each cell's measurements over training. -> the JSON paths"""
     import pandas as pd
 

@@ -32,12 +32,13 @@ from sdlib.cache import Record
 from sdlib.data import PackedSequences, training_documents
 from sdlib.evaluation.layers import evaluate_cached, load_subset
 from sdlib.loss import LossSettings, TeacherHead, layer_weights, self_distillation_loss
+from sdlib.measurement import Measurement
 from sdlib.metrics import movement
 from sdlib.parts import decoder_parts
 from sdlib.provenance import nan_to_none, provenance
 from sdlib.states import HiddenStates, forward_states
 from sdlib.studies.base import Study, Subject
-from sdlib.studies.measure import Measurement, MeasureSettings, measure_text
+from sdlib.studies.movement import MeasureSettings, measure_text
 from sdlib.types import LAST_STATES
 
 ATLAS_RECORD_VERSION = 2

@@ -18,7 +18,7 @@ from torch import nn
 from sdlib.cache import Record, cached, model_fingerprint
 from sdlib.models import default_device, load
 from sdlib.paths import results_dir, slug
-from sdlib.train.config import config_from_dict, parse_overrides
+from sdlib.settings import parse_overrides, settings_from_dict
 
 S = TypeVar("S")
 R = TypeVar("R", bound=Record)
@@ -56,7 +56,7 @@ class Study(Generic[S, R]):
     def settings_from(self, values: dict[str, Any] | list[str] | None = None, source: str = "the command line") -> S:
         """Settings from plain values or ``--key value`` words; an unknown key or a wrong type is one clear error."""
         values = parse_overrides(values) if isinstance(values, list) else dict(values or {})
-        return config_from_dict(values, source, cls=self.settings, what=f"{self.name} setting")
+        return settings_from_dict(values, self.settings, source, what=f"{self.name} setting")
 
     def settings_help(self) -> str:
         return "\n".join(f"  --{f.name:<16} (default: {f.default!r})" for f in fields(self.settings))

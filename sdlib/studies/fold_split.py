@@ -33,7 +33,7 @@ from sdlib.parts import decoder_parts
 from sdlib.provenance import provenance
 from sdlib.stats import accuracy_interval, paired_ratio, paired_S_difference
 from sdlib.studies.base import Study, Subject
-from sdlib.studies.measure import MeasureSettings
+from sdlib.studies.movement import MeasureSettings
 
 READINGS = ("normed", "pre_norm", "folded")
 """the original model's two last-state conventions, and the folded model's normed h_L"""

@@ -4,7 +4,7 @@ Adding a study is one module that defines ``STUDY`` and one line here."""
 from __future__ import annotations
 
 from sdlib.errors import SdlibError
-from sdlib.studies import atlas, fold_split, last_layer, measure, norms
+from sdlib.studies import atlas, fold_split, last_layer, movement, norms
 from sdlib.studies.base import Study
 
 STUDIES: dict[str, Study] = {}
@@ -25,7 +25,7 @@ def get(name: str) -> Study:
 
 
 for _study in (
-    measure.STUDY,
+    movement.STUDY,
     atlas.STUDY,
     last_layer.STUDY,
     norms.STUDY,

@@ -25,6 +25,7 @@ from sdlib.loss import LossSettings
 from sdlib.packaged import canonical
 from sdlib.paths import runs_dir
 from sdlib.provenance import atomic_path
+from sdlib.settings import enum_of, parse_overrides, read_yaml, settings_from_dict
 from sdlib.types import Device, KLDirection, LastState, OnNonFinite, Precision, ReportTo, Zeta2Form, parse
 
 PARAMETER_GROUPS = ("embeddings", "blocks", "last_block", "final_norm", "lm_head", "other")
@@ -113,26 +114,23 @@ class TrainConfig:
     def __post_init__(self) -> None:
         self.model = canonical(self.model)  # an old built-in name reads as its current one (resume compares equal)
         for f_ in fields(self):  # every choice is parsed here, once
-            kind = _ENUMS.get(str(f_.type))
+            kind = enum_of(f_.type)
             if kind is not None:
                 setattr(self, f_.name, parse(kind, getattr(self, f_.name), f_.name))
+        self._validate()  # every config is checked once, when it is made (``replace`` makes a new one)
 
-    def validate(self) -> TrainConfig:
+    def _validate(self) -> None:
         def require(ok: bool, message: str) -> None:
             if not ok:
                 raise SdlibError(f"config: {message}")
 
         require(self.lr > 0 and math.isfinite(self.lr), f"lr must be a finite number > 0, got {self.lr}")
-        require(self.alpha >= 0 and math.isfinite(self.alpha), f"alpha must be a finite number >= 0, got {self.alpha}")
-        require(math.isfinite(self.k), f"k must be finite, got {self.k}")
         require(self.seq_len >= 2, f"seq_len must be >= 2, got {self.seq_len}")
         require(self.micro_batch >= 1, f"micro_batch must be >= 1, got {self.micro_batch}")
         require(self.batch_size >= self.micro_batch and self.batch_size % self.micro_batch == 0,
                 f"batch_size ({self.batch_size}) must be a multiple of micro_batch ({self.micro_batch})")
         require(self.max_tokens >= self.batch_size * self.seq_len, f"max_tokens ({self.max_tokens}) is below one "
                 f"step (batch_size x seq_len = {self.batch_size * self.seq_len})")
-        require(self.chunk_size >= 1, f"chunk_size must be >= 1, got {self.chunk_size}")
-        require(self.lens_samples >= 0, f"lens_samples must be >= 0 (0 = all layers), got {self.lens_samples}")
         require(self.grad_clip >= 0 and math.isfinite(self.grad_clip), f"grad_clip must be >= 0, got {self.grad_clip}")
         require(0 <= self.beta1 < 1 and 0 <= self.beta2 < 1, "beta1 and beta2 must be in [0, 1)")
         require(self.weight_decay >= 0 and math.isfinite(self.weight_decay),
@@ -151,7 +149,10 @@ class TrainConfig:
                 f"eval_steps must be a list of step numbers >= 1, got {self.eval_steps!r}")
         require(all(g in PARAMETER_GROUPS for g in self.freeze) and len(set(self.freeze)) == len(self.freeze),
                 f"freeze must list distinct groups from {', '.join(PARAMETER_GROUPS)}, got {self.freeze!r}")
-        self.loss()  # last_weight and the other loss fields are checked by LossSettings, where they are defined
+        try:
+            self.loss()  # alpha, k, chunk_size, lens_samples, last_weight: checked by LossSettings, where they are defined
+        except SdlibError as err:
+            raise SdlibError(f"config: {err}") from None
         for group, factor in self.lr_multipliers.items():
             require(group in PARAMETER_GROUPS, f"lr_multipliers: unknown group {group!r}; use {', '.join(PARAMETER_GROUPS)}")
             require(isinstance(factor, (int, float)) and not isinstance(factor, bool) and math.isfinite(factor)
@@ -198,10 +199,6 @@ class TrainConfig:
         return {k: (str(v) if isinstance(v, StrEnum) else v) for k, v in dataclasses.asdict(self).items()}
 
 
-_ENUMS: dict[str, type[StrEnum]] = {e.__name__: e for e in (KLDirection, LastState, Zeta2Form, OnNonFinite, Device,
-                                                            Precision, ReportTo)}
-
-
 def config_help(cls: type = TrainConfig) -> str:
     lines = []
     for f_ in fields(cls):
@@ -211,123 +208,17 @@ def config_help(cls: type = TrainConfig) -> str:
     return "\n".join(lines)
 
 
-class DuplicateKeyError(yaml.constructor.ConstructorError):
-    """A YAML mapping names one key twice (YAML would silently keep the last)."""
-
-
-class _YamlLoader(yaml.SafeLoader):
-    """YAML 1.1 reads ``1e-4`` and ``1e6`` (an exponent without a dot) as strings; read them as floats. A key
-    given twice in one mapping is an error, not a silent override."""
-
-    def construct_mapping(self, node, deep=False):
-        seen = set()
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=True)
-            if key in seen:
-                raise DuplicateKeyError(None, None, f"key {key!r} appears twice (line {key_node.start_mark.line + 1})",
-                                        key_node.start_mark)
-            seen.add(key)
-        return super().construct_mapping(node, deep)
-
-
-_YamlLoader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$"),
-                                  list("-+.0123456789"))
-
-
-def _yaml(text: str) -> Any:
-    return yaml.load(text, Loader=_YamlLoader)  # noqa: S506 (a SafeLoader subclass)
-
-
-def read_yaml(path: str | os.PathLike, what: str = "config file") -> dict[str, Any]:
-    """A YAML mapping from a file, read the one way sdlib reads YAML (UTF-8, floats like 1e-4, a key given twice
-    refused); anything else is one line naming the file."""
-    path = Path(path)
-    try:
-        loaded = _yaml(path.read_text(encoding="utf-8"))
-    except UnicodeDecodeError as err:
-        raise SdlibError(f"{what} {path} is not UTF-8 text (byte {err.start}): save it as UTF-8") from None
-    except DuplicateKeyError as err:
-        raise SdlibError(f"{what} {path}: {err.problem}; keep one") from None
-    except yaml.YAMLError as err:
-        raise SdlibError(f"{what} {path} is not valid YAML: {str(err).splitlines()[0]}") from None
-    except OSError as err:
-        raise SdlibError(f"{what} {path} cannot be read ({err.strerror})") from None
-    if loaded is not None and not isinstance(loaded, dict):
-        raise SdlibError(f"{what} {path} must be a mapping of keys to values")
-    return loaded or {}
-
-
-def _coerce(name: str, value: Any, kind: type, source: str, what: str = "config key") -> Any:
-    """``value`` as ``kind``: ints widen to float, integral floats (``1e6``) narrow to int, bools stay bools,
-    words become their enum."""
-    if isinstance(kind, type) and issubclass(kind, StrEnum):
-        return parse(kind, value, f"{what} {name!r} in {source}")
-    if isinstance(value, bool) != (kind is bool):
-        pass  # True is an int in Python, never a number here
-    elif kind is int and isinstance(value, float) and value.is_integer():
-        return int(value)
-    elif kind is float and isinstance(value, (int, float)):
-        return float(value)
-    elif isinstance(value, kind):
-        return type(value)(value) if kind in (dict, list) else value
-    raise SdlibError(f"{what} {name!r} in {source} must be {kind.__name__}, got {value!r}")
-
-
-_TYPES = {"int": int, "float": float, "str": str, "bool": bool, "dict": dict, "list": list}
-
-
 def config_from_dict(values: dict[str, Any], source: str = "config", cls: type = TrainConfig,
                      sources: dict[str, str] | None = None, what: str = "config key") -> Any:
-    """A validated ``cls`` from plain values; ``sources`` names where each key came from and ``what`` what a key
-    is called (for the error line)."""
-    sources = {RENAMED.get(k, k): v for k, v in (sources or {}).items()}
-    values = {RENAMED.get(k, k): v for k, v in values.items()}
-    known = {f_.name: f_ for f_ in fields(cls)}
-    unknown = sorted(set(values) - set(known))
-    if unknown:
-        raise SdlibError(f"unknown {what} {unknown[0]!r} in {sources.get(unknown[0], source)}; valid keys: "
-                         f"{', '.join(known)}")
-    types = {**_TYPES, **_ENUMS}
-    kinds = {name: known[name].type if isinstance(known[name].type, type) else types[str(known[name].type)]
-             for name in values}
-    kwargs = {name: _coerce(name, value, kinds[name], sources.get(name, source), what)
-              for name, value in values.items()}
-    made = cls(**kwargs)
-    return made.validate() if hasattr(made, "validate") else made
-
-
-def parse_overrides(args: Sequence[str]) -> dict[str, Any]:
-    """``["--lr", "3e-4", "--name=x"]`` -> ``{"lr": 3e-4, "name": "x"}`` (values parsed as YAML scalars)."""
-    out: dict[str, Any] = {}
-    it = iter(args)
-    for arg in it:
-        if not arg.startswith("--") or arg == "--":
-            raise SdlibError(f"expected --key value, got {arg!r}")
-        key, eq, value = arg[2:].partition("=")
-        if not eq:
-            try:
-                value = next(it)
-            except StopIteration:
-                raise SdlibError(f"--{key} needs a value") from None
-        out[key.replace("-", "_")] = _yaml(value) if value != "" else ""
-    return out
+    """A validated training config (or ``cls``) from plain values, old key names still read (``RENAMED``)."""
+    return settings_from_dict(values, cls, source, sources, what, renamed=RENAMED)
 
 
 def load_config(path: str | os.PathLike | None = None, overrides: Sequence[str] | dict[str, Any] = ()) -> TrainConfig:
-    """TrainConfig from a YAML file (optional) with overrides applied on top; ``GRID.yaml:CELL`` is one cell of a
-    grid file (the grid's base with the cell's keys; its run is the grid's run of that cell)."""
+    """TrainConfig from a YAML file (optional) with overrides applied on top (a grid's cell, ``GRID.yaml:CELL``, is
+    read by ``sdlib.experiments.grid_config.load_run_config``)."""
     values: dict[str, Any] = {}
     source = "overrides"
-    cell = grid_cell(path)
-    if cell is not None:
-        grid = load_grid(cell[0])
-        config = grid.config(cell[1])
-        extra = overrides if isinstance(overrides, dict) else parse_overrides(overrides)
-        if not extra:
-            return config
-        values = {**config.to_dict(), **extra}
-        return config_from_dict(values, str(path), sources={k: "the command line" if k in extra else str(path)
-                                                             for k in values})
     if path is not None:
         path = Path(path)
         if not path.exists():
@@ -342,15 +233,6 @@ def load_config(path: str | os.PathLike | None = None, overrides: Sequence[str] 
     values.update(extra)
     sources = {name: ("the command line" if name in extra else source) for name in values}
     return config_from_dict(values, source, sources=sources)
-
-
-def grid_cell(path: str | os.PathLike | None) -> tuple[Path, str] | None:
-    """(grid file, cell) when ``path`` reads ``FILE.yaml:CELL`` (and is not itself a file), else None."""
-    text = str(path) if path is not None else ""
-    head, sep, cell = text.rpartition(":")
-    if not sep or not cell or not head.endswith((".yaml", ".yml")) or Path(text).exists():
-        return None
-    return Path(head), cell
 
 
 def save_config(config: TrainConfig, path: str | os.PathLike) -> None:
@@ -375,47 +257,3 @@ def resume_differences(saved: dict[str, Any], config: TrainConfig) -> list[tuple
 
 def format_differences(differences: list[tuple[str, Any, Any]]) -> str:
     return ", ".join(f"{k}: {old!r} -> {new!r}" for k, old, new in differences)
-
-
-# --- grids: a base config and one line per cell (configs/ablations/) -----------------------------------------
-
-GRID_KEYS = {"title", "eval_subset", "measure", "base", "cells"}
-
-
-@dataclass
-class Grid:
-    name: str
-    """the file's stem (``cpu``, ``gpu``): run names are ``abl-<name>-<cell>``"""
-    title: str
-    eval_subset: str
-    measure: dict[str, Any]
-    base: dict[str, Any]
-    cells: dict[str, dict[str, Any]] = field(default_factory=dict)
-    path: str = ""
-    """the file it was read from (a cell's config is referred to as ``<path>:<cell>``)"""
-
-    def config(self, cell: str) -> TrainConfig:
-        """The cell's full config: the base with the cell's keys over it."""
-
-        if cell not in self.cells:
-            raise SdlibError(f"grid {self.name} has no cell {cell!r}: use {', '.join(self.cells)}")
-        return config_from_dict({**self.base, "name": f"abl-{self.name}-{cell}", **self.cells[cell]},
-                                f"grid {self.name}, cell {cell}")
-
-
-def load_grid(path: str | Path) -> Grid:
-
-    path = Path(path)
-    if not path.is_file():
-        raise SdlibError(f"grid file {path} does not exist (see configs/ablations/)")
-    raw = read_yaml(path, "grid file")
-    unknown = set(raw) - GRID_KEYS
-    if unknown or "base" not in raw or not raw.get("cells"):
-        raise SdlibError(f"{path}: a grid holds {', '.join(sorted(GRID_KEYS))} (base and cells required); "
-                         f"unknown: {', '.join(sorted(unknown)) or 'none'}")
-    grid = Grid(name=path.stem, title=raw.get("title", path.stem), eval_subset=raw.get("eval_subset", "cpu-subset"),
-                measure=dict(raw.get("measure") or {}), base=dict(raw["base"]),
-                cells={str(k): dict(v or {}) for k, v in raw["cells"].items()}, path=str(path))
-    for cell in grid.cells:
-        grid.config(cell)  # every cell must be a valid config: fail at once, naming it
-    return grid

@@ -103,7 +103,7 @@ class SelfDistillation:
     ``run`` loops them. Everything a step needs lives on the instance."""
 
     def __init__(self, config: TrainConfig, resume: bool = False, progress: bool = True):
-        self.config, self.resume, self.progress = config.validate(), resume, progress
+        self.config, self.resume, self.progress = config, resume, progress
         self.run_dir = config.run_dir()
         self.checkpoint: Path | None = None
         """the checkpoint this run continues from (``check_resume`` finds it)"""
@@ -397,18 +397,49 @@ class SelfDistillation:
         with run_lock(self.run_dir) if _launched_as_main() else nullcontext():
             return self._run()
 
-    def _run(self) -> Path:
-        config = self.config
-        self.check_resume()
-        self.setup()
+    def _first_measurement(self) -> None:
+        """The run's measurement at step 0: made now, or read from a resumed run's log."""
         if self.step == 0:
             self.evaluate()
-        elif self.main:  # a resumed run: its first measurement is in the log
-
+        elif self.main:
             first = evals(read_log(self.run_dir, 0))
             self.first_eval = first[0] if first else None
             if first and first[0].last_step is not None:
                 self.massive_channel = first[0].last_step.channel
+
+    def _after_step(self, record: StepRecord, bar, started: float) -> tuple[Path | None, bool]:
+        """After an optimizer step: show and track it, measure, save and stop when due. Returns (the checkpoint
+        saved now or None, whether to stop)."""
+        config, total = self.config, self.config.total_steps
+        if config.log_every and (self.step % config.log_every == 0 or self.step == total):
+            bar.set_postfix(loss=f"{record.loss:.4f}", z1=f"{record.zeta1:.4f}", z2=f"{record.zeta2:.4f}",
+                            tok_s=f"{record.tokens_per_s:.0f}")
+        self._track({"loss": record.loss, "zeta1": record.zeta1, "zeta2": record.zeta2, "lr": record.lr,
+                     "grad_norm": record.grad_norm, "tokens_per_s": record.tokens_per_s})
+        out_of_time = _out_of_time(self.accelerator, started, config.max_minutes)
+        at_end = self.step == total
+        if config.eval_every and self.step % config.eval_every == 0 or self.step in config.eval_steps or at_end \
+                or out_of_time:
+            evaluation = self.evaluate()
+            if self.main:
+                bar.write(f"step {self.step}: S normed {evaluation.S['normed']:.4f}, pre_norm "
+                          f"{evaluation.S['pre_norm']:.4f} (training-log measurement: {self.eval_where.describe()})")
+        checkpoint = None
+        if config.save_every and self.step % config.save_every == 0 or at_end or out_of_time:
+            checkpoint = self.save(record)
+        if out_of_time and not at_end:
+            self.log.append(StopRecord(step=self.step, reason=f"max_minutes {config.max_minutes} reached after step "
+                                       f"{self.step} of {total}; --resume continues"))
+            bar.write(f"stopped after step {self.step} of {total}: max_minutes {config.max_minutes} reached (a "
+                      "checkpoint is saved; --resume continues)")
+            return checkpoint, True
+        return checkpoint, False
+
+    def _run(self) -> Path:
+        config = self.config
+        self.check_resume()
+        self.setup()
+        self._first_measurement()
         total = config.total_steps
         if self.main and self.progress:
             left = (total - self.step) * config.batch_size * config.seq_len
@@ -426,27 +457,9 @@ class SelfDistillation:
                 if isinstance(record, SkipRecord):
                     bar.write(f"skipped {record.reason}")
                     continue
-                if config.log_every and (self.step % config.log_every == 0 or self.step == total):
-                    bar.set_postfix(loss=f"{record.loss:.4f}", z1=f"{record.zeta1:.4f}", z2=f"{record.zeta2:.4f}",
-                                    tok_s=f"{record.tokens_per_s:.0f}")
-                self._track({"loss": record.loss, "zeta1": record.zeta1, "zeta2": record.zeta2, "lr": record.lr,
-                             "grad_norm": record.grad_norm, "tokens_per_s": record.tokens_per_s})
-                out_of_time = _out_of_time(self.accelerator, started, config.max_minutes)
-                at_end = self.step == total
-                if (config.eval_every and self.step % config.eval_every == 0 or self.step in config.eval_steps or at_end
-                        or out_of_time):
-                    evaluation = self.evaluate()
-                    if self.main:
-                        bar.write(f"step {self.step}: S normed {evaluation.S['normed']:.4f}, "
-                                  f"pre_norm {evaluation.S['pre_norm']:.4f} (training-log measurement: "
-                                  f"{self.eval_where.describe()})")
-                if config.save_every and self.step % config.save_every == 0 or at_end or out_of_time:
-                    checkpoint = self.save(record)
-                if out_of_time and not at_end:
-                    self.log.append(StopRecord(step=self.step, reason=f"max_minutes {config.max_minutes} reached after "
-                                               f"step {self.step} of {total}; --resume continues"))
-                    bar.write(f"stopped after step {self.step} of {total}: max_minutes {config.max_minutes} reached "
-                              "(a checkpoint is saved; --resume continues)")
+                saved, stop = self._after_step(record, bar, started)
+                checkpoint = saved or checkpoint
+                if stop:
                     break
         if self.main and self.step > first_step:  # this machine's rate, for the next plan's estimate
             timings.record("train", config.model, time.monotonic() - started,

@@ -8,9 +8,9 @@ import pytest
 import yaml
 
 from sdlib.errors import SdlibError
+from sdlib.experiments.grid import collect, markdown_table
+from sdlib.experiments.grid_config import load_grid
 from sdlib.figures.output import finite_numbers
-from sdlib.studies.grid import collect, markdown_table
-from sdlib.train.config import load_grid
 from tests.conftest import ROOT
 from tests.integration.test_cli import _sdlib
 

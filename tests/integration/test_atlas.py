@@ -71,8 +71,8 @@ def test_atlas_agrees_with_the_measurement_and_round_trips(tiny_model, text_file
 
 def test_a_uniform_gain_does_not_rotate(text_file):
     from sdlib.data import read_text, text_windows
+    from sdlib.measurement import measure_windows
     from sdlib.studies.atlas import _TokenObserver
-    from sdlib.studies.measure import measure_windows
 
     model, tok = load("tiny-llama", num_layers=2, hidden_size=32)
     with torch.no_grad():
@@ -121,8 +121,8 @@ def test_init_gradients_against_an_independent_computation(tiny_model, text_file
 def test_records_round_trip_through_json(tiny_model, tmp_path):
     import json
 
-    from sdlib.studies.lens import LensGrid, lens_grid_of
-    from sdlib.studies.measure import MeasureRecord, MeasureSettings, measure_model
+    from sdlib.experiments.sentence import LensGrid, lens_grid_of
+    from sdlib.studies.movement import MeasureRecord, MeasureSettings, measure_model
     from sdlib.train.runlog import EvalRecord, StepRecord, from_dict, to_line
 
     model, tok = tiny_model

@@ -78,7 +78,7 @@ def test_smollm2_movement_and_monotonicity(tmp_path):
     from sdlib.data import TextWindows
     from sdlib.models import load
     from sdlib.parts import decoder_parts
-    from sdlib.studies.measure import measure_text
+    from sdlib.studies.movement import measure_text
 
     model, tokenizer = load("smollm2-135m-instruct")
     assert decoder_parts(model).num_layers == 30

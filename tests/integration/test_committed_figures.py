@@ -11,13 +11,13 @@ import pytest
 
 from sdlib.data import TextWindows
 from sdlib.errors import SdlibError
+from sdlib.experiments import compare
+from sdlib.experiments.grid import log_setting
+from sdlib.experiments.grid_config import load_grid
+from sdlib.experiments.profiles import load_profile
 from sdlib.figures.run import kernel_name, redraw_grid
 from sdlib.provenance import same_but_run_stamp
-from sdlib.studies import compare
-from sdlib.studies.grid import log_setting
-from sdlib.studies.measure import MeasureRecord, MeasureSettings
-from sdlib.studies.profiles import load_profile
-from sdlib.train.config import load_grid
+from sdlib.studies.movement import MeasureRecord, MeasureSettings
 from tests.conftest import ROOT, hang_guard
 
 pytestmark = pytest.mark.committed  # checks committed artefacts and history: CI and ./run_tests.sh, not --fast
@@ -221,7 +221,7 @@ def test_the_results_grid_table_is_the_committed_records(monkeypatch):
     import pandas as pd
 
     monkeypatch.setenv("SDLIB_RECORDS_DIR", str(ROOT / "records"))
-    from sdlib.studies.grid import markdown_table, read_record, recorded_cells
+    from sdlib.experiments.grid import markdown_table, read_record, recorded_cells
 
     grid = load_grid(str(ROOT / "configs" / "ablations" / "smol-jump.yaml"))
     cells = [read_record(grid, None)] + [read_record(grid, c) for c in recorded_cells(grid)]
@@ -234,7 +234,7 @@ def test_the_results_qwen_table_is_the_committed_grid_record():
     """RESULTS.md's Qwen2.5 grid table is ``markdown_table`` of the cells recorded in the grid figure's JSON."""
     import pandas as pd
 
-    from sdlib.studies.grid import markdown_table
+    from sdlib.experiments.grid import markdown_table
 
     cells = json.loads((FIGURES / "ablation_grid_qwen-cpu.json").read_text())["numbers"]["cells"]
     table = markdown_table(pd.DataFrame.from_records(cells, coerce_float=True))

@@ -62,8 +62,8 @@ def test_a_spent_budget_still_returns_a_record(tmp_path):
 
 
 def test_the_batch_is_sized_to_the_time_and_the_steps_are_kept():
-    from sdlib.studies.gpu_study import sized_batch
-    from sdlib.studies.throughput import StepTiming
+    from sdlib.experiments.gpu.sizing import sized_batch
+    from sdlib.experiments.throughput import StepTiming
 
     def timing(seconds, lens_samples):
         return StepTiming(micro_batch=16, seq_len=1024, lens_samples=lens_samples, seconds_per_micro_batch=seconds,
@@ -83,7 +83,7 @@ def test_the_batch_is_sized_to_the_time_and_the_steps_are_kept():
     assert sized_batch(exact, sampled, 128, 76, 1.0)[1] == 1  # never below one sequence
 
 def test_import_puts_the_record_where_the_gpu_profile_reads_it(tmp_path, monkeypatch):
-    from sdlib.studies.gpu_study import import_results
+    from sdlib.experiments.gpu.report import import_results
 
     monkeypatch.setenv("SDLIB_FIGURES_DIR", str(tmp_path / "figures"))
     (tmp_path / "back").mkdir()

@@ -379,7 +379,7 @@ def test_per_layer_kl_is_averaged_over_the_micro_batches_that_drew_it(tmp_path, 
 
 
 def test_every_yaml_sdlib_reads_refuses_a_duplicate_key(tmp_path):
-    from sdlib.train.config import load_grid
+    from sdlib.experiments.grid_config import load_grid
 
     grid = tmp_path / "g.yaml"
     grid.write_text("base: {model: tiny-llama}\ncells:\n  a: {lr: 1.0e-3}\n  a: {lr: 5.0}\n")

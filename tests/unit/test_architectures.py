@@ -9,6 +9,7 @@ transformers.
 import pytest
 import torch
 
+from references.loss import reference_self_distillation_loss
 from sdlib import models
 from sdlib.lens import lens_logits
 from sdlib.loss import TeacherHead, self_distillation_loss
@@ -16,7 +17,6 @@ from sdlib.parts import decoder_parts
 from sdlib.pruning import keep_layers
 from sdlib.states import forward_states
 from sdlib.train.config import load_config
-from tests.reference_loss import reference_self_distillation_loss
 
 ARCHITECTURES = list(models.TINY_MODELS)
 SHAPE = dict(num_layers=3, hidden_size=32, vocab_size=300)

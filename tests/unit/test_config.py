@@ -6,7 +6,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sdlib.errors import SdlibError
-from sdlib.train.config import TrainConfig, config_from_dict, load_config, parse_overrides
+from sdlib.settings import parse_overrides
+from sdlib.train.config import TrainConfig, config_from_dict, load_config
 
 ROOT_CONFIGS = ["configs/tiny.yaml", "configs/smol.yaml"]
 

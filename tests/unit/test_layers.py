@@ -10,7 +10,7 @@ SDLIB = Path(__file__).resolve().parents[2] / "sdlib"
 
 # bottom to top; a module may import from its own layer (without a circle) or any layer below
 LAYERS = [
-    ("base", ["errors", "paths", "types", "provenance", "cache", "timings"]),
+    ("base", ["errors", "paths", "types", "settings", "provenance", "cache", "timings"]),
     ("runs", ["runs"]),
     ("parts", ["parts", "fold"]),
     ("maths", ["metrics", "stats", "loss", "states", "lens", "measurement"]),
@@ -19,6 +19,7 @@ LAYERS = [
     ("train", ["train"]),
     ("evaluation", ["evaluation", "pruning"]),
     ("studies", ["studies"]),
+    ("experiments", ["experiments"]),
     ("figures", ["figures"]),
     ("cli", ["cli", "__main__", "__init__"]),
 ]

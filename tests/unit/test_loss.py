@@ -1,6 +1,7 @@
 import pytest
 import torch
 
+from references.loss import reference_self_distillation_loss
 from sdlib import models
 from sdlib.errors import SdlibError
 from sdlib.loss import (
@@ -12,7 +13,6 @@ from sdlib.loss import (
 from sdlib.parts import decoder_parts
 from sdlib.states import forward_states
 from sdlib.types import KLDirection
-from tests.reference_loss import reference_self_distillation_loss
 
 
 def test_layer_weights():
@@ -118,7 +118,9 @@ def test_normed_convention_uses_final_norm_in_zeta2():
 def test_bad_options():
     student, teacher, ids, mask = _setup("tiny-llama")
     for kw, message in (({"kl_direction": "sideways"}, "KL direction"), ({"last_state": "middle"}, "last state"),
-                        ({"alpha": -1.0}, "alpha must be >= 0"), ({"chunk_size": 0}, "chunk_size must be >= 1"),
+                        ({"alpha": -1.0}, "alpha must be a finite number >= 0"),
+                        ({"alpha": float("inf")}, "alpha must be a finite"), ({"k": float("nan")}, "k must be finite"),
+                        ({"chunk_size": 0}, "chunk_size must be >= 1"),
                         ({"lens_samples": -1}, "lens_samples must be >= 0"),
                         ({"alpah": 1.0}, "unknown loss setting")):
         with pytest.raises(SdlibError, match=message):

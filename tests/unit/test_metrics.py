@@ -93,9 +93,9 @@ def test_measure_windows_equals_layer_movement_of_the_whole_batch():
     """What every published S comes from (measure_windows, batched and summed in two conventions) equals the
     plain definition on the same tokens: layer_movement of all windows at once."""
     from sdlib import models
+    from sdlib.measurement import measure_windows
     from sdlib.parts import decoder_parts
     from sdlib.states import hidden_states
-    from sdlib.studies.measure import measure_windows
 
     model, _ = models.load("tiny-llama", num_layers=3, hidden_size=32)
     with torch.no_grad():

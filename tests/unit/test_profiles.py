@@ -5,9 +5,9 @@ import pytest
 
 from sdlib.cli import main
 from sdlib.errors import SdlibError
-from sdlib.studies import profiles
-from sdlib.studies.profiles import load_profile, profile_names
-from sdlib.train.config import load_config, load_grid
+from sdlib.experiments import profiles
+from sdlib.experiments.grid_config import load_grid, load_run_config
+from sdlib.experiments.profiles import load_profile, profile_names
 from sdlib.types import Role
 
 GRID = "base: {model: tiny-llama, model_options: {num_layers: 2}, lr: 1.0e-3}\ncells:\n  a: {}\n  b: {alpha: 0.0}\n"
@@ -29,12 +29,12 @@ def _profiles(project, text):
 
 
 def test_a_grid_cell_is_a_config_and_its_run_is_the_grids(project):
-    config = load_config(project / "configs" / "g.yaml:b")
+    config = load_run_config(project / "configs" / "g.yaml:b")
     assert config.name == "abl-g-b" and config.alpha == 0.0 and config.lr == 1.0e-3
     assert config.to_dict() == load_grid(project / "configs" / "g.yaml").config("b").to_dict()
-    assert load_config(project / "configs" / "g.yaml:b", ["--lr", "2e-3"]).lr == 2e-3
+    assert load_run_config(project / "configs" / "g.yaml:b", ["--lr", "2e-3"]).lr == 2e-3
     with pytest.raises(SdlibError, match="grid g has no cell 'c'"):
-        load_config(project / "configs" / "g.yaml:c")
+        load_run_config(project / "configs" / "g.yaml:c")
 
 
 def test_two_recipes_on_one_base_model_share_its_pretrained_model(project):
@@ -79,4 +79,4 @@ def test_a_profile_added_to_the_file_needs_no_code(project):
 
 def test_a_bad_override_of_a_grid_cell_blames_the_command_line(project):
     with pytest.raises(SdlibError, match="the command line"):
-        load_config(project / "configs" / "g.yaml:a", ["--lr", "abc"])
+        load_run_config(project / "configs" / "g.yaml:a", ["--lr", "abc"])

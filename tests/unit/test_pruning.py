@@ -61,8 +61,11 @@ def test_generation_speed_is_new_tokens_per_second():
     model.register_forward_pre_hook(lambda *a: time.sleep(0.02))
     speed = generation_speed(model, tok, new_tokens=4, repeats=2)
     ids = tok("The history of the city begins", return_tensors="pt")["input_ids"]
-    t0 = time.perf_counter()
-    model.generate(ids, max_new_tokens=4, min_new_tokens=4, do_sample=False, pad_token_id=tok.pad_token_id)
-    independent = 4 / (time.perf_counter() - t0)
+    fastest = float("inf")
+    for _ in range(5):  # the fastest of several calls, as busy cores slow any one call (and the function's best of 2)
+        t0 = time.perf_counter()
+        model.generate(ids, max_new_tokens=4, min_new_tokens=4, do_sample=False, pad_token_id=tok.pad_token_id)
+        fastest = min(fastest, time.perf_counter() - t0)
+    independent = 4 / fastest
     assert speed < 50.5
     assert independent / 3 < speed < independent * 3

@@ -7,8 +7,8 @@ import pytest
 
 from sdlib import timings
 from sdlib.cli import main
+from sdlib.experiments import profiles
 from sdlib.figures import run
-from sdlib.studies import profiles
 from sdlib.train import train
 from sdlib.train.config import TrainConfig, save_config
 

@@ -8,11 +8,11 @@ from typing import Any
 
 from sdlib.cache import Record, cached
 from sdlib.evaluation.layers import EvalSettings, evaluate_layers
+from sdlib.experiments.compare import fingerprint, measurement, results_folder
+from sdlib.experiments.profiles import Pair, Profile
 from sdlib.parts import decoder_parts
 from sdlib.provenance import provenance
 from sdlib.pruning import STRATEGIES, generation_speed, keep_layers, prune
-from sdlib.studies.compare import fingerprint, measurement, results_folder
-from sdlib.studies.profiles import Pair, Profile
 from sdlib.types import Role
 
 

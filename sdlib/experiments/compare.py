@@ -13,11 +13,11 @@ from sdlib.cache import cached, model_fingerprint
 from sdlib.errors import SdlibError
 from sdlib.evaluation.layers import LayerScores, evaluate_cached, load_subset
 from sdlib.evaluation.tasks import TASKS, check_tasks
+from sdlib.experiments.profiles import ROLES, Pair, Profile
 from sdlib.paths import results_dir, slug
 from sdlib.provenance import nan_to_none
 from sdlib.stats import paired_ratio
-from sdlib.studies.measure import MeasureRecord, MeasureSettings, measure_model
-from sdlib.studies.profiles import ROLES, Pair, Profile
+from sdlib.studies.movement import MeasureRecord, MeasureSettings, measure_model
 from sdlib.train.runlog import EvalRecord, evals, from_dict, read_log, steps
 from sdlib.types import LAST_STATES, Role
 

@@ -13,10 +13,10 @@ import torch
 
 from sdlib.cache import Record
 from sdlib.errors import SdlibError
+from sdlib.experiments.profiles import Pair
 from sdlib.lens import lens_top1
 from sdlib.metrics import token_movement
 from sdlib.states import forward_states, hidden_states
-from sdlib.studies.profiles import Pair
 from sdlib.types import LAST_STATES, Role
 
 # Paper, Fig. 7's sentence (the default text of the lens and PCA figures and of the quickstart).

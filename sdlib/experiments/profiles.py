@@ -15,12 +15,14 @@ from pathlib import Path
 from typing import Any
 
 from sdlib.errors import SdlibError
+from sdlib.experiments.grid_config import load_run_config
 from sdlib.models import default_device, load, resolve_checkpoint
 from sdlib.packaged import canonical, display_name, is_packaged
 from sdlib.paths import build_dir, configs_dir, figures_dir, project_root
+from sdlib.settings import read_yaml
 from sdlib.studies import registry
 from sdlib.studies.atlas import AtlasSettings
-from sdlib.train.config import TrainConfig, load_config, read_yaml
+from sdlib.train.config import TrainConfig
 from sdlib.types import Role
 
 DEFAULT_PROFILE = "jump"
@@ -192,7 +194,7 @@ def load_profile(name: str = DEFAULT_PROFILE, trained: str | list[str] | None = 
     for i, item in enumerate(paths):
         e = _entry(item, name)
         full = Path(e["config"]) if Path(e["config"]).is_absolute() else project_root() / e["config"]
-        config = load_config(full, {"model": e["model"]} if e["model"] else {})
+        config = load_run_config(full, {"model": e["model"]} if e["model"] else {})
         pairs.append(Pair(e["config"], config, overrides[i] if overrides else e["trained"] or None, e["label"]))
     if only:
         unknown = sorted(set(only) - {p.name for p in pairs})

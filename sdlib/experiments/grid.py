@@ -26,12 +26,12 @@ from typing import Any
 from sdlib.errors import SdlibError
 from sdlib.evaluation.layers import LayerScores
 from sdlib.evaluation.tasks import TASKS
+from sdlib.experiments.compare import CellResult, measured_pair, paired_result
+from sdlib.experiments.grid_config import Grid
+from sdlib.experiments.profiles import Pair, Profile
 from sdlib.paths import records_dir, results_dir
 from sdlib.provenance import atomic_path, nan_to_none, provenance, write_json
-from sdlib.studies.compare import CellResult, measured_pair, paired_result
-from sdlib.studies.profiles import Pair, Profile
 from sdlib.train import finished, train
-from sdlib.train.config import Grid
 from sdlib.types import Role
 
 SETTINGS = ("model", "alpha", "k", "lr", "kl_direction", "last_state", "zeta2_form", "zeta1", "lens_samples", "seed",
