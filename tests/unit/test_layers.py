@@ -110,3 +110,14 @@ def test_sdlib_modules_are_imported_at_the_top_of_the_file():
     inside = [f"{modules[a].relative_to(SDLIB.parent)}:{line} imports {b} inside a function"
               for a, e in graph.items() for b, line, top in e if not top and b not in LAZY]
     assert not inside, f"{len(inside)} imports of sdlib modules inside functions:\n" + "\n".join(inside)
+
+
+def test_every_function_reads_on_one_screen():
+    """No function or method in sdlib/ runs to 60 lines (docstring included): a longer one does several jobs."""
+    long = []
+    for path in sorted(SDLIB.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno + 1 >= 60:
+                long.append(f"{path.relative_to(SDLIB.parent)}:{node.lineno} {node.name} "
+                            f"({node.end_lineno - node.lineno + 1} lines)")
+    assert not long, "split these: " + "; ".join(long)
