@@ -75,13 +75,14 @@ def test_training_records_its_rate_and_the_plan_uses_it(tmp_path, monkeypatch, c
     assert main(["plan", "--profile", "mine"]) == 0
     out = capsys.readouterr().out
     assert "train " in out and "done" in out and "total ~" in out and "not yet timed" in out
-def test_the_repository_timings_estimate_every_stage_of_the_default_profile():
-    """configs/timings.yaml (measured from a fresh clone) gives a fresh clone's plan a time for every stage of
-    the default profile, each from a positive rate."""
+@pytest.mark.parametrize("profile", [profiles.DEFAULT_PROFILE, "tiny"])
+def test_the_repository_timings_estimate_every_stage_of_the_measured_profiles(profile):
+    """configs/timings.yaml (measured from fresh clones) gives a fresh clone's plan a time for every stage of the
+    default and the tiny profile, each from a positive rate."""
     stored = timings._read_committed()[timings.COMMITTED_MACHINE]["rates"]
     for key, rate in stored.items():
         assert rate["seconds"] > 0 and rate["units"] > 0, key
-    stages = run.plan(profiles.DEFAULT_PROFILE)
+    stages = run.plan(profile)
     assert {s.kind for s in stages} >= {"train", "measure", "evaluate", "notebook"}
     for stage in stages:
         estimate = stage.estimate()
