@@ -1,7 +1,7 @@
 """The measurement core: the D curve and S of a model on token windows, in both last-state conventions, with
 hooks (observers) for anything else a pass over the same states should collect.
 
-It sits below training (the recipe measures held-out text with it) and below the studies (``sdlib.studies.movement``
+It sits below training (the recipe measures held-out text with it) and below the studies (``sdlib.evaluation.movement``
 adds the default text, settings and the cached record).
 """
 
@@ -20,7 +20,7 @@ from sdlib.errors import SdlibError
 from sdlib.loss import relative_step
 from sdlib.metrics import check_finite, last_layer_ratio, monotonicity, movement, token_movement
 from sdlib.states import HiddenStates, forward_states
-from sdlib.stats import bootstrap_monotonicity, paired_S_difference
+from sdlib.stats import Interval, bootstrap_monotonicity, paired_S_difference
 from sdlib.types import LAST_STATES
 
 # Called after every batch of a measurement with the batch's states, its token ids and the per-token
@@ -53,7 +53,7 @@ class Measurement(Record):
         return bootstrap_monotonicity(self.per_window_D[convention], level=level,
                                       documents=self.window_documents or None)
 
-    def S_change_from(self, base: Measurement, convention: str) -> tuple[float, float, float]:
+    def S_change_from(self, base: Measurement, convention: str) -> Interval:
         """S minus ``base``'s S on the same windows, with its paired interval (resampling documents)."""
         if base.window_documents != self.window_documents or base.n_windows != self.n_windows:
             raise SdlibError("the two measurements read different windows: a paired change needs the same ones")

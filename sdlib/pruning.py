@@ -47,7 +47,7 @@ def keep_layers(model: nn.Module, keep: Sequence[int]) -> nn.Module:
 
 
 def choose_layers(D: Sequence[float], n: int, strategy: str) -> list[int]:
-    """The n decoder layers to remove. D: D_0..D_L (``sdlib.studies.movement``). The last layer L is never removed."""
+    """The n decoder layers to remove. D: D_0..D_L (``sdlib.evaluation.movement``). The last layer L is never removed."""
     last = len(D) - 1
     if strategy not in STRATEGIES:
         raise SdlibError(f"unknown pruning strategy {strategy!r}: use {', '.join(STRATEGIES)}")

@@ -9,6 +9,7 @@ varies on its own (overlapping separate intervals say little about a difference)
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
 
 import torch
 
@@ -16,9 +17,23 @@ from sdlib.errors import SdlibError
 from sdlib.metrics import monotonicity_batched
 
 
+class Interval(NamedTuple):
+    """A number with its 95% bootstrap interval: (value, low, high); a tuple, written to JSON as a list."""
+
+    value: float
+    lo: float
+    hi: float
+
+    @classmethod
+    def of(cls, data: Any) -> Interval:
+        """From JSON: a list ``[value, lo, hi]`` (``None`` for a value JSON cannot hold) or ``{value, lo, hi}``."""
+        values = (data["value"], data["lo"], data["hi"]) if isinstance(data, dict) else tuple(data)
+        return cls(*(float("nan") if v is None else float(v) for v in values))
+
+
 def bootstrap_windows(per_unit: Sequence[Sequence | torch.Tensor], statistic: Callable[[list[torch.Tensor]], torch.Tensor],
                       n_boot: int = 2000, level: float = 0.95, seed: int = 0, weights: torch.Tensor | None = None
-                      ) -> tuple[float, float, float]:
+                      ) -> Interval:
     """Paired percentile bootstrap of ``statistic`` over units shared by every array of ``per_unit``.
 
     per_unit: arrays [n_units, ...] (the same units in the same order); statistic: a function of the list of
@@ -46,11 +61,11 @@ def bootstrap_windows(per_unit: Sequence[Sequence | torch.Tensor], statistic: Ca
         replicates = statistic([mean(a, idx) for a in arrays])
         point = float(statistic([mean(a, torch.arange(n)[None]) for a in arrays])[0])
     lo, hi = torch.quantile(replicates.double(), torch.tensor([(1 - level) / 2, (1 + level) / 2], dtype=torch.float64))
-    return point, float(lo), float(hi)
+    return Interval(point, float(lo), float(hi))
 
 
 def paired_S_difference(per_window_a, per_window_b, n_boot: int = 2000, level: float = 0.95, seed: int = 0,
-                        documents: Sequence[int] | None = None) -> tuple[float, float, float]:
+                        documents: Sequence[int] | None = None) -> Interval:
     """S(b) - S(a) with its paired interval: two models' per-window curves [n_windows, L + 1] on the same windows;
     with ``documents`` (the document of each window) the replicates resample documents (``by_document``)."""
     a, b, weights = by_document([per_window_a, per_window_b], documents)
@@ -75,13 +90,12 @@ def by_document(per_window: Sequence, documents: Sequence[int] | None):
     return (*means, counts)
 
 
-def accuracy_interval(correct, n_boot: int = 2000, level: float = 0.95, seed: int = 0) -> tuple[float, float, float]:
+def accuracy_interval(correct, n_boot: int = 2000, level: float = 0.95, seed: int = 0) -> Interval:
     """Accuracy of 0/1 outcomes [n] with its percentile bootstrap interval over the items."""
     return bootstrap_windows([correct], lambda c: c[0], n_boot, level, seed)
 
 
-def paired_ratio(correct_a, correct_b, n_boot: int = 2000, level: float = 0.95, seed: int = 0
-                 ) -> tuple[float, float, float]:
+def paired_ratio(correct_a, correct_b, n_boot: int = 2000, level: float = 0.95, seed: int = 0) -> Interval:
     """acc(b) / acc(a) with its paired interval: two models' 0/1 outcomes [n] on the same items (b's accuracy
     as a fraction of a's, e.g. self-distilled over pretrained)."""
     def ratio(c):

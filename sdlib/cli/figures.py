@@ -47,7 +47,7 @@ def _compare(args: argparse.Namespace, extra: Sequence[str]) -> int:
     rows[0].cell, rows[1].cell = args.base, str(run)
     rows[1].tokens = pair.config.train_tokens
     rows[1].add_training_log(run)
-    print(f"{args.base} vs {run}: S measured on {rows[0].setting}; LAMBADA {rows[0].lambada_n} passages "
+    print(f"{args.base} vs {run}: S measured on {rows[0].setting}; LAMBADA {rows[0].evaluation.lambada_n} passages "
           f"(subset {args.subset}); changes and ratios paired over the same windows and passages")
     print(markdown_table(pd.DataFrame([r.row() for r in rows])))
     out = write_json(args.out or results_dir() / slug(str(run)) / "compare.json",

@@ -11,24 +11,25 @@ from dataclasses import replace
 from sdlib.cli.common import DTYPES, MODEL_HELP, PLACEMENTS, load_args, load_kwargs, model_args, output_arg
 from sdlib.data import TextWindows
 from sdlib.errors import SdlibError
-from sdlib.evaluation.layers import eval_settings, evaluate_cached, format_table
+from sdlib.evaluation.layers import eval_settings, format_table
+from sdlib.evaluation.movement import MeasureSettings, format_measurement
+from sdlib.evaluation.subject import Subject
 from sdlib.evaluation.tasks import check_tasks
 from sdlib.fold import card_text, fold_final_norm, fold_info, save_folded
 from sdlib.models import default_device, load
-from sdlib.paths import results_dir, slug
 from sdlib.provenance import write_json
 from sdlib.studies import registry
 from sdlib.studies.atlas import AtlasSettings, atlas, format_atlas
 from sdlib.studies.fold_split import compare_outputs
-from sdlib.studies.movement import MeasureSettings, format_measurement, measure_model
 
 
 def _measure(args: argparse.Namespace, extra: Sequence[str]) -> int:
     settings = MeasureSettings(text=args.text, windows=args.windows, window_len=args.window_len,
                                placement=args.placement, batch_size=args.batch_size, dtype=args.dtype)
-    model, tokenizer = load(args.model, dtype=args.dtype, device=default_device(args.device), **load_kwargs(args))
-    record = measure_model(model, tokenizer, settings, name=args.model, progress=not args.json)
-    out = write_json(args.out or results_dir() / slug(args.model) / "measure" / settings.file_name(), record.to_dict())
+    subject = Subject(args.model, options={"dtype": args.dtype, **load_kwargs(args)}, device=args.device,
+                      progress=not args.json)
+    record = subject.measurement(settings, use_cache=not args.no_cache)
+    out = write_json(args.out or subject.folder("measure") / settings.file_name(), record.to_dict())
     if args.json:
         print(json.dumps({"model": record.model, **{k: getattr(record, k) for k in (
             "D", "S", "S_median", "last_layer_ratio", "n_tokens", "n_windows", "window_len")}}, indent=2))
@@ -48,10 +49,9 @@ def _eval(args: argparse.Namespace, extra: Sequence[str]) -> int:
                              tasks=tasks)
     print(f"evaluating {args.model} on {', '.join(tasks)}: subset {settings.subset}, "
           f"limit {settings.limit or 'none'}, max_length {settings.max_length or 'the model maximum'}, {device}")
-    how = load_kwargs(args)  # a revision, device map or tokenizer: load here; else evaluate_cached loads by name
-    loaded = load(args.model, dtype=args.dtype, device=device, **how) if how else None
-    scores, path = evaluate_cached(args.model, tasks, settings, device=device, batch_size=args.batch_size or 8,
-                                   out_dir=args.out, use_cache=not args.no_cache, loaded=loaded)
+    subject = Subject(args.model, options={"dtype": args.dtype, **load_kwargs(args)}, device=device)
+    scores, path = subject.layer_scores(tasks, settings, batch_size=args.batch_size or 8, use_cache=not args.no_cache,
+                                        out_dir=args.out)
     print(format_table(scores.table))
     print(f"written: {path} (and results.json beside it)")
     return 0
@@ -91,7 +91,7 @@ def _study(args: argparse.Namespace, extra: Sequence[str]) -> int:
     settings = study.settings_from(list(extra))
     record = study.run(args.model, settings, device=args.device, use_cache=not args.no_cache, progress=not args.json)
     print(json.dumps(record.to_dict(), indent=2, default=str) if args.json else study.describe(record))
-    print(f"cached under: {study.folder(args.model)}")
+    print(f"cached under: {study.folder(Subject(args.model))}")
     return 0
 
 
@@ -114,7 +114,7 @@ def _add_measure(sub) -> None:
     output_arg(p, "JSON output path (default: <build>/results/<model>/measure/<text>-<windows>x<len>-<placement>-<dtype>"
                   ".json: one file per setting)")
     load_args(p)
-    model_args(p, cache=False)
+    model_args(p)
     p.set_defaults(func=_measure)
 
 

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 from torch import nn
 
-from sdlib.cache import cached_record, model_fingerprint
+from sdlib.cache import Record, cached_record, model_fingerprint
 from sdlib.errors import SdlibError
 from sdlib.evaluation.tasks import check_tasks, data_provenance, load_tasks
 from sdlib.models import default_device, load, resolve_checkpoint
@@ -26,7 +26,7 @@ from sdlib.parts import decoder_parts
 from sdlib.paths import configs_dir, results_dir, slug
 from sdlib.provenance import atomic_path, provenance, write_json
 from sdlib.settings import read_yaml
-from sdlib.stats import accuracy_interval
+from sdlib.stats import Interval, accuracy_interval
 
 # The CPU-sized subset and the full tasks live in configs/eval/*.yaml; ``--subset auto`` picks by device.
 SUBSETS = ("cpu-subset", "cpu-short", "full")
@@ -193,6 +193,30 @@ def tidy_rows(result: TaskResult, model: str, checkpoint: str | None, settings: 
 
 
 @dataclass
+class LayerEvaluation(Record):
+    """The per-layer evaluation as a record: LAMBADA accuracy (with its 95% interval over passages) and WikiText word
+    perplexity of every layer's lens (the last: the model's own output), scored as lm-eval scores them."""
+
+    layers: list[int]
+    lambada_acc: list[float]
+    lambada_n: int
+    wikitext_word_ppl: list[float]
+    """empty when WikiText was not evaluated"""
+    wikitext_n: int
+    subset: str
+    max_length: int | None
+    limit: Any
+    """the subset's per-task document limit (None: every document)"""
+    lambada_lo: list[float] = field(default_factory=list)
+    lambada_hi: list[float] = field(default_factory=list)
+
+    def lambada(self, layer: int) -> Interval:
+        """LAMBADA accuracy at ``layer`` (-1: the final layer) with its interval."""
+        lo, hi = (self.lambada_lo[layer], self.lambada_hi[layer]) if self.lambada_lo else (math.nan, math.nan)
+        return Interval(self.lambada_acc[layer], lo, hi)
+
+
+@dataclass
 class LayerScores:
     """The per-layer evaluation table (tidy rows: ``task, layer, metric, value, lo, hi, n`` + settings) with the
     per-document 0/1 outcomes of the tasks that have them ([n_docs, L + 1] per task), for paired comparisons."""
@@ -222,6 +246,21 @@ class LayerScores:
     def n(self, task: str) -> int:
         """Documents scored for ``task``."""
         return int(self.table[self.table.task == task]["n"].iloc[0])
+
+    def evaluation(self) -> LayerEvaluation:
+        """The record of these scores (LAMBADA required; WikiText when it was evaluated), with the subset, the
+        per-task document limits and LAMBADA's window length that the table's rows carry."""
+        lam = self.curve("lambada_openai", "acc", intervals=True)
+        rows = self._rows("lambada_openai", "acc")
+        tasks = sorted(set(self.table.task))
+        limit = {t: int(v) for t in tasks for v in self.table[self.table.task == t]["limit"].iloc[:1] if v == v and v}
+        wikitext = "wikitext" in tasks
+        return LayerEvaluation(layers=list(range(len(lam))), lambada_acc=[v for v, _, _ in lam],
+                               lambada_n=self.n("lambada_openai"),
+                               wikitext_word_ppl=self.curve("wikitext", "word_perplexity") if wikitext else [],
+                               wikitext_n=self.n("wikitext") if wikitext else 0, subset=str(rows["subset"].iloc[0]),
+                               max_length=int(rows["max_length"].iloc[0]), limit=limit,
+                               lambada_lo=[lo for _, lo, _ in lam], lambada_hi=[hi for _, _, hi in lam])
 
     def final_correct(self, task: str) -> np.ndarray:
         """The final layer's 0/1 outcome per document [n_docs] (float)."""

@@ -5,19 +5,17 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sdlib.cache import cached, model_fingerprint
 from sdlib.errors import SdlibError
-from sdlib.evaluation.layers import LayerScores, evaluate_cached, load_subset
+from sdlib.evaluation.layers import LayerEvaluation, LayerScores, load_subset
+from sdlib.evaluation.movement import MeasureRecord, MeasureSettings
 from sdlib.evaluation.tasks import TASKS, check_tasks
 from sdlib.experiments.profiles import ROLES, Pair, Profile
-from sdlib.paths import results_dir, slug
 from sdlib.provenance import nan_to_none
-from sdlib.stats import paired_ratio
-from sdlib.studies.movement import MeasureRecord, MeasureSettings, measure_model
+from sdlib.stats import Interval, paired_ratio
 from sdlib.train.runlog import EvalRecord, evals, from_dict, read_log, steps
 from sdlib.types import LAST_STATES, Role
 
@@ -33,10 +31,6 @@ PAPER = {
                      "LAMBADA drop (final - penultimate) / final": (0.38, 0.09)},
     "Llama-3.2-3B": {"S": (0.66, 0.89)},
 }
-
-
-Interval = tuple[float, float, float]
-"""(value, low, high): a 95% bootstrap interval"""
 
 
 @dataclass
@@ -56,11 +50,8 @@ class CellResult:
     """D_L per convention"""
     D_ratio: dict[str, float]
     """D_L / D_{L-1} per convention"""
-    lambada: list[Interval]
-    """LAMBADA accuracy of every layer's lens (the last: the model's own output), with intervals over passages"""
-    lambada_n: int
-    wikitext_ppl: list[float]
-    """WikiText word perplexity of every layer's lens (empty when WikiText was not evaluated)"""
+    evaluation: LayerEvaluation
+    """LAMBADA accuracy (with intervals over passages) and WikiText word perplexity of every layer's lens"""
     S_change: dict[str, Interval] | None = None
     """S minus the pretrained model's S, paired over the same windows (None for the pretrained model)"""
     lambada_ratio: Interval | None = None
@@ -82,12 +73,11 @@ class CellResult:
         values["over_training"] = [from_dict({**r, "kind": "eval"}) for r in values.get("over_training", [])]
         for key in ("S", "S_change"):
             if values.get(key) is not None:
-                values[key] = {conv: tuple(_nan(x) for x in v) for conv, v in values[key].items()}
-        values["lambada"] = [tuple(_nan(x) for x in v) for v in values["lambada"]]
+                values[key] = {conv: Interval.of(v) for conv, v in values[key].items()}
+        values["evaluation"] = LayerEvaluation.from_dict(_evaluation_of(data))
         if values.get("lambada_ratio") is not None:
-            values["lambada_ratio"] = tuple(_nan(x) for x in values["lambada_ratio"])
+            values["lambada_ratio"] = Interval.of(values["lambada_ratio"])
         values["D_ratio"] = {k: _nan(v) for k, v in values["D_ratio"].items()}
-        values["wikitext_ppl"] = [_nan(x) for x in values.get("wikitext_ppl", [])]
         return cls(**values)
 
     def add_training_log(self, run_dir: Path) -> CellResult:
@@ -108,17 +98,30 @@ class CellResult:
             change = (self.S_change or {}).get(conv, (math.nan,) * 3)
             row |= {f"S_{conv}_change": change[0], f"S_{conv}_change_lo": change[1], f"S_{conv}_change_hi": change[2]}
         ratio = self.lambada_ratio or ((1.0, math.nan, math.nan) if self.tokens == 0 else (math.nan,) * 3)
-        row |= {"lambada_final": self.lambada[-1][0], "lambada_final_lo": self.lambada[-1][1],
-                "lambada_final_hi": self.lambada[-1][2], "lambada_penultimate": self.lambada[-2][0],
-                "lambada_n": self.lambada_n, "lambada_final_vs_pretrained": ratio[0],
+        e, final = self.evaluation, self.evaluation.lambada(-1)
+        row |= {"lambada_final": final.value, "lambada_final_lo": final.lo, "lambada_final_hi": final.hi,
+                "lambada_penultimate": e.lambada_acc[-2], "lambada_n": e.lambada_n,
+                "lambada_final_vs_pretrained": ratio[0],
                 "lambada_final_vs_pretrained_lo": ratio[1], "lambada_final_vs_pretrained_hi": ratio[2],
-                "wikitext_final_word_ppl": self.wikitext_ppl[-1] if self.wikitext_ppl else math.nan,
+                "wikitext_final_word_ppl": e.wikitext_word_ppl[-1] if e.wikitext_word_ppl else math.nan,
                 "train_seconds": self.train_seconds, "epochs": self.epochs, "final_loss": self.final_loss}
         return row
 
 
 def _nan(value: Any) -> Any:
     return math.nan if value is None else value
+
+
+def _evaluation_of(data: dict[str, Any]) -> dict[str, Any]:
+    """A cell record's per-layer evaluation; a record written before it had one keeps the same numbers as
+    ``lambada`` ([value, lo, hi] per layer), ``lambada_n`` and ``wikitext_ppl``."""
+    if "evaluation" in data:
+        return data["evaluation"]
+    lam = [Interval.of(v) for v in data["lambada"]]
+    ppl = [_nan(x) for x in data.get("wikitext_ppl") or []]
+    return {"layers": list(range(len(lam))), "lambada_acc": [v.value for v in lam], "lambada_lo": [v.lo for v in lam],
+            "lambada_hi": [v.hi for v in lam], "lambada_n": data["lambada_n"], "wikitext_word_ppl": ppl,
+            "wikitext_n": 0, "subset": "", "max_length": None, "limit": None}
 
 
 def measured_pair(profile: Profile, pair: Pair, role: Role, tasks: Sequence[str] = TASKS
@@ -142,9 +145,7 @@ def paired_result(profile: Profile, pair: Pair, role: Role, tasks: Sequence[str]
         cell=str(role), settings={}, tokens=0,
         S={conv: (m.S[conv], *m.S_interval(conv)) for conv in LAST_STATES},
         D_last={conv: m.D[conv][-1] for conv in LAST_STATES}, D_ratio=dict(m.last_layer_ratio),
-        lambada=scores.curve("lambada_openai", "acc", intervals=True), lambada_n=scores.n("lambada_openai"),
-        wikitext_ppl=scores.curve("wikitext", "word_perplexity") if "wikitext" in scores.table.task.values else [],
-        setting=m.info.get("setting", ""))
+        evaluation=scores.evaluation(), setting=m.info.get("setting", ""))
     if role == Role.SELF_DISTILLED:
         base_m, base_scores = base or measured_pair(profile, pair, Role.PRETRAINED, tasks)
         result.S_change = {conv: m.S_change_from(base_m, conv) for conv in LAST_STATES}
@@ -153,41 +154,14 @@ def paired_result(profile: Profile, pair: Pair, role: Role, tasks: Sequence[str]
     return result
 
 
-def fingerprint(pair: Pair, role: Role, device: str | None = None) -> str:
-
-    return model_fingerprint(*pair.load(role, device))
-
-
-def results_folder(pair: Pair, role: Role, kind: str):
-    """Where a pair's cached records live: a plain model name shares its folder (and caches) with
-    ``sdlib eval|measure NAME``; a trained run has its own."""
-
-    if role == Role.SELF_DISTILLED:
-        name = pair.source(role)
-    else:
-        name = pair.model if not pair.config.model_options else f"{pair.name}-baseline"
-    return results_dir() / slug(name) / kind
-
-
 def measure_settings(profile: Profile) -> MeasureSettings:
     return MeasureSettings(**{"text": "wikitext-test", "windows": 64, "window_len": 512, **profile.measure})
 
 
 def measurement(profile: Profile, pair: Pair, role: Role, device: str | None = None) -> MeasureRecord:
-    """The D curve and S in both conventions of one model of a pair, on the profile's measurement text."""
-
-    settings = measure_settings(profile)
-
-    def compute() -> MeasureRecord:
-        model, tok = pair.load(role, device)
-        return measure_model(model, tok, settings, name=pair.model, source=pair.source(role), label=pair.label(role),
-                             role=role, progress=True)
-
-    key = {"fingerprint": fingerprint(pair, role, device), **{k: v for k, v in asdict(settings).items()
-                                                              if k not in ("batch_size", "dtype")}}
-    record = cached(MeasureRecord, results_folder(pair, role, "measure"), "movement", key, compute)
-    # what the model is called is not part of the measurement: a record cached under another name reads as this one
-    return replace(record, model=pair.model, source=pair.source(role), label=pair.label(role), role=str(role))
+    """The D curve and S in both conventions of one model of a pair, on the profile's measurement text (cached:
+    ``Subject.measurement``)."""
+    return pair.subject(role, device).measurement(measure_settings(profile))
 
 
 def measurements(profile: Profile, device: str | None = None) -> list[MeasureRecord]:
@@ -197,14 +171,11 @@ def measurements(profile: Profile, device: str | None = None) -> list[MeasureRec
 
 def layer_scores(profile: Profile, pair: Pair, role: Role, tasks=("lambada_openai", "wikitext"),
                  device: str | None = None) -> LayerScores:
-    """The per-layer evaluation (``sdlib.evaluation``) on the profile's subset, its table with ``role``, ``label``
-    and ``base_model`` columns."""
-
-    model, tok = pair.load(role, device)
-    device = str(next(model.parameters()).device)
-    scores, _ = evaluate_cached(pair.source(role), list(tasks), load_subset(profile.eval_subset, device),
-                                loaded=(model, tok), out_dir=results_folder(pair, role, "eval"), device=device)
-    return scores.labelled(role=str(role), label=pair.label(role), base_model=pair.model)
+    """The per-layer evaluation (``sdlib.evaluation``) on the profile's subset (cached: ``Subject.layer_scores``),
+    its table with ``role``, ``label`` and ``base_model`` columns."""
+    subject = pair.subject(role, device)
+    scores, _ = subject.layer_scores(tasks, load_subset(profile.eval_subset, subject.placed_on()))
+    return scores.labelled(role=str(role), label=subject.label, base_model=pair.model)
 
 
 def layer_scores_all(profile: Profile, tasks=("lambada_openai", "wikitext"), device: str | None = None):

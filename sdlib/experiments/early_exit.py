@@ -8,7 +8,7 @@ from typing import Any
 
 from sdlib.cache import Record, cached
 from sdlib.evaluation.layers import EvalSettings, evaluate_layers
-from sdlib.experiments.compare import fingerprint, measurement, results_folder
+from sdlib.experiments.compare import measurement
 from sdlib.experiments.profiles import Pair, Profile
 from sdlib.parts import decoder_parts
 from sdlib.provenance import provenance
@@ -92,8 +92,9 @@ def pruning_study(profile: Profile, pair: Pair, role: Role, device: str | None =
                             settings=cfg, movement_D=D,
                             provenance=provenance(device=next(model.parameters()).device, limits=cfg))
 
-    key = {"fingerprint": fingerprint(pair, role, device), **cfg, "D": D}
-    return cached(PruningStudy, results_folder(pair, role, "pruning"), "pruning", key, compute)
+    subject = pair.subject(role, device)
+    key = {"fingerprint": subject.fingerprint(), **cfg, "D": D}
+    return cached(PruningStudy, subject.folder("pruning"), "pruning", key, compute)
 
 
 def layers_removable(study: PruningStudy, method: str, fraction: float = 0.95) -> tuple[int, float | None]:

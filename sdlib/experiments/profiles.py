@@ -10,15 +10,15 @@ A ``Pair`` is one training config (a YAML file, or ``GRID.yaml:CELL`` for one ce
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 from sdlib.errors import SdlibError
+from sdlib.evaluation.subject import Subject
 from sdlib.experiments.grid_config import load_run_config
-from sdlib.models import default_device, load, resolve_checkpoint
+from sdlib.models import resolve_checkpoint
 from sdlib.packaged import canonical, display_name, is_packaged
-from sdlib.paths import build_dir, configs_dir, figures_dir, project_root
+from sdlib.paths import build_dir, configs_dir, figures_dir, project_root, results_dir, slug
 from sdlib.settings import read_yaml
 from sdlib.studies import registry
 from sdlib.studies.atlas import AtlasSettings
@@ -62,23 +62,25 @@ class Pair:
         """What identifies the pretrained model: the base model and its load options."""
         return self.config.model, tuple(sorted(self.config.model_options.items()))
 
-    def load(self, role: Role, device: str | None = None):
-        """(model, tokenizer); the self-distilled one must exist (a clear error says how to make it)."""
+    def subject(self, role: Role, device: str | None = None) -> Subject:
+        """One model of the pair as a model under study: the base model with the config's model options, or the
+        run folder's latest checkpoint (which must exist: a clear error says how to make it). A plain base model
+        shares its results folder (and caches) with ``sdlib eval|measure NAME``; a trained run has its own."""
+        role = Role(role)
         if role == Role.SELF_DISTILLED:
-
             folder = self.trained_dir()
             if not folder.exists():
                 raise SdlibError(f"trained checkpoint {folder} does not exist: train it with "
                                  f"`sdlib train {self.config_path}` or pass an existing run folder")
             resolve_checkpoint(folder)
-            return _load(self.source(role), (), device)
-        return _load(self.config.model, tuple(sorted(self.config.model_options.items())), device)
+            return Subject(str(folder), name=self.model, label=self.label(role), role=role, device=device)
+        results = results_dir() / slug(f"{self.name}-baseline") if self.config.model_options else None
+        return Subject(self.model, label=self.label(role), role=role, options=dict(self.config.model_options),
+                       results=results, device=device)
 
-
-@lru_cache(maxsize=4)
-def _load(source: str, options: tuple, device: str | None):
-
-    return load(source, device=default_device(device), **dict(options))
+    def load(self, role: Role, device: str | None = None):
+        """(model, tokenizer) of ``subject(role, device)``."""
+        return self.subject(role, device).load()
 
 
 @dataclass

@@ -55,7 +55,7 @@ def _tint(color: str, amount: float) -> str:
 def movement_figure(records: Sequence[Any], title: str = "Hidden-state movement per layer") -> go.Figure:
     """D_l against layer, one panel per last-state convention, S in each legend entry; below, where a base model
     has both a pretrained and a self-distilled record, the change D_l(after) - D_l(before) per layer, which the
-    shared y axis of D (set by D_0 and D_L) would hide. Records: ``sdlib.studies.movement.MeasureRecord``."""
+    shared y axis of D (set by D_0 and D_L) would hide. Records: ``sdlib.evaluation.movement.MeasureRecord``."""
     pairs = _before_after(records)
     rows = 2 if pairs else 1
     fig = make_subplots(rows=rows, cols=len(LAST_STATES), shared_xaxes=True, vertical_spacing=0.1,
@@ -515,13 +515,14 @@ def _gpu_scores(fig: go.Figure, row: int, role: str, rec: Any, dash: str) -> Non
         fig.add_trace(go.Scatter(x=list(range(len(D))), y=D, mode="lines+markers", marker={"symbol": symbol},
                                  line={"dash": dash, "color": color}, showlegend=row == 1,
                                  name=f"{role}, {last_state}: S = {rec.S[last_state]:.3f}"), row=row, col=1)
-    layers, acc = list(range(len(rec.lambada_acc))), rec.lambada_acc
+    e = rec.evaluation
+    layers, acc = e.layers, e.lambada_acc
     fig.add_trace(go.Scatter(x=layers, y=acc, mode="lines+markers", showlegend=False,
                              line={"dash": dash, "color": PALETTE[2]}, name=f"{role}: LAMBADA",
                              error_y={"type": "data", "symmetric": False,
-                                      "array": [h - v for h, v in zip(rec.lambada_hi, acc)],
-                                      "arrayminus": [v - lo for v, lo in zip(acc, rec.lambada_lo)]}), row=row, col=3)
-    fig.add_trace(go.Scatter(x=layers, y=rec.wikitext_word_ppl, mode="lines+markers", showlegend=False,
+                                      "array": [h - v for h, v in zip(e.lambada_hi, acc)],
+                                      "arrayminus": [v - lo for v, lo in zip(acc, e.lambada_lo)]}), row=row, col=3)
+    fig.add_trace(go.Scatter(x=layers, y=e.wikitext_word_ppl, mode="lines+markers", showlegend=False,
                              line={"dash": dash, "color": PALETTE[3]}, name=f"{role}: WikiText"), row=row, col=4)
 
 

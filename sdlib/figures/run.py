@@ -17,6 +17,7 @@ from typing import Any
 
 from sdlib import packaged, timings
 from sdlib.errors import SdlibError
+from sdlib.evaluation.movement import MeasureRecord
 from sdlib.experiments import compare
 from sdlib.experiments.grid import log_setting
 from sdlib.experiments.grid_config import Grid
@@ -28,7 +29,6 @@ from sdlib.paths import absolute_path_variables, build_dir, project_root
 from sdlib.provenance import provenance as make_provenance
 from sdlib.runs import list_checkpoints
 from sdlib.studies import registry
-from sdlib.studies.movement import MeasureRecord
 from sdlib.train.card import refresh_card
 from sdlib.train.recipe import finished, run_state
 from sdlib.types import Role
@@ -63,8 +63,8 @@ class FigureRun:
         """The record of registered study ``name`` (``sdlib.studies.registry``) for one model of the profile (the
         first pair's, by default), under the profile's settings for it; cached."""
         pair = pair or self.profile.pairs[0]
-        return registry.get(name).run(pair.source(role), self.profile.study_settings(name),
-                                      loaded=pair.load(role, self.device), use_cache=use_cache)
+        return registry.get(name).run(pair.subject(role, self.device), self.profile.study_settings(name),
+                                      use_cache=use_cache)
 
     def save(self, fig, name: str, numbers: dict[str, Any], provenance: dict[str, Any] | None = None,
              records: Any = None, png: bool = True) -> dict[str, Path]:

@@ -30,15 +30,16 @@ from torch import nn
 
 from sdlib.cache import Record
 from sdlib.data import PackedSequences, training_documents
-from sdlib.evaluation.layers import evaluate_cached, load_subset
+from sdlib.evaluation.layers import LayerEvaluation, load_subset
+from sdlib.evaluation.movement import MeasureSettings, measure_text
+from sdlib.evaluation.subject import Subject
 from sdlib.loss import LossSettings, TeacherHead, layer_weights, self_distillation_loss
 from sdlib.measurement import Measurement
 from sdlib.metrics import movement
 from sdlib.parts import decoder_parts
 from sdlib.provenance import nan_to_none, provenance
 from sdlib.states import HiddenStates, forward_states
-from sdlib.studies.base import Study, Subject
-from sdlib.studies.movement import MeasureSettings, measure_text
+from sdlib.studies.base import Study
 from sdlib.types import LAST_STATES
 
 ATLAS_RECORD_VERSION = 2
@@ -111,21 +112,6 @@ class TopChannel(Record):
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TopChannel:
         return cls(**{**data, "pre_norm_last": ChannelShare.from_dict(data["pre_norm_last"])})
-
-
-@dataclass
-class LayerEvaluation(Record):
-    """Per-layer LAMBADA accuracy and WikiText word perplexity (the logit lens, lm-eval's scoring)."""
-
-    layers: list[int]
-    lambada_acc: list[float]
-    lambada_n: int
-    wikitext_word_ppl: list[float]
-    wikitext_n: int
-    subset: str
-    max_length: int | None
-    limit: Any
-    """the subset's per-task document limit (None: every document)"""
 
 
 @dataclass
@@ -336,19 +322,11 @@ def _gradient_geometry(grads: dict[str, Sequence[torch.Tensor | None]], groups: 
     return grad_norms, cosines
 
 
-def evaluation_summary(model_name: str, model: nn.Module, tokenizer, subset: str) -> LayerEvaluation:
+def evaluation_summary(subject: Subject, subset: str) -> LayerEvaluation:
     """Per-layer LAMBADA accuracy and WikiText word perplexity on an evaluation subset (cached)."""
-
-    device = str(next(model.parameters()).device)
-    settings = load_subset(subset, device)
-    scores, _ = evaluate_cached(model_name, ["lambada_openai", "wikitext"], settings, device=device,
-                                loaded=(model, tokenizer), progress=True)
-
-    acc = scores.curve("lambada_openai", "acc")
-    return LayerEvaluation(layers=list(range(len(acc))), lambada_acc=acc, lambada_n=scores.n("lambada_openai"),
-                           wikitext_word_ppl=scores.curve("wikitext", "word_perplexity"),
-                           wikitext_n=scores.n("wikitext"), subset=settings.subset, max_length=settings.max_length,
-                           limit=settings.limit)
+    settings = load_subset(subset, subject.placed_on())
+    scores, _ = subject.layer_scores(["lambada_openai", "wikitext"], settings)
+    return scores.evaluation()
 
 
 def compute_atlas(subject: Subject, settings: AtlasSettings) -> AtlasRecord:
@@ -362,9 +340,9 @@ def compute_atlas(subject: Subject, settings: AtlasSettings) -> AtlasRecord:
     last_step, share, top = observer.summarise(parts.norm_gain().cpu())
     return AtlasRecord(model=subject.name, num_layers=parts.num_layers, measurement=m, last_step=last_step,
                        norm_share=share, top_channel=top, state_norms=observer.state_norms(),
-                       evaluation=evaluation_summary(subject.name, model, tokenizer, settings.eval_subset),
+                       evaluation=evaluation_summary(subject, settings.eval_subset),
                        init=init_gradients(model, tokenizer, settings), settings=asdict(settings),
-                       provenance=provenance(device=subject.device, data=m.info.get("data"), limits=asdict(settings)))
+                       provenance=provenance(device=subject.placed_on(), data=m.info.get("data"), limits=asdict(settings)))
 
 
 def atlas(model_name: str, settings: AtlasSettings = AtlasSettings(), *, device: str | None = None,

@@ -15,27 +15,12 @@ from typing import Any, Generic, TypeVar
 
 from torch import nn
 
-from sdlib.cache import Record, cached, model_fingerprint
-from sdlib.models import default_device, load
-from sdlib.paths import results_dir, slug
+from sdlib.cache import Record, cached
+from sdlib.evaluation.subject import Subject
 from sdlib.settings import parse_overrides, settings_from_dict
 
 S = TypeVar("S")
 R = TypeVar("R", bound=Record)
-
-
-@dataclass
-class Subject:
-    """The model a study runs on: its name (for records and folders), the loaded model and tokenizer."""
-
-    name: str
-    model: nn.Module
-    tokenizer: Any
-    progress: bool = True
-
-    @property
-    def device(self) -> str:
-        return str(next(self.model.parameters()).device)
 
 
 @dataclass(frozen=True)
@@ -52,6 +37,8 @@ class Study(Generic[S, R]):
     describe: Callable[[R], str]
     version: int = 1
     """part of the cache key: raised when the record or its computation changes"""
+    cached: bool = True
+    """False for a study whose computation is a cached record of the subject itself (``measure``)"""
 
     def settings_from(self, values: dict[str, Any] | list[str] | None = None, source: str = "the command line") -> S:
         """Settings from plain values or ``--key value`` words; an unknown key or a wrong type is one clear error."""
@@ -61,17 +48,20 @@ class Study(Generic[S, R]):
     def settings_help(self) -> str:
         return "\n".join(f"  --{f.name:<16} (default: {f.default!r})" for f in fields(self.settings))
 
-    def folder(self, model_name: str) -> Path:
-        return results_dir() / slug(model_name) / self.name
+    def folder(self, subject: Subject) -> Path:
+        return subject.folder(self.name)
 
-    def run(self, model_name: str, settings: S | None = None, *, device: str | None = None,
+    def run(self, model: str | Subject, settings: S | None = None, *, device: str | None = None,
             loaded: tuple[nn.Module, Any] | None = None, use_cache: bool = True, progress: bool = True) -> R:
-        """The record of ``model_name`` (loaded here unless ``loaded`` is given) under ``settings`` (default: the
-        defaults): read from the cache when the weights and settings match, else computed and cached."""
+        """The record of ``model`` (a name or folder, or a ``Subject``; loaded unless ``loaded`` is given) under
+        ``settings`` (default: the defaults): read from the cache when the weights and settings match, else
+        computed and cached in the subject's folder for this study."""
         settings = settings if settings is not None else self.settings()
         dtype = {"dtype": settings.dtype} if hasattr(settings, "dtype") else {}  # a study that names its dtype
-        model, tokenizer = loaded or load(model_name, device=default_device(device), **dtype)
-        subject = Subject(model_name, model, tokenizer, progress)
-        key = {"fingerprint": model_fingerprint(model, tokenizer), "record": self.version, **asdict(settings)}
-        return cached(self.record, self.folder(model_name), self.name, key, lambda: self.compute(subject, settings),
+        subject = model if isinstance(model, Subject) else Subject(str(model), options=dtype, device=device,
+                                                                   progress=progress, loaded=loaded)
+        if not self.cached:
+            return self.compute(subject, settings)
+        key = {"fingerprint": subject.fingerprint(), "record": self.version, **asdict(settings)}
+        return cached(self.record, self.folder(subject), self.name, key, lambda: self.compute(subject, settings),
                       use_cache)

@@ -26,14 +26,15 @@ import torch
 
 from sdlib.cache import Record
 from sdlib.evaluation.layers import EvalSettings, evaluate_layers, load_subset
+from sdlib.evaluation.movement import MeasureSettings
+from sdlib.evaluation.subject import Subject
 from sdlib.fold import fold_final_norm, fold_info
 from sdlib.measurement import Measurement, measure_windows
 from sdlib.metrics import jump_rate
 from sdlib.parts import decoder_parts
 from sdlib.provenance import provenance
-from sdlib.stats import accuracy_interval, paired_ratio, paired_S_difference
-from sdlib.studies.base import Study, Subject
-from sdlib.studies.movement import MeasureSettings
+from sdlib.stats import Interval, accuracy_interval, paired_ratio, paired_S_difference
+from sdlib.studies.base import Study
 
 READINGS = ("normed", "pre_norm", "folded")
 """the original model's two last-state conventions, and the folded model's normed h_L"""
@@ -58,9 +59,9 @@ class FoldSplitRecord(Record):
     """``sdlib.fold.FoldInfo`` as a dict (the norm's form, c, untied)"""
     D: dict[str, list[float]]
     """D_0..D_L per reading"""
-    S: dict[str, tuple[float, float, float]]
+    S: dict[str, Interval]
     """S per reading with its 95% bootstrap interval over documents"""
-    S_folded_vs_normed: tuple[float, float, float]
+    S_folded_vs_normed: Interval
     """S(folded) - S(normed), paired over the same windows"""
     D_last: dict[str, float]
     D_ratio: dict[str, float]
@@ -77,9 +78,9 @@ class FoldSplitRecord(Record):
     max_logit: float
     top1_agreement: float
     """the share of positions whose top-1 token is the same"""
-    lambada_final: dict[str, tuple[float, float, float]]
+    lambada_final: dict[str, Interval]
     """final-layer LAMBADA accuracy of ``original`` and ``folded`` with 95% intervals over passages"""
-    lambada_ratio: tuple[float, float, float]
+    lambada_ratio: Interval
     """folded / original, paired over the same passages"""
     lambada_changed: int
     """passages whose outcome differs between the two"""
@@ -145,7 +146,7 @@ def fold_split(subject: Subject, settings: FoldSplitSettings) -> FoldSplitRecord
     S = {r: (m.S[c], *m.S_interval(c)) for r, (m, c) in per_reading.items()}
     S_change = paired_S_difference(original_m.per_window_D["normed"], folded_m.per_window_D["normed"],
                                    documents=documents)
-    subset = load_subset(settings.eval_subset, subject.device)
+    subset = load_subset(settings.eval_subset, subject.placed_on())
     eval_settings = replace(subset, limit={t: n for t, n in subset.limit.items() if t == "lambada_openai"},
                             dtype=settings.dtype)
     before = _lambada(model, tokenizer, eval_settings, subject.progress)

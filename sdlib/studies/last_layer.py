@@ -22,10 +22,11 @@ from torch import nn
 
 from sdlib.cache import Record
 from sdlib.data import TextWindows
+from sdlib.evaluation.subject import Subject
 from sdlib.metrics import layer_movement, monotonicity, movement
 from sdlib.parts import decoder_parts
 from sdlib.states import forward_states
-from sdlib.studies.base import Study, Subject
+from sdlib.studies.base import Study
 from sdlib.types import LAST_STATES
 
 
@@ -183,7 +184,7 @@ class LastLayerSettings(TextWindows):
 
 
 def compute_report(subject: Subject, settings: LastLayerSettings) -> LastLayerReport:
-    windows = settings.ids(subject.tokenizer).to(subject.device)
+    windows = settings.ids(subject.tokenizer).to(subject.placed_on())
     report = last_layer_report(subject.model, windows, settings.target, settings.top)
     report.model = subject.name
     return report

@@ -8,8 +8,9 @@ import torch
 
 from sdlib.cache import Record
 from sdlib.data import TextWindows
+from sdlib.evaluation.subject import Subject
 from sdlib.states import forward_states
-from sdlib.studies.base import Study, Subject
+from sdlib.studies.base import Study
 
 
 @dataclass(frozen=True)
@@ -26,7 +27,7 @@ class NormRecord(Record):
 
 
 def compute(subject: Subject, settings: NormSettings) -> NormRecord:
-    ids = settings.ids(subject.tokenizer).to(subject.device)
+    ids = settings.ids(subject.tokenizer).to(subject.placed_on())
     with torch.no_grad():
         states = forward_states(subject.model, ids).pre_norm
     return NormRecord(subject.name, [float(h.double().norm(dim=-1).median()) for h in states])

@@ -56,7 +56,8 @@ def test_grid_runs_cells_and_collects_them_with_intervals(tmp_path):
     ratio = table["lambada_final"].iloc[1:] / base if base > 0 else table["lambada_final"].iloc[1:] * float("nan")
     assert np.allclose(table["lambada_final_vs_pretrained"].iloc[1:], ratio, atol=1e-9, equal_nan=True)
     cell = results.cells[1]  # every lens layer scored on both tasks: one per D_l
-    assert len(cell.lambada) == len(cell.wikitext_ppl) == len(cell.over_training[0].D["normed"])
+    e = cell.evaluation
+    assert len(e.lambada_acc) == len(e.lambada_lo) == len(e.wikitext_word_ppl) == len(cell.over_training[0].D["normed"])
     assert table.loc[2, "zeta2_form"] == "cosine" and table.loc[2, "lens_samples"] == 2 and table.loc[1, "epochs"] > 0
     assert table.loc[0, "lambada_n"] == 16 and table.loc[0, "tokens"] == 0
     # the cells are the base with their keys over it; the runs are named after the grid and the cell
@@ -78,7 +79,7 @@ def test_grid_runs_cells_and_collects_them_with_intervals(tmp_path):
         assert compared["S_change"][conv] == pytest.approx(
             [row[f"S_{conv}_change"], row[f"S_{conv}_change_lo"], row[f"S_{conv}_change_hi"]], abs=1e-12)
     assert compared["D_ratio"]["pre_norm"] == pytest.approx(row["D_ratio_pre_norm"], abs=1e-12)
-    assert compared["lambada_n"] == row["lambada_n"] and compared["tokens"] == row["tokens"]
+    assert compared["evaluation"]["lambada_n"] == row["lambada_n"] and compared["tokens"] == row["tokens"]
     import shutil
 
     shutil.rmtree(tmp_path / "build")

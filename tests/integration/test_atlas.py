@@ -121,8 +121,8 @@ def test_init_gradients_against_an_independent_computation(tiny_model, text_file
 def test_records_round_trip_through_json(tiny_model, tmp_path):
     import json
 
+    from sdlib.evaluation.movement import MeasureRecord, MeasureSettings, measure_model
     from sdlib.experiments.sentence import LensGrid, lens_grid_of
-    from sdlib.studies.movement import MeasureRecord, MeasureSettings, measure_model
     from sdlib.train.runlog import EvalRecord, StepRecord, from_dict, to_line
 
     model, tok = tiny_model

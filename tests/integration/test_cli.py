@@ -37,8 +37,11 @@ def test_measurements_with_other_settings_keep_their_own_files(text_file, tmp_pa
         done = _sdlib("measure", "tiny-llama", "--text", str(text_file), "--windows", windows, "--window-len", "32",
                       env_extra=env)
         assert done.returncode == 0, done.stderr
-    written = sorted(p.name for p in (tmp_path / "build" / "results" / "tiny-llama" / "measure").iterdir())
+    folder = tmp_path / "build" / "results" / "tiny-llama" / "measure"
+    written = sorted(p.name for p in folder.iterdir() if p.is_file())
     assert written == ["corpus.txt-2x32-spread-float32.json", "corpus.txt-3x32-spread-float32.json"]
+    # each setting is the model's cached measurement too (what the profiles, the grid and studies read)
+    assert len(list((folder / "cache").glob("movement-*.json"))) == 2
     assert json.loads((tmp_path / "build" / "results" / "tiny-llama" / "measure" / written[0]).read_text())[
         "n_windows"] == 2
 
@@ -76,9 +79,9 @@ def test_offline_data_dir_missing_file(tmp_path):
 def test_smollm2_movement_and_monotonicity(tmp_path):
     """Opt-in: SmolLM2-135M's last-layer jump is much larger in the normed convention."""
     from sdlib.data import TextWindows
+    from sdlib.evaluation.movement import measure_text
     from sdlib.models import load
     from sdlib.parts import decoder_parts
-    from sdlib.studies.movement import measure_text
 
     model, tokenizer = load("smollm2-135m-instruct")
     assert decoder_parts(model).num_layers == 30

@@ -11,13 +11,13 @@ import pytest
 
 from sdlib.data import TextWindows
 from sdlib.errors import SdlibError
+from sdlib.evaluation.movement import MeasureRecord, MeasureSettings
 from sdlib.experiments import compare
 from sdlib.experiments.grid import log_setting
 from sdlib.experiments.grid_config import load_grid
 from sdlib.experiments.profiles import load_profile
 from sdlib.figures.run import kernel_name, redraw_grid
 from sdlib.provenance import same_but_run_stamp
-from sdlib.studies.movement import MeasureRecord, MeasureSettings
 from tests.conftest import ROOT, hang_guard
 
 pytestmark = pytest.mark.committed  # checks committed artefacts and history: CI and ./run_tests.sh, not --fast

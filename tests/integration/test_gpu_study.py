@@ -7,6 +7,7 @@ import subprocess
 
 import pytest
 
+from sdlib.stats import Interval
 from tests.conftest import ROOT, hang_guard
 
 pytestmark = pytest.mark.data
@@ -31,12 +32,14 @@ def test_dry_run_runs_every_stage_and_returns_few_files(tmp_path):
     batch = recipe["sequences_per_step"]
     assert recipe["tokens"] == recipe["steps"] * batch * 64 and 0 < recipe["fraction_of_paper_tokens"] < 1
     assert recipe["steps"] == recipe["planned_steps"] == 16  # the config's steps are kept; the batch is sized
-    assert {"value", "lo", "hi"} <= set(recipe["paired"]["S_normed_difference"])
-    assert recipe["after"]["lambada_n"] == 16 and len(recipe["after"]["lambada_acc"]) == 4
+    difference = Interval.of(recipe["paired"]["S_normed_difference"])
+    assert difference.lo <= difference.value <= difference.hi
+    after = recipe["after"]["evaluation"]
+    assert after["lambada_n"] == 16 and len(after["lambada_acc"]) == len(after["lambada_lo"]) == 4
     assert [r["step"] for r in recipe["S_over_training"]][0] == 0
     cosine = stages["cosine"]
     assert cosine["config"]["zeta2_form"] == "cosine" and recipe["config"]["zeta2_form"] == "relative_step"
-    assert cosine["steps"] == 16 and {"value", "lo", "hi"} <= set(cosine["paired"]["lambada_final_ratio"])
+    assert cosine["steps"] == 16 and len(cosine["paired"]["lambada_final_ratio"]) == 3
     # a second call finds every stage done and skips it
     again = _dry_run(out, work)
     assert again.returncode == 0 and again.stdout.count("results exist, skipped") == 4

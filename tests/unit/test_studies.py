@@ -52,7 +52,8 @@ def test_a_study_from_one_file_and_one_registration_runs_and_caches(tmp_path, mo
         from dataclasses import dataclass
 
         from sdlib.cache import Record
-        from sdlib.studies.base import Study, Subject
+        from sdlib.evaluation.subject import Subject
+        from sdlib.studies.base import Study
 
         CALLS = []
 
@@ -124,3 +125,33 @@ def test_profiles_and_notebooks_find_a_study(monkeypatch, tmp_path):
     with pytest.raises(SdlibError, match="unknown study"):
         run.profile.study_settings("nope")
     assert isinstance(registry.get("atlas"), Study)
+
+
+def test_sdlib_measure_the_measure_study_and_a_profile_reach_one_cached_measurement(tmp_path, monkeypatch, capsys):
+    """One model under study, one cached measurement: what `sdlib measure` computed, the registered `measure` study
+    and a profile's pretrained model read back without measuring again (and equal it to the last digit)."""
+    from sdlib.evaluation import subject as subject_module
+    from sdlib.evaluation.movement import MeasureSettings
+    from sdlib.experiments.profiles import Pair
+    from sdlib.train.config import TrainConfig
+    from sdlib.types import Role
+
+    monkeypatch.setenv("SDLIB_BUILD_DIR", str(tmp_path / "build"))
+    text = tmp_path / "t.txt"
+    text.write_text(TEXT)
+    assert main(["measure", "tiny-llama", "--text", str(text), "--windows", "3", "--window-len", "32", "--json"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+
+    def measured_again(*args, **kwargs):
+        raise AssertionError("measured again: the cached measurement was not found")
+
+    monkeypatch.setattr(subject_module, "measure_model", measured_again)
+    settings = MeasureSettings(text=str(text), windows=3, window_len=32)
+    by_study = registry.get("measure").run("tiny-llama", settings, progress=False)
+    pair = Pair("t.yaml", TrainConfig(name="t", model="tiny-llama"))
+    by_profile = pair.subject(Role.PRETRAINED).measurement(settings)
+    for record in (by_study, by_profile):
+        assert record.S == printed["S"] and record.D == printed["D"]
+    assert by_profile.role == "pretrained" and by_profile.label.endswith("(pretrained)")
+    with pytest.raises(AssertionError, match="measured again"):  # other windows are another measurement
+        pair.subject(Role.PRETRAINED).measurement(MeasureSettings(text=str(text), windows=2, window_len=32))

@@ -12,8 +12,9 @@ import numpy as np
 
 from sdlib.cache import Record
 from sdlib.errors import SdlibError
+from sdlib.evaluation.layers import LayerEvaluation
 from sdlib.experiments.throughput import StepTiming
-from sdlib.stats import paired_ratio, paired_S_difference
+from sdlib.stats import Interval, paired_ratio, paired_S_difference
 from sdlib.types import LAST_STATES
 
 STAGES = ("throughput", "baseline", "recipe", "cosine")
@@ -23,8 +24,8 @@ PAPER_TOKENS = 10_000_000
 
 @dataclass
 class ModelScores(Record):
-    """One model measured and evaluated: S and D in both conventions (and of the per-token median curve), and
-    LAMBADA accuracy (with its 95% interval) and WikiText word perplexity at every layer."""
+    """One model measured and evaluated: S and D in both conventions (and of the per-token median curve), and its
+    per-layer evaluation (LAMBADA accuracy with its 95% interval, WikiText word perplexity)."""
 
     S: dict[str, float]
     S_median_curve: dict[str, float]
@@ -32,14 +33,13 @@ class ModelScores(Record):
     D_median: dict[str, list[float]]
     last_layer_ratio: dict[str, float]
     tokens: int
-    lambada_acc: list[float]
-    lambada_lo: list[float]
-    lambada_hi: list[float]
-    lambada_n: int
-    wikitext_word_ppl: list[float]
-    wikitext_n: int
-    eval_subset: str
+    evaluation: LayerEvaluation
     model: str = ""
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelScores:
+        values = {k: data[k] for k in cls.__dataclass_fields__ if k in data}
+        return cls(**{**values, "evaluation": LayerEvaluation.from_dict(data["evaluation"])})
 
 
 @dataclass
@@ -50,13 +50,6 @@ class PairedData(Record):
     per_window_D: dict[str, list[list[float]]]
     greedy: list[list[bool]]
     window_documents: list[int] = field(default_factory=list)
-
-
-@dataclass
-class Interval(Record):
-    value: float
-    lo: float
-    hi: float
 
 
 @dataclass
@@ -96,7 +89,7 @@ class StageResult(Record):
         values["timings"] = [StepTiming.from_dict(t) for t in data.get("timings") or []]
         for name in ("scores", "before", "after"):
             values[name] = ModelScores.from_dict(data[name]) if data.get(name) else None
-        values["paired"] = {k: Interval.from_dict(v) for k, v in (data.get("paired") or {}).items()}
+        values["paired"] = {k: Interval.of(v) for k, v in (data.get("paired") or {}).items()}
         return cls(**values)
 
 
@@ -119,11 +112,11 @@ class GpuStudy(Record):
 def paired_statistics(before: PairedData, after: PairedData) -> dict[str, Interval]:
     """The change of S per convention (paired over windows) and the ratio of final-layer LAMBADA accuracy (paired
     over passages), each with its 95% interval."""
-    stats = {f"S_{c}_difference": Interval(*paired_S_difference(before.per_window_D[c], after.per_window_D[c],
-                                                                 documents=before.window_documents or None))
+    stats = {f"S_{c}_difference": paired_S_difference(before.per_window_D[c], after.per_window_D[c],
+                                                      documents=before.window_documents or None)
              for c in LAST_STATES}
     b, a = np.asarray(before.greedy, dtype=float), np.asarray(after.greedy, dtype=float)
-    stats["lambada_final_ratio"] = Interval(*paired_ratio(b[:, -1], a[:, -1]))
+    stats["lambada_final_ratio"] = paired_ratio(b[:, -1], a[:, -1])
     return stats
 
 

@@ -8,8 +8,9 @@ import tarfile
 from pathlib import Path
 
 from sdlib.errors import SdlibError
-from sdlib.experiments.gpu.records import STAGES, TRAINING_STAGES, GpuStudy, Interval
+from sdlib.experiments.gpu.records import STAGES, TRAINING_STAGES, GpuStudy
 from sdlib.paths import build_dir, figures_dir
+from sdlib.stats import Interval
 
 
 def summary_lines(results: GpuStudy) -> list[str]:
@@ -32,7 +33,7 @@ def summary_lines(results: GpuStudy) -> list[str]:
         elif name == "baseline":
             b = s.scores
             lines.append(f"baseline ({s.model}): S normed {b.S['normed']:.4f}, pre_norm {b.S['pre_norm']:.4f}; "
-                         f"LAMBADA final {b.lambada_acc[-1]:.4f} [{b.lambada_lo[-1]:.4f}, {b.lambada_hi[-1]:.4f}]")
+                         "LAMBADA final {:.4f} [{:.4f}, {:.4f}]".format(*b.evaluation.lambada(-1)))
         elif name in TRAINING_STAGES:
             d, r = s.paired.get("S_normed_difference", nan), s.paired.get("lambada_final_ratio", nan)
             lines.append(f"{name}: {s.steps} steps x {s.sequences_per_step} sequences, {s.tokens:,} tokens "

@@ -12,8 +12,9 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from sdlib.data import TextWindows
-from sdlib.evaluation.layers import evaluate_cached, load_subset
+from sdlib.evaluation.layers import load_subset
+from sdlib.evaluation.movement import MeasureSettings
+from sdlib.evaluation.subject import Subject
 from sdlib.experiments.gpu.records import (
     PAPER_TOKENS,
     STAGES,
@@ -30,7 +31,6 @@ from sdlib.models import load
 from sdlib.paths import configs_dir, project_root
 from sdlib.provenance import device_name, package_versions, write_json
 from sdlib.settings import read_yaml
-from sdlib.studies.movement import measure_text
 from sdlib.train import LOG_FILE, train
 from sdlib.train.config import load_config
 from sdlib.train.runlog import StopRecord, evals, read_log
@@ -143,25 +143,21 @@ class GpuStudyRunner:
         and per-passage outcomes for paired statistics (also kept in ``records/<label>/paired.json``, where a later
         stage reads the baseline's)."""
 
-        if model is None:
-            model, tokenizer = load(source, device=self.device, **options)
-        where = TextWindows("wikitext-test", self.spec["measure"]["windows"], self.spec["measure"]["window_len"])
-        m = measure_text(model, tokenizer, where)
+        subject = Subject(str(source), options=options, results=self.records() / label, device=self.device,
+                          progress=False, loaded=None if model is None else (model, tokenizer))
+        where = MeasureSettings("wikitext-test", self.spec["measure"]["windows"], self.spec["measure"]["window_len"])
+        m = subject.measurement(where)
         write_json(self.records() / label / "measure.json", m.to_dict())
         self.log(f"{label}: S normed {m.S['normed']:.4f}, pre_norm {m.S['pre_norm']:.4f} ({m.n_tokens} tokens)")
         settings = load_subset(self.spec["eval_subset"], self.device)
-        scores, _ = evaluate_cached(source, ["lambada_openai", "wikitext"], settings, device=self.device,
-                                    loaded=(model, tokenizer), out_dir=self.records() / label / "eval", progress=False)
-        lam, ppl = scores.curve("lambada_openai", "acc", intervals=True), scores.curve("wikitext", "word_perplexity")
-        self.log(f"{label}: LAMBADA final {lam[-1][0]:.4f} (n {scores.n('lambada_openai')}), WikiText word ppl "
-                 f"final {ppl[-1]:.3f}")
+        scores, _ = subject.layer_scores(["lambada_openai", "wikitext"], settings)
+        evaluation = scores.evaluation()
+        self.log(f"{label}: LAMBADA final {evaluation.lambada_acc[-1]:.4f} (n {evaluation.lambada_n}), WikiText word "
+                 f"ppl final {evaluation.wikitext_word_ppl[-1]:.3f}")
         paired = PairedData(m.per_window_D, scores.greedy["lambada_openai"].tolist(), m.window_documents)
         write_json(self.records() / label / "paired.json", paired.to_dict())
         summary = ModelScores(S=m.S, S_median_curve=m.S_median, D=m.D, D_median=m.D_median,
-                              last_layer_ratio=m.last_layer_ratio, tokens=m.n_tokens,
-                              lambada_acc=[v for v, _, _ in lam], lambada_lo=[lo for _, lo, _ in lam],
-                              lambada_hi=[hi for _, _, hi in lam], lambada_n=scores.n("lambada_openai"),
-                              wikitext_word_ppl=ppl, wikitext_n=scores.n("wikitext"), eval_subset=settings.subset,
+                              last_layer_ratio=m.last_layer_ratio, tokens=m.n_tokens, evaluation=evaluation,
                               model=str(source))
         return summary, paired
 
