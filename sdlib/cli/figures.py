@@ -42,8 +42,8 @@ def _compare(args: argparse.Namespace, extra: Sequence[str]) -> int:
     profile = Profile("compare", [pair], args.subset, {"text": args.text, "windows": args.windows,
                                                        "window_len": args.window_len})
     base = measured_pair(profile, pair, Role.PRETRAINED, tasks)
-    rows = [paired_result(profile, pair, Role.PRETRAINED, tasks, measured=base),
-            paired_result(profile, pair, Role.SELF_DISTILLED, tasks, base=base)]
+    rows = [paired_result(Role.PRETRAINED, base),
+            paired_result(Role.SELF_DISTILLED, measured_pair(profile, pair, Role.SELF_DISTILLED, tasks), base)]
     rows[0].cell, rows[1].cell = args.base, str(run)
     rows[1].tokens = pair.config.train_tokens
     rows[1].add_training_log(run)

@@ -12,6 +12,7 @@ from typing import Any
 from sdlib.errors import SdlibError
 from sdlib.evaluation.layers import LayerEvaluation, LayerScores, load_subset
 from sdlib.evaluation.movement import MeasureRecord, MeasureSettings
+from sdlib.evaluation.subject import Subject
 from sdlib.evaluation.tasks import TASKS, check_tasks
 from sdlib.experiments.profiles import ROLES, Pair, Profile
 from sdlib.provenance import nan_to_none
@@ -124,30 +125,38 @@ def _evaluation_of(data: dict[str, Any]) -> dict[str, Any]:
             "wikitext_n": 0, "subset": "", "max_length": None, "limit": None}
 
 
-def measured_pair(profile: Profile, pair: Pair, role: Role, tasks: Sequence[str] = TASKS
-                  ) -> tuple[MeasureRecord, LayerScores]:
-    """(the movement record, the per-layer scores on ``tasks``) of one model of a pair; both cached."""
+def measured(subject: Subject, measure: MeasureSettings, subset: str, tasks: Sequence[str] = TASKS
+             ) -> tuple[MeasureRecord, LayerScores]:
+    """(the movement record on ``measure``'s windows, the per-layer scores on ``tasks`` of subset ``subset``) of one
+    model under study; both cached (``Subject.measurement``, ``Subject.layer_scores``)."""
     tasks = check_tasks(list(tasks))
     if "lambada_openai" not in tasks:
         raise SdlibError(f"a paired comparison needs lambada_openai among its tasks, got {', '.join(tasks)}")
-    return measurement(profile, pair, role), layer_scores(profile, pair, role, tasks=tasks)
+    return subject.measurement(measure), subject.layer_scores(tasks, load_subset(subset, subject.placed_on()))[0]
 
 
-def paired_result(profile: Profile, pair: Pair, role: Role, tasks: Sequence[str] = TASKS,
-                  base: tuple[MeasureRecord, LayerScores] | None = None,
-                  measured: tuple[MeasureRecord, LayerScores] | None = None) -> CellResult:
-    """One model of a pair measured and evaluated (``measured``, computed here when not given); a self-distilled
-    one paired with its pretrained model (``base``, likewise) on the same windows and passages: the change of S in
-    each reading and the final layer's LAMBADA ratio. What ``sdlib compare`` prints and each grid cell records."""
+def measured_pair(profile: Profile, pair: Pair, role: Role, tasks: Sequence[str] = TASKS
+                  ) -> tuple[MeasureRecord, LayerScores]:
+    """``measured`` for one model of a profile's pair, on the profile's measurement and evaluation subset."""
+    return measured(pair.subject(role), measure_settings(profile), profile.eval_subset, tasks)
 
-    m, scores = measured or measured_pair(profile, pair, role, tasks)
+
+def paired_result(role: Role, measured: tuple[MeasureRecord, LayerScores],
+                  base: tuple[MeasureRecord, LayerScores] | None = None) -> CellResult:
+    """One model's result from what ``measured`` returned; a self-distilled one paired with its pretrained model
+    (``base``) on the same windows and passages: the change of S in each reading and the final layer's LAMBADA
+    ratio. What ``sdlib compare`` prints and each grid cell records."""
+
+    m, scores = measured
     result = CellResult(
         cell=str(role), settings={}, tokens=0,
-        S={conv: (m.S[conv], *m.S_interval(conv)) for conv in LAST_STATES},
+        S={conv: Interval(m.S[conv], *m.S_interval(conv)) for conv in LAST_STATES},
         D_last={conv: m.D[conv][-1] for conv in LAST_STATES}, D_ratio=dict(m.last_layer_ratio),
         evaluation=scores.evaluation(), setting=m.info.get("setting", ""))
     if role == Role.SELF_DISTILLED:
-        base_m, base_scores = base or measured_pair(profile, pair, Role.PRETRAINED, tasks)
+        if base is None:
+            raise SdlibError("a self-distilled model's result is paired with its pretrained model's: pass base")
+        base_m, base_scores = base
         result.S_change = {conv: m.S_change_from(base_m, conv) for conv in LAST_STATES}
         result.lambada_ratio = paired_ratio(base_scores.final_correct("lambada_openai"),
                                             scores.final_correct("lambada_openai"))
@@ -155,7 +164,8 @@ def paired_result(profile: Profile, pair: Pair, role: Role, tasks: Sequence[str]
 
 
 def measure_settings(profile: Profile) -> MeasureSettings:
-    return MeasureSettings(**{"text": "wikitext-test", "windows": 64, "window_len": 512, **profile.measure})
+    """The profile's measurement: the standard one (``MeasureSettings()``) with what its ``measure:`` changes."""
+    return MeasureSettings(**profile.measure)
 
 
 def measurement(profile: Profile, pair: Pair, role: Role, device: str | None = None) -> MeasureRecord:

@@ -19,16 +19,19 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from sdlib.errors import SdlibError
 from sdlib.evaluation.layers import LayerScores
+from sdlib.evaluation.movement import MeasureSettings
+from sdlib.evaluation.subject import Subject
 from sdlib.evaluation.tasks import TASKS
-from sdlib.experiments.compare import CellResult, measured_pair, paired_result
+from sdlib.experiments import compare
+from sdlib.experiments.compare import CellResult
 from sdlib.experiments.grid_config import Grid
-from sdlib.experiments.profiles import Pair, Profile
+from sdlib.experiments.profiles import Pair
 from sdlib.paths import records_dir, results_dir
 from sdlib.provenance import atomic_path, nan_to_none, provenance, write_json
 from sdlib.train import finished, train
@@ -39,17 +42,17 @@ SETTINGS = ("model", "alpha", "k", "lr", "kl_direction", "last_state", "zeta2_fo
 """the config keys a grid table shows for every cell"""
 
 
-def cell_profile(grid: Grid, cell: str) -> tuple[Profile, Pair]:
-    """A one-pair profile for a grid's cell: its config, and the grid's evaluation subset and measurement."""
-    pair = Pair(f"{grid.path}:{cell}", grid.config(cell))
-    return Profile(f"grid-{grid.name}", [pair], grid.eval_subset, dict(grid.measure)), pair
+def subject(grid: Grid, cell: str | None) -> Subject:
+    """A cell's trained model (``cell`` None: the grid's pretrained model) as a model under study."""
+    pair = Pair(f"{grid.path}:{cell or next(iter(grid.cells))}", grid.config(cell or next(iter(grid.cells))))
+    return pair.subject(Role.SELF_DISTILLED if cell else Role.PRETRAINED)
 
 
 def measured(grid: Grid, cell: str | None, tasks: Sequence[str] = TASKS) -> tuple[Any, LayerScores]:
     """(the movement record, the per-layer scores on ``tasks``) of one cell's trained model (``cell`` None: the
-    pretrained model); both cached, so asking again costs nothing but the model's load."""
-    profile, pair = cell_profile(grid, cell or next(iter(grid.cells)))
-    return measured_pair(profile, pair, Role.SELF_DISTILLED if cell else Role.PRETRAINED, tasks)
+    pretrained model) on the grid's measurement and evaluation subset; both cached, so asking again costs nothing
+    but the model's load."""
+    return compare.measured(subject(grid, cell), MeasureSettings(**grid.measure), grid.eval_subset, tasks)
 
 
 def cell_result(grid: Grid, cell: str | None, tasks: Sequence[str] = TASKS,
@@ -58,15 +61,18 @@ def cell_result(grid: Grid, cell: str | None, tasks: Sequence[str] = TASKS,
     is required), paired with the pretrained model's ``base = measured(grid, None, tasks)`` (measured here when
     not given), and the cell's training log."""
 
-    profile, pair = cell_profile(grid, cell or next(iter(grid.cells)))
+    base = base or measured(grid, None, tasks)
     if cell is None:
-        result = paired_result(profile, pair, Role.PRETRAINED, tasks, measured=base)
-    else:
-        result = paired_result(profile, pair, Role.SELF_DISTILLED, tasks, base=base)
-    c = pair.config
-    result.cell, result.settings = cell or "pretrained", {k: _plain(getattr(c, k)) for k in SETTINGS}
-    result.tokens = c.train_tokens if cell else 0
-    return result.add_training_log(c.run_dir()) if cell else result
+        return replace(compare.paired_result(Role.PRETRAINED, base), cell="pretrained",
+                       settings=_settings(grid.config(next(iter(grid.cells)))))
+    result = compare.paired_result(Role.SELF_DISTILLED, measured(grid, cell, tasks), base)
+    c = grid.config(cell)
+    result.cell, result.settings, result.tokens = cell, _settings(c), c.train_tokens
+    return result.add_training_log(c.run_dir())
+
+
+def _settings(config) -> dict[str, Any]:
+    return {k: _plain(getattr(config, k)) for k in SETTINGS}
 
 
 def record_path(grid: Grid, cell: str | None) -> Path:
