@@ -85,6 +85,7 @@ def parse_overrides(args: Sequence[str]) -> dict[str, Any]:
 
 
 _KINDS: dict[str, type] = {"int": int, "float": float, "str": str, "bool": bool, "dict": dict, "list": list,
+                           "tuple": tuple,
                            **{name: kind for name, kind in vars(_types).items()
                               if isinstance(kind, type) and issubclass(kind, StrEnum) and kind is not StrEnum}}
 
@@ -103,8 +104,8 @@ def enum_of(annotation: Any) -> type[StrEnum] | None:
 
 
 def coerce(name: str, value: Any, kind: type, source: str, what: str = "config key") -> Any:
-    """``value`` as ``kind``: ints widen to float, integral floats (``1e6``) narrow to int, bools stay bools,
-    words become their enum."""
+    """``value`` as ``kind``: ints widen to float, integral floats (``1e6``) narrow to int, lists become tuples
+    where a tuple is asked for, bools stay bools, words become their enum."""
     if isinstance(kind, type) and issubclass(kind, StrEnum):
         return parse(kind, value, f"{what} {name!r} in {source}")
     if isinstance(value, bool) != (kind is bool):
@@ -113,6 +114,8 @@ def coerce(name: str, value: Any, kind: type, source: str, what: str = "config k
         return int(value)
     elif kind is float and isinstance(value, (int, float)):
         return float(value)
+    elif kind is tuple and isinstance(value, (list, tuple)):
+        return tuple(value)  # a YAML list for a tuple setting (frozen settings hold tuples)
     elif isinstance(value, kind):
         return type(value)(value) if kind in (dict, list) else value
     raise SdlibError(f"{what} {name!r} in {source} must be {kind.__name__}, got {value!r}")

@@ -91,8 +91,6 @@ class Profile:
     measure: dict[str, Any] = field(default_factory=dict)
     quickstart: dict[str, Any] = field(default_factory=dict)
     """parameters for notebooks/00_quickstart.ipynb under this profile"""
-    pruning: dict[str, Any] = field(default_factory=dict)
-    """settings of the pruning / early-exit study (notebooks/ext_pruning.ipynb)"""
     atlas: dict[str, Any] = field(default_factory=dict)
     """the convergence atlas (notebooks/atlas.ipynb): ``models`` and any ``AtlasSettings`` field"""
     notebooks: list[str] = field(default_factory=list)
@@ -210,6 +208,6 @@ def load_profile(name: str = DEFAULT_PROFILE, trained: str | list[str] | None = 
         raise SdlibError(f"profile {name}: unknown key(s) {', '.join(unknown)}; use configs, {', '.join(sorted(known))}")
     return Profile(name=name, pairs=pairs, eval_subset=entry.get("eval_subset", "full"),
                    measure=dict(entry.get("measure") or {}), quickstart=dict(entry.get("quickstart") or {}),
-                   pruning=dict(entry.get("pruning") or {}), atlas=dict(entry.get("atlas") or {}),
+                   atlas=dict(entry.get("atlas") or {}),
                    notebooks=list(entry.get("notebooks") or []), studies=dict(entry.get("studies") or {}),
                    figures=entry.get("figures", ""))

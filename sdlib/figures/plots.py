@@ -234,7 +234,7 @@ def lens_rows(num_layers: int, max_rows: int = 12) -> list[int]:
 
 def lens_figure(grids: Sequence[Any], title: str = "Logit lens: top-1 token and probability per layer",
                 max_rows: int = 12) -> go.Figure:
-    """Per model (``sdlib.experiments.sentence.LensGrid``), one under the other at full width: a heatmap (layers x
+    """Per model (``sdlib.studies.lens_grid.LensGrid``), one under the other at full width: a heatmap (layers x
     positions; text = top-1 token, colour = its probability) above the movement curves D_l of the positions
     predicting the last tokens. Deep models show ``max_rows`` layers (``lens_rows``; the record keeps them all; ⋮
     marks a row after skipped layers), so the tokens read at README width."""

@@ -4,7 +4,7 @@ Adding a study is one module that defines ``STUDY`` and one line here."""
 from __future__ import annotations
 
 from sdlib.errors import SdlibError
-from sdlib.studies import atlas, fold_split, last_layer, movement, norms
+from sdlib.studies import atlas, early_exit, fold_split, last_layer, lens_grid, movement, norms
 from sdlib.studies.base import Study
 
 STUDIES: dict[str, Study] = {}
@@ -30,5 +30,7 @@ for _study in (
     last_layer.STUDY,
     norms.STUDY,
     fold_split.STUDY,
+    lens_grid.STUDY,
+    early_exit.STUDY,
 ):
     register(_study)

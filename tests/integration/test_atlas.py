@@ -122,7 +122,7 @@ def test_records_round_trip_through_json(tiny_model, tmp_path):
     import json
 
     from sdlib.evaluation.movement import MeasureRecord, MeasureSettings, measure_model
-    from sdlib.experiments.sentence import LensGrid, lens_grid_of
+    from sdlib.studies.lens_grid import LensGrid, lens_grid_of
     from sdlib.train.runlog import EvalRecord, StepRecord, from_dict, to_line
 
     model, tok = tiny_model

@@ -76,7 +76,7 @@ def test_the_late_layer_panel_leaves_the_final_layer_out():
 
 
 def test_a_partial_utf8_token_shows_its_bytes():
-    from sdlib.experiments.sentence import _show_bytes
+    from sdlib.studies.lens_grid import _show_bytes
 
     assert _show_bytes("ok €".encode()) == "ok €"
     assert _show_bytes(b"a\xe2\x80") == "a⟨e2 80⟩" and _show_bytes(b"\x91") == "⟨91⟩"

@@ -155,3 +155,18 @@ def test_sdlib_measure_the_measure_study_and_a_profile_reach_one_cached_measurem
     assert by_profile.role == "pretrained" and by_profile.label.endswith("(pretrained)")
     with pytest.raises(AssertionError, match="measured again"):  # other windows are another measurement
         pair.subject(Role.PRETRAINED).measurement(MeasureSettings(text=str(text), windows=2, window_len=32))
+
+
+def test_the_lens_study_is_the_lens_grid_of_its_model_and_is_cached(tmp_path, monkeypatch):
+    from sdlib.models import load
+    from sdlib.studies import lens_grid
+
+    monkeypatch.setenv("SDLIB_BUILD_DIR", str(tmp_path / "build"))
+    model, tokenizer = load("tiny-llama")
+    settings = lens_grid.LensSettings(text=TEXT[:200], positions=5, last=2)
+    first = registry.get("lens").run("tiny-llama", settings, loaded=(model, tokenizer), progress=False)
+    plain = lens_grid.lens_grid_of(model, tokenizer, TEXT[:200], "tiny-llama", n_positions=5, n_last=2)
+    assert first.to_dict() == plain.to_dict() and len(first.top_tokens[0]) == len(first.targets) == 5
+    monkeypatch.setattr(lens_grid, "lens_grid_of", lambda *a, **k: pytest.fail("computed again"))
+    again = registry.get("lens").run("tiny-llama", settings, loaded=(model, tokenizer), progress=False)
+    assert again.to_dict() == first.to_dict()

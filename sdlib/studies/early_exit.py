@@ -3,17 +3,17 @@ one model after exiting at every layer and after removing n layers by each rule 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-from sdlib.cache import Record, cached
+from sdlib.cache import Record
 from sdlib.evaluation.layers import EvalSettings, evaluate_layers
-from sdlib.experiments.compare import measurement
-from sdlib.experiments.profiles import Pair, Profile
+from sdlib.evaluation.movement import MeasureSettings
+from sdlib.evaluation.subject import Subject
 from sdlib.parts import decoder_parts
 from sdlib.provenance import provenance
 from sdlib.pruning import STRATEGIES, generation_speed, keep_layers, prune
-from sdlib.types import Role
+from sdlib.studies.base import Study
 
 
 @dataclass
@@ -57,44 +57,53 @@ class PruningStudy(Record):
                       "rows": [PrunedModel.from_dict(r) for r in data["rows"]]})
 
 
-def pruning_study(profile: Profile, pair: Pair, role: Role, device: str | None = None) -> PruningStudy:
-    """Quality and greedy-decoding speed after early exit at every layer and after removing n layers by
-    each strategy of ``sdlib.pruning`` (the profile's ``pruning`` settings); cached by weights + settings."""
+@dataclass(frozen=True)
+class EarlyExitSettings(MeasureSettings):
+    """The measurement whose D the ``movement`` rule reads (the standard one by default), the documents that
+    score every cut, and the cuts."""
 
-    cfg = {"lambada_openai": 100, "wikitext": 1, "max_length": 512, "removals": [1, 2, 4], "new_tokens": 32,
-           **profile.pruning}
-    settings = EvalSettings(subset="pruning", limit={t: cfg[t] for t in ("lambada_openai", "wikitext")},
-                            max_length=cfg["max_length"])
-    D = measurement(profile, pair, role, device).D["normed"]
+    lambada_openai: int = 100
+    """LAMBADA passages scored per cut"""
+    wikitext: int = 1
+    """WikiText pages scored per cut"""
+    max_length: int = 512
+    removals: tuple[int, ...] = (1, 2, 4)
+    """how many layers each rule removes (each below the model's layer count)"""
+    new_tokens: int = 32
+    """tokens decoded greedily to time each cut"""
+
+
+def early_exit(subject: Subject, settings: EarlyExitSettings) -> PruningStudy:
+    """Quality and greedy-decoding speed after early exit at every layer and after removing n layers by each
+    strategy of ``sdlib.pruning``."""
+
+    measure = MeasureSettings(**{f.name: getattr(settings, f.name) for f in fields(MeasureSettings)})
+    D = subject.measurement(measure).D["normed"]
     tasks = ["lambada_openai", "wikitext"]
+    scoring = EvalSettings(subset="pruning", limit={t: getattr(settings, t) for t in tasks},
+                           max_length=settings.max_length)
 
     def cut(method, n_removed, kept, removed, results, column, speed) -> PrunedModel:
         return PrunedModel(method, n_removed, kept, removed, float(results["lambada_openai"].metrics["acc"][column]),
                            float(results["wikitext"].metrics["word_perplexity"][column]), speed)
 
-    def compute() -> PruningStudy:
-        model, tok = pair.load(role, device)
-        n_layers = decoder_parts(model).num_layers
-        removals = [n for n in cfg["removals"] if 0 < n < n_layers]
-        speeds = {n_layers: generation_speed(model, tok, new_tokens=cfg["new_tokens"])}
+    model, tok = subject.load()
+    n_layers = decoder_parts(model).num_layers
+    removals = [n for n in settings.removals if 0 < n < n_layers]
+    speeds = {n_layers: generation_speed(model, tok, new_tokens=settings.new_tokens)}
+    for n in removals:
+        speeds[n_layers - n] = generation_speed(keep_layers(model, range(n_layers - n)), tok,
+                                                new_tokens=settings.new_tokens)
+    per_layer = evaluate_layers(model, tok, tasks, scoring, progress=False)  # early exit = the lens
+    rows = [cut("early_exit", n_layers - 1 - k, k + 1, [], per_layer, k, speeds.get(k + 1)) for k in range(n_layers)]
+    for strategy in STRATEGIES:
         for n in removals:
-            speeds[n_layers - n] = generation_speed(keep_layers(model, range(n_layers - n)), tok,
-                                                    new_tokens=cfg["new_tokens"])
-        per_layer = evaluate_layers(model, tok, tasks, settings, progress=False)  # early exit = the lens
-        rows = [cut("early_exit", n_layers - 1 - k, k + 1, [], per_layer, k, speeds.get(k + 1))
-                for k in range(n_layers)]
-        for strategy in STRATEGIES:
-            for n in removals:
-                pruned, removed = prune(model, D, n, strategy)
-                scored = evaluate_layers(pruned, tok, tasks, settings, progress=False, layers=[-1])
-                rows.append(cut(strategy, n, n_layers - n, removed, scored, 0, speeds[n_layers - n]))
-        return PruningStudy(label=pair.label(role), role=str(role), rows=rows, full_tokens_per_s=speeds[n_layers],
-                            settings=cfg, movement_D=D,
-                            provenance=provenance(device=next(model.parameters()).device, limits=cfg))
-
-    subject = pair.subject(role, device)
-    key = {"fingerprint": subject.fingerprint(), **cfg, "D": D}
-    return cached(PruningStudy, subject.folder("pruning"), "pruning", key, compute)
+            pruned, removed = prune(model, D, n, strategy)
+            scored = evaluate_layers(pruned, tok, tasks, scoring, progress=False, layers=[-1])
+            rows.append(cut(strategy, n, n_layers - n, removed, scored, 0, speeds[n_layers - n]))
+    return PruningStudy(label=subject.label, role=str(subject.role), rows=rows, full_tokens_per_s=speeds[n_layers],
+                        settings=asdict(settings), movement_D=D,
+                        provenance=provenance(device=subject.placed_on(), limits=asdict(settings)))
 
 
 def layers_removable(study: PruningStudy, method: str, fraction: float = 0.95) -> tuple[int, float | None]:
@@ -113,3 +122,17 @@ def summary(studies: list[PruningStudy], fraction: float = 0.95) -> dict[str, di
     measured decoding speed-up there."""
     return {s.label: {m: dict(zip(("layers_removable_at_95pct", "speedup"), layers_removable(s, m, fraction)))
                       for m in ("early_exit", "movement", "last")} for s in studies}
+
+
+def describe(study: PruningStudy) -> str:
+    """Per cut: the method, layers removed, LAMBADA accuracy, WikiText word perplexity and decoding speed."""
+    lines = [f"{study.label}: {'method':12s} {'removed':>7s} {'LAMBADA':>8s} {'WikiText ppl':>13s} {'tokens/s':>9s}"]
+    for r in study.rows:
+        speed = f"{r.tokens_per_s:9.1f}" if r.tokens_per_s else f"{'':9s}"
+        lines.append(f"{'':{len(study.label) + 1}s} {r.method:12s} {r.layers_removed:7d} {r.lambada_acc:8.3f} "
+                     f"{r.wikitext_word_ppl:13.4g} {speed}")
+    return "\n".join(lines)
+
+
+STUDY = Study("early-exit", "quality and decoding speed after early exit at every layer and after removing layers "
+              "(by lowest D, or the last ones)", EarlyExitSettings, PruningStudy, early_exit, describe)
