@@ -250,17 +250,16 @@ class LayerScores:
     def evaluation(self) -> LayerEvaluation:
         """The record of these scores (LAMBADA required; WikiText when it was evaluated), with the subset, the
         per-task document limits and LAMBADA's window length that the table's rows carry."""
-        lam = self.curve("lambada_openai", "acc", intervals=True)
         rows = self._rows("lambada_openai", "acc")
-        tasks = sorted(set(self.table.task))
-        limit = {t: int(v) for t in tasks for v in self.table[self.table.task == t]["limit"].iloc[:1] if v == v and v}
-        wikitext = "wikitext" in tasks
-        return LayerEvaluation(layers=list(range(len(lam))), lambada_acc=[v for v, _, _ in lam],
+        limits = self.table.groupby("task")["limit"].first().dropna()  # one limit per task; none: every document
+        wikitext = "wikitext" in set(self.table.task)
+        return LayerEvaluation(layers=list(range(len(rows))), lambada_acc=rows["value"].astype(float).tolist(),
                                lambada_n=self.n("lambada_openai"),
                                wikitext_word_ppl=self.curve("wikitext", "word_perplexity") if wikitext else [],
                                wikitext_n=self.n("wikitext") if wikitext else 0, subset=str(rows["subset"].iloc[0]),
-                               max_length=int(rows["max_length"].iloc[0]), limit=limit,
-                               lambada_lo=[lo for _, lo, _ in lam], lambada_hi=[hi for _, _, hi in lam])
+                               max_length=int(rows["max_length"].iloc[0]),
+                               limit={task: int(v) for task, v in limits.items() if v},
+                               lambada_lo=rows["lo"].astype(float).tolist(), lambada_hi=rows["hi"].astype(float).tolist())
 
     def final_correct(self, task: str) -> np.ndarray:
         """The final layer's 0/1 outcome per document [n_docs] (float)."""

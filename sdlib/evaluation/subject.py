@@ -10,7 +10,7 @@ weights, the settings and the results folder are the same. Models are loaded onc
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -77,9 +77,17 @@ class Subject:
         """Where its records of ``kind`` (``measure``, ``eval`` or a study's name) live."""
         return (Path(self.results) if self.results else results_dir() / slug(self.source)) / kind
 
+    def named(self, record: Any) -> Any:
+        """``record`` with this subject's ``label`` and ``role``, where it has those fields: what a model is called
+        is not part of what was computed, so a record cached under another name reads as this one's."""
+        names = {"label": self.label, "role": None if self.role is None else str(self.role)}
+        return replace(record, **{k: v for k, v in names.items() if k in getattr(record, "__dataclass_fields__", {})})
+
     def measurement(self, settings: MeasureSettings = MeasureSettings(), use_cache: bool = True) -> MeasureRecord:
-        """The D curve and S in both conventions on ``settings``' windows, cached by the weights and the settings
-        (the batch size and dtype change no number: the dtype is in the weights' fingerprint)."""
+        """The D curve and S in both conventions on ``settings``' windows (a study's settings that extend
+        ``MeasureSettings`` are read as the measurement they name), cached by the weights and the settings (the batch
+        size and dtype change no number: the dtype is in the weights' fingerprint)."""
+        settings = MeasureSettings(**{f.name: getattr(settings, f.name) for f in fields(MeasureSettings)})
 
         def compute() -> MeasureRecord:
             return measure_model(self.model, self.tokenizer, settings, name=self.name, progress=self.progress)
@@ -87,9 +95,7 @@ class Subject:
         key = {"fingerprint": self.fingerprint(),
                **{k: v for k, v in asdict(settings).items() if k not in ("batch_size", "dtype")}}
         record = cached(MeasureRecord, self.folder("measure"), "movement", key, compute, use_cache)
-        # what the model is called is not part of the measurement: a record cached under another name reads as this one
-        return replace(record, model=self.name, source=self.source, label=self.label,
-                       role=None if self.role is None else str(self.role))
+        return self.named(replace(record, model=self.name, source=self.source))
 
     def layer_scores(self, tasks: Sequence[str], settings: EvalSettings, *, batch_size: int = 8,
                      use_cache: bool = True, out_dir: str | Path | None = None) -> tuple[LayerScores, Path]:

@@ -44,7 +44,8 @@ SETTINGS = ("model", "alpha", "k", "lr", "kl_direction", "last_state", "zeta2_fo
 
 def subject(grid: Grid, cell: str | None) -> Subject:
     """A cell's trained model (``cell`` None: the grid's pretrained model) as a model under study."""
-    pair = Pair(f"{grid.path}:{cell or next(iter(grid.cells))}", grid.config(cell or next(iter(grid.cells))))
+    name = cell or grid.pretrained_cell
+    pair = Pair(f"{grid.path}:{name}", grid.config(name))
     return pair.subject(Role.SELF_DISTILLED if cell else Role.PRETRAINED)
 
 
@@ -64,7 +65,7 @@ def cell_result(grid: Grid, cell: str | None, tasks: Sequence[str] = TASKS,
     base = base or measured(grid, None, tasks)
     if cell is None:
         return replace(compare.paired_result(Role.PRETRAINED, base), cell="pretrained",
-                       settings=_settings(grid.config(next(iter(grid.cells)))))
+                       settings=_settings(grid.config(grid.pretrained_cell)))
     result = compare.paired_result(Role.SELF_DISTILLED, measured(grid, cell, tasks), base)
     c = grid.config(cell)
     result.cell, result.settings, result.tokens = cell, _settings(c), c.train_tokens
@@ -83,7 +84,7 @@ def record_path(grid: Grid, cell: str | None) -> Path:
 def save_record(grid: Grid, result: CellResult) -> Path:
     """Write ``result`` as the cell's record, with the grid, the cell's config and where it was computed. A record
     that already holds the same numbers is left as it is (a rerun does not rewrite a committed record's provenance)."""
-    config = grid.config(result.cell if result.cell != "pretrained" else next(iter(grid.cells)))
+    config = grid.config(result.cell if result.cell != "pretrained" else grid.pretrained_cell)
     path = record_path(grid, None if result.cell == "pretrained" else result.cell)
     record = {**result.to_dict(), "grid": grid.name, "config": config.to_dict() if result.tokens else
               {"model": config.model}, "measure": grid.measure, "eval_subset": grid.eval_subset}

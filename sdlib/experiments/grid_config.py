@@ -29,6 +29,11 @@ class Grid:
     path: str = ""
     """the file it was read from (a cell's config is referred to as ``<path>:<cell>``)"""
 
+    @property
+    def pretrained_cell(self) -> str:
+        """The cell whose config stands for the pretrained model (the first: every cell shares the base model)."""
+        return next(iter(self.cells))
+
     def config(self, cell: str) -> TrainConfig:
         """The cell's full config: the base with the cell's keys over it."""
 

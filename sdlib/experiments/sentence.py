@@ -4,7 +4,7 @@ and the PCA trajectories of its hidden states (Fig. 4)."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -20,9 +20,7 @@ from sdlib.types import Role
 
 def lens_grid(pair: Pair, role: Role, text: str = FIG7_SENTENCE, device: str | None = None) -> LensGrid:
     """The ``lens`` study of one model of a pair on ``text`` (cached; labelled as the pair names the model)."""
-    subject = pair.subject(role, device)
-    grid = registry.get("lens").run(subject, LensSettings(text=text))
-    return replace(grid, label=subject.label, role=str(subject.role))
+    return registry.get("lens").run(pair.subject(role, device), LensSettings(text=text))
 
 
 @dataclass

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -61,12 +61,10 @@ class FigureRun:
 
     def study(self, name: str, pair: Pair | None = None, role: Role = Role.PRETRAINED, use_cache: bool = True):
         """The record of registered study ``name`` (``sdlib.studies.registry``) for one model of the profile (the
-        first pair's, by default), under the profile's settings for it; cached. A record that names its model
-        (``label``, ``role``) names it as the profile does."""
+        first pair's, by default), under the profile's settings for it; cached, and named as the profile names the
+        model."""
         subject = (pair or self.profile.pairs[0]).subject(role, self.device)
-        record = registry.get(name).run(subject, self.profile.study_settings(name), use_cache=use_cache)
-        names = {"label": subject.label, "role": str(subject.role)}
-        return replace(record, **{k: v for k, v in names.items() if k in getattr(record, "__dataclass_fields__", {})})
+        return registry.get(name).run(subject, self.profile.study_settings(name), use_cache=use_cache)
 
     def save(self, fig, name: str, numbers: dict[str, Any], provenance: dict[str, Any] | None = None,
              records: Any = None, png: bool = True) -> dict[str, Path]:

@@ -55,7 +55,8 @@ class Study(Generic[S, R]):
             loaded: tuple[nn.Module, Any] | None = None, use_cache: bool = True, progress: bool = True) -> R:
         """The record of ``model`` (a name or folder, or a ``Subject``; loaded unless ``loaded`` is given) under
         ``settings`` (default: the defaults): read from the cache when the weights and settings match, else
-        computed and cached in the subject's folder for this study."""
+        computed and cached in the subject's folder for this study; named as the subject names its model
+        (``Subject.named``)."""
         settings = settings if settings is not None else self.settings()
         dtype = {"dtype": settings.dtype} if hasattr(settings, "dtype") else {}  # a study that names its dtype
         subject = model if isinstance(model, Subject) else Subject(str(model), options=dtype, device=device,
@@ -63,5 +64,5 @@ class Study(Generic[S, R]):
         if not self.cached:
             return self.compute(subject, settings)
         key = {"fingerprint": subject.fingerprint(), "record": self.version, **asdict(settings)}
-        return cached(self.record, self.folder(subject), self.name, key, lambda: self.compute(subject, settings),
-                      use_cache)
+        return subject.named(cached(self.record, self.folder(subject), self.name, key,
+                                    lambda: self.compute(subject, settings), use_cache))

@@ -3,7 +3,7 @@ one model after exiting at every layer and after removing n layers by each rule 
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from sdlib.cache import Record
@@ -77,8 +77,7 @@ def early_exit(subject: Subject, settings: EarlyExitSettings) -> PruningStudy:
     """Quality and greedy-decoding speed after early exit at every layer and after removing n layers by each
     strategy of ``sdlib.pruning``."""
 
-    measure = MeasureSettings(**{f.name: getattr(settings, f.name) for f in fields(MeasureSettings)})
-    D = subject.measurement(measure).D["normed"]
+    D = subject.measurement(settings).D["normed"]
     tasks = ["lambada_openai", "wikitext"]
     scoring = EvalSettings(subset="pruning", limit={t: getattr(settings, t) for t in tasks},
                            max_length=settings.max_length)

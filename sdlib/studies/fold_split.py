@@ -18,7 +18,7 @@ D_0..D_{L-1}, and final-layer LAMBADA of both models paired over the same passag
 from __future__ import annotations
 
 import copy
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -136,14 +136,13 @@ def fold_split(subject: Subject, settings: FoldSplitSettings) -> FoldSplitRecord
     model, tokenizer = subject.model, subject.tokenizer
     folded = fold_final_norm(copy.deepcopy(model), scale=settings.scale or None)
     windows, documents, data_hashes = settings.sample(tokenizer)
-    original_m = subject.measurement(MeasureSettings(**{f.name: getattr(settings, f.name)
-                                                         for f in fields(MeasureSettings)}))
+    original_m = subject.measurement(settings)
     comparison, folded_m = compare_outputs(model, folded, windows, settings.batch_size, subject.progress)
     folded_m.window_documents = documents
     per_reading = {"normed": (original_m, "normed"), "pre_norm": (original_m, "pre_norm"),
                    "folded": (folded_m, "normed")}
     D = {r: m.D[c] for r, (m, c) in per_reading.items()}
-    S = {r: (m.S[c], *m.S_interval(c)) for r, (m, c) in per_reading.items()}
+    S = {r: Interval(m.S[c], *m.S_interval(c)) for r, (m, c) in per_reading.items()}
     S_change = paired_S_difference(original_m.per_window_D["normed"], folded_m.per_window_D["normed"],
                                    documents=documents)
     subset = load_subset(settings.eval_subset, subject.placed_on())
