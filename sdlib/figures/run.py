@@ -22,6 +22,7 @@ from sdlib.experiments import compare
 from sdlib.experiments.grid import log_setting
 from sdlib.experiments.grid_config import Grid
 from sdlib.experiments.profiles import DEFAULT_PROFILE, Pair, Profile, load_profile
+from sdlib.figures.kernel import QuietShutdownKernelManager
 from sdlib.figures.output import save_figure
 from sdlib.figures.plots import ablation_figure, grid_training_figure
 from sdlib.models import resolve_checkpoint
@@ -298,7 +299,7 @@ def run_notebooks(profile_name: str, names: list[str] | None = None, options: di
         try:
             papermill.execute_notebook(src, out_dir / f"{name}.ipynb", parameters=values,
                                        kernel_name=kernel, cwd=str(notebooks_dir()), progress_bar=progress,
-                                       extra_arguments=KERNEL_ARGUMENTS)
+                                       extra_arguments=KERNEL_ARGUMENTS, kernel_manager_class=QuietShutdownKernelManager)
         except papermill.PapermillExecutionError as err:
             raise SdlibError(f"notebook {name} failed in cell {err.exec_count}: {err.ename}: "
                              f"{str(err.evalue).splitlines()[0] if err.evalue else ''} "

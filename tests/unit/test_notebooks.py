@@ -37,3 +37,36 @@ def test_parameters_cell_holds_literals_only(path):
         names += [t.id for t in node.targets]
     assert "profile" in names or "model_name" in names
     assert nb["metadata"]["kernelspec"]["name"] == "sdlib"
+
+
+def test_a_finished_notebooks_kernel_shuts_down_without_an_interrupt():
+    """jupyter_client interrupts a kernel before shutting it down; an interrupt landing in a message handler is
+    logged by ipykernel at ERROR ("KeyboardInterrupt caught in kernel") into the run's output. The figure notebooks'
+    kernel manager shuts down with the request alone, and still interrupts when asked to."""
+    import asyncio
+    import signal
+
+    from sdlib.figures.kernel import QuietShutdownKernelManager
+
+    async def run() -> tuple[list[int], list[int], bool]:
+        km = QuietShutdownKernelManager(kernel_name="python3")
+        sent: list[int] = []
+        send = km._async_signal_kernel
+
+        async def spy(signum: int) -> None:
+            sent.append(signum)
+            await send(signum)
+
+        km._async_signal_kernel = spy
+        await km.start_kernel(extra_arguments=["--IPKernelApp.log_level=ERROR"])
+        try:
+            await km.interrupt_kernel()
+            asked = list(sent)
+            sent.clear()
+        finally:
+            await km.shutdown_kernel()
+        return asked, sent, await km.is_alive()
+
+    asked, at_shutdown, alive = asyncio.run(run())
+    assert asked == [signal.SIGINT], "an interrupt asked for is still sent"
+    assert signal.SIGINT not in at_shutdown and not alive, "shut down by the request, not by an interrupt"
