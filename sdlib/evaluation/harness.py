@@ -47,6 +47,10 @@ class LayerLM(HFLM):
         model, tok = _load_pretrained(pretrained, tokenizer, dtype, device)
         model.eval()
         super().__init__(pretrained=model, tokenizer=tok, batch_size=batch_size, max_length=max_length, **kwargs)
+        # lm-eval tokenizes a whole WikiText page and scores it in rolling windows of max_length, so a page longer
+        # than the model's positions is expected: mark transformers' once-only "indexing errors" warning as given
+        getattr(self.tokenizer, "deprecation_warnings", {})[
+            "sequence-length-is-longer-than-the-specified-maximum"] = True
         self.num_layers = decoder_parts(model).num_layers  # L + 1
         self.layer = None if layer in (None, "", "None") else int(layer)
         if self.layer is not None and not 0 <= self.layer < self.num_layers:
