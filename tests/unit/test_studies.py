@@ -1,6 +1,6 @@
 """The study shape: every registered study has frozen settings with defaults and a record that round-trips; the
-README's "adding a study" example is a real registered module; a study added by one file and one registration
-runs from the command line and is cached."""
+"adding a study" example of docs/layout.md is a real registered module; a study added by one file and one
+registration runs from the command line and is cached."""
 
 import dataclasses
 import json
@@ -33,9 +33,9 @@ def test_every_study_has_frozen_settings_with_defaults():
         registry.register(dataclasses.replace(registry.get("norms")))
 
 
-def test_the_readme_example_is_the_registered_norms_study():
-    readme = (ROOT / "README.md").read_text()
-    section = readme[readme.index("### Adding a model family, a study or a figure"):]
+def test_the_layout_guides_example_is_the_registered_norms_study():
+    guide = (ROOT / "docs" / "layout.md").read_text()
+    section = guide[guide.index("## Adding a model family, a study or a figure"):]
     block = re.search(r"```python\n(.*?)```", section, re.S).group(1)
     assert block == (ROOT / "sdlib/studies/norms.py").read_text()
     registrations = [line.strip() for line in (ROOT / "sdlib/studies/registry.py").read_text().splitlines()
