@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -298,35 +299,54 @@ def table_figure(df, title: str = "Summary") -> go.Figure:
     return fig
 
 
+PRUNING_METHODS = {  # method -> (legend text, line dash, marker)
+    "early_exit": ("early exit (logit lens)", "solid", "circle"),
+    "movement": ("remove lowest-D layers (ShortGPT)", "dash", "square"),
+    "last": ("remove the last layers before L", "dot", "diamond"),
+}
+
+
+def pruning_setting(studies: Sequence[Any]) -> str:
+    """What the cuts were scored on, from the records' settings: LAMBADA passages, WikiText pages, max length."""
+    settings = {(s.settings.get("lambada_openai"), s.settings.get("wikitext"), s.settings.get("max_length"))
+                for s in studies}
+    return "; ".join(f"LAMBADA first {n} passages (95% intervals), WikiText {p} page{'s' * (p != 1)}, max length {m}"
+                     for n, p, m in sorted(settings, key=str))
+
+
 def pruning_figure(studies: Sequence[Any], title: str = "Early exit and layer deletion") -> go.Figure:
-    """LAMBADA accuracy and WikiText word perplexity against layers removed, and accuracy against the measured
-    decoding speed-up (``sdlib.experiments.early_exit.PruningStudy`` records); one colour per method, dashed =
-    pretrained, solid = self-distilled."""
-    methods = {"early_exit": "early exit (logit lens)", "movement": "remove lowest-D layers (ShortGPT)",
-               "last": "remove the last layers before L"}
-    fig = make_subplots(rows=1, cols=3, subplot_titles=["LAMBADA accuracy", "WikiText word perplexity",
+    """LAMBADA accuracy (with its 95% interval over passages) and WikiText word perplexity against layers removed,
+    and accuracy against the measured decoding speed-up (``sdlib.studies.early_exit.PruningStudy`` records). One
+    colour per model, as in every figure (``model_colors``); the line and marker say the method."""
+    colors = model_colors([(s.model or "", s.role, s.label) for s in studies])
+    fig = make_subplots(rows=1, cols=3, subplot_titles=["LAMBADA accuracy [95%]", "WikiText word perplexity",
                                                         "LAMBADA accuracy vs decoding speed-up"])
     for study in studies:
-        for i, (method, name) in enumerate(methods.items()):
+        for method, (name, dash, symbol) in PRUNING_METHODS.items():
             rows = study.of(method)
-            line = {"color": PALETTE[i], "dash": DASH[study.role]}
+            style = {"line": {"color": colors[study.label], "dash": dash}, "marker": {"symbol": symbol, "size": 7}}
             label = f"{study.label}: {name}"
             x = [r.layers_removed for r in rows]
-            fig.add_trace(go.Scatter(x=x, y=[r.lambada_acc for r in rows], mode="lines+markers", name=label,
-                                     legendgroup=label, line=line), row=1, col=1)
+            acc = [r.lambada() for r in rows]
+            bars = None
+            if all(math.isfinite(a.lo) for a in acc):
+                bars = {"type": "data", "symmetric": False, "array": [a.hi - a.value for a in acc],
+                        "arrayminus": [a.value - a.lo for a in acc], "thickness": 1, "width": 3}
+            fig.add_trace(go.Scatter(x=x, y=[a.value for a in acc], mode="lines+markers", name=label,
+                                     legendgroup=label, error_y=bars, **style), row=1, col=1)
             fig.add_trace(go.Scatter(x=x, y=[r.wikitext_word_ppl for r in rows], mode="lines+markers", name=label,
-                                     legendgroup=label, showlegend=False, line=line), row=1, col=2)
+                                     legendgroup=label, showlegend=False, **style), row=1, col=2)
             timed = [r for r in rows if r.tokens_per_s]
             fig.add_trace(go.Scatter(x=[r.tokens_per_s / study.full_tokens_per_s for r in timed],
                                      y=[r.lambada_acc for r in timed], mode="lines+markers", name=label,
-                                     legendgroup=label, showlegend=False, line=line), row=1, col=3)
+                                     legendgroup=label, showlegend=False, **style), row=1, col=3)
     for col, x_title in ((1, "decoder layers removed"), (2, "decoder layers removed"), (3, "speed-up (x)")):
         fig.update_xaxes(title_text=x_title, row=1, col=col)
     fig.update_yaxes(type="log", row=1, col=2)
-    fig.update_layout(title=title, template="plotly_white", width=1500, height=560,
-                      legend={"orientation": "h", "y": -0.2, "x": 0})
+    setting = pruning_setting(studies)
+    fig.update_layout(title=f"{title}<br><sup>{setting}</sup>" if setting else title, template="plotly_white",
+                      width=1500, height=600, legend={"orientation": "h", "y": -0.2, "x": 0})
     return fig
-
 
 
 def ablation_figure(table, title: str = "One-factor grid", target_ratio: float = 0.95) -> go.Figure:

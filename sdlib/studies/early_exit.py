@@ -3,6 +3,7 @@ one model after exiting at every layer and after removing n layers by each rule 
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -13,6 +14,7 @@ from sdlib.evaluation.subject import Subject
 from sdlib.parts import decoder_parts
 from sdlib.provenance import provenance
 from sdlib.pruning import STRATEGIES, generation_speed, keep_layers, prune
+from sdlib.stats import Interval, accuracy_interval
 from sdlib.studies.base import Study
 
 
@@ -29,6 +31,13 @@ class PrunedModel(Record):
     wikitext_word_ppl: float
     tokens_per_s: float | None
     """measured greedy decoding speed with ``kept`` layers (None where not timed)"""
+    lambada_lo: float | None = None
+    lambada_hi: float | None = None
+    """the accuracy's 95% bootstrap interval over the passages (None in records made before it was kept)"""
+
+    def lambada(self) -> Interval:
+        lo, hi = (math.nan, math.nan) if self.lambada_lo is None else (self.lambada_lo, self.lambada_hi)
+        return Interval(self.lambada_acc, lo, hi)
 
 
 @dataclass
@@ -42,6 +51,8 @@ class PruningStudy(Record):
     settings: dict[str, Any]
     movement_D: list[float]
     provenance: dict[str, Any] = field(default_factory=dict)
+    model: str = ""
+    """the base model's name (the same for a model and the runs trained from it: what colours a figure by)"""
 
     def full(self) -> PrunedModel:
         return next(r for r in self.rows if r.method == "early_exit" and r.layers_removed == 0)
@@ -83,8 +94,10 @@ def early_exit(subject: Subject, settings: EarlyExitSettings) -> PruningStudy:
                            max_length=settings.max_length)
 
     def cut(method, n_removed, kept, removed, results, column, speed) -> PrunedModel:
-        return PrunedModel(method, n_removed, kept, removed, float(results["lambada_openai"].metrics["acc"][column]),
-                           float(results["wikitext"].metrics["word_perplexity"][column]), speed)
+        lambada = results["lambada_openai"]
+        _, lo, hi = accuracy_interval(lambada.greedy[:, column].astype(float))
+        return PrunedModel(method, n_removed, kept, removed, float(lambada.metrics["acc"][column]),
+                           float(results["wikitext"].metrics["word_perplexity"][column]), speed, lo, hi)
 
     model, tok = subject.load()
     n_layers = decoder_parts(model).num_layers
@@ -102,7 +115,7 @@ def early_exit(subject: Subject, settings: EarlyExitSettings) -> PruningStudy:
             rows.append(cut(strategy, n, n_layers - n, removed, scored, 0, speeds[n_layers - n]))
     return PruningStudy(label=subject.label, role=str(subject.role), rows=rows, full_tokens_per_s=speeds[n_layers],
                         settings=asdict(settings), movement_D=D,
-                        provenance=provenance(device=subject.placed_on(), limits=asdict(settings)))
+                        provenance=provenance(device=subject.placed_on(), limits=asdict(settings)), model=subject.name)
 
 
 def layers_removable(study: PruningStudy, method: str, fraction: float = 0.95) -> tuple[int, float | None]:

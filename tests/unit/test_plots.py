@@ -106,3 +106,38 @@ def test_a_long_table_entry_wraps_to_its_column_instead_of_widening_it():
     entry = wrapped.data[0].cells.values[1][1]
     assert entry.replace("<br>", " ") == setting and entry.count("<br>") == 1
     assert wrapped.layout.height > short.layout.height + 26  # the extra line has room
+
+
+def _pruning(label, role, with_intervals=True):
+    from sdlib.studies.early_exit import PrunedModel, PruningStudy
+
+    def row(method, removed, acc):
+        lo, hi = (acc - 0.05, acc + 0.04) if with_intervals else (None, None)
+        return PrunedModel(method, removed, 4 - removed, [], acc, 30.0 + removed, 10.0 - removed, lo, hi)
+
+    rows = [row("early_exit", n, 0.5 - 0.1 * n) for n in range(4)]
+    rows += [row(m, n, 0.45 - 0.1 * n) for m in ("movement", "last") for n in (1, 2)]
+    return PruningStudy(label=label, role=role, rows=rows, full_tokens_per_s=10.0,
+                        settings={"lambada_openai": 100, "wikitext": 1, "max_length": 512}, movement_D=[0.1] * 4,
+                        model="m")
+
+
+def test_the_pruning_figure_colours_models_and_shows_the_intervals_and_the_setting():
+    from sdlib.figures.plots import PRETRAINED_GREY, pruning_figure
+
+    studies = [_pruning("m (pretrained)", "pretrained"), _pruning("m (recipe A)", "self_distilled"),
+               _pruning("m (recipe B)", "self_distilled")]
+    fig = pruning_figure(studies)
+    colour = {}
+    for trace in fig.data:
+        colour.setdefault(trace.legendgroup.split(": ")[0], set()).add(trace.line.color)
+    assert all(len(c) == 1 for c in colour.values()), "every trace of one model has that model's colour"
+    assert colour["m (pretrained)"] == {PRETRAINED_GREY} and len(set.union(*colour.values())) == 3
+    lambada = [t for t in fig.data if t.xaxis == "x"]
+    assert len(lambada) == 9 and all(t.error_y.array is not None for t in lambada)
+    early = next(t for t in lambada if t.name == "m (recipe A): early exit (logit lens)")
+    assert all(abs(a - 0.04) < 1e-9 for a in early.error_y.array)
+    assert "LAMBADA first 100 passages" in fig.layout.title.text and "WikiText 1 page," in fig.layout.title.text
+    # a record made before intervals were kept still draws, without bars
+    old = pruning_figure([_pruning("m (pretrained)", "pretrained", with_intervals=False)])
+    assert old.data[0].error_y.array is None
