@@ -310,7 +310,8 @@ def pruning_setting(studies: Sequence[Any]) -> str:
     """What the cuts were scored on, from the records' settings: LAMBADA passages, WikiText pages, max length."""
     settings = {(s.settings.get("lambada_openai"), s.settings.get("wikitext"), s.settings.get("max_length"))
                 for s in studies}
-    return "; ".join(f"LAMBADA first {n} passages (95% intervals), WikiText {p} page{'s' * (p != 1)}, max length {m}"
+    bars = " (95% intervals)" if all(r.lambada_lo is not None for s in studies for r in s.rows) else ""
+    return "; ".join(f"LAMBADA first {n} passages{bars}, WikiText {p} page{'s' * (p != 1)}, max length {m}"
                      for n, p, m in sorted(settings, key=str))
 
 

@@ -140,4 +140,5 @@ def test_the_pruning_figure_colours_models_and_shows_the_intervals_and_the_setti
     assert "LAMBADA first 100 passages" in fig.layout.title.text and "WikiText 1 page," in fig.layout.title.text
     # a record made before intervals were kept still draws, without bars
     old = pruning_figure([_pruning("m (pretrained)", "pretrained", with_intervals=False)])
-    assert old.data[0].error_y.array is None
+    assert old.data[0].error_y.array is None and "interval" not in old.layout.title.text
+    assert "LAMBADA first 100 passages (95% intervals)" in fig.layout.title.text
