@@ -18,4 +18,3 @@ class QuietShutdownKernelManager(AsyncKernelManager):
         if self.shutting_down:
             return
         await super()._async_interrupt_kernel()
-

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import itertools
-import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -24,6 +23,16 @@ def show_token(token: str) -> str:
 
 
 PRETRAINED_GREY = "#8c8c8c"
+
+
+def error_bars(value, lo, hi, **style: Any) -> dict[str, Any] | None:
+    """Plotly's asymmetric ``error_y`` for values with their interval bounds (sequences of one length), or None
+    where a bound is missing (NaN or None): a figure draws intervals only where every one was kept."""
+    value, lo, hi = (np.asarray(x, dtype=float) for x in (value, lo, hi))
+    if not lo.size or not (np.isfinite(lo).all() and np.isfinite(hi).all()):
+        return None
+    return {"type": "data", "symmetric": False, "array": (hi - value).tolist(), "arrayminus": (value - lo).tolist(),
+            **style}
 
 
 def model_colors(series: Sequence[tuple[str, str | None, str]]) -> dict[str, str]:
@@ -205,10 +214,7 @@ def layer_metric_figure(table, task: str, metric: str, log_y: bool = False, titl
         for col, shown in ((1, rows), (2, rows[rows["layer"].isin(late)])):
             if col == 2 and not late:
                 continue
-            bars = None
-            if "lo" in shown and shown["lo"].notna().all():
-                bars = {"type": "data", "symmetric": False, "array": (shown["hi"] - shown["value"]).tolist(),
-                        "arrayminus": (shown["value"] - shown["lo"]).tolist(), "thickness": 1}
+            bars = error_bars(shown["value"], shown["lo"], shown["hi"], thickness=1) if "lo" in shown else None
             fig.add_trace(go.Scatter(x=shown["layer"], y=shown["value"], mode="lines+markers", name=label,
                                      legendgroup=label, showlegend=col == 1, error_y=bars, line=line), row=1, col=col)
     n = int(part["n"].iloc[0]) if len(part) else 0
@@ -329,12 +335,9 @@ def pruning_figure(studies: Sequence[Any], title: str = "Early exit and layer de
             label = f"{study.label}: {name}"
             x = [r.layers_removed for r in rows]
             acc = [r.lambada() for r in rows]
-            bars = None
-            if all(math.isfinite(a.lo) for a in acc):
-                bars = {"type": "data", "symmetric": False, "array": [a.hi - a.value for a in acc],
-                        "arrayminus": [a.value - a.lo for a in acc], "thickness": 1, "width": 3}
             fig.add_trace(go.Scatter(x=x, y=[a.value for a in acc], mode="lines+markers", name=label,
-                                     legendgroup=label, error_y=bars, **style), row=1, col=1)
+                                     legendgroup=label, error_y=error_bars(*zip(*acc), thickness=1, width=3),
+                                     **style), row=1, col=1)
             fig.add_trace(go.Scatter(x=x, y=[r.wikitext_word_ppl for r in rows], mode="lines+markers", name=label,
                                      legendgroup=label, showlegend=False, **style), row=1, col=2)
             timed = [r for r in rows if r.tokens_per_s]
@@ -363,15 +366,11 @@ def ablation_figure(table, title: str = "One-factor grid", target_ratio: float =
         change, lo, hi = (cells[f"S_{conv}_change{s}"] for s in ("", "_lo", "_hi"))
         fig.add_trace(go.Scatter(x=cells["cell"], y=change, mode="markers", name=f"change of S ({conv})",
                                  marker={"color": PALETTE[i], "size": 10, "symbol": ("circle", "diamond")[i]},
-                                 error_y={"type": "data", "symmetric": False, "array": hi - change,
-                                          "arrayminus": change - lo, "thickness": 2, "width": 6}), row=1, col=1)
+                                 error_y=error_bars(change, lo, hi, thickness=2, width=6)), row=1, col=1)
     fig.add_hline(y=0, line={"color": "black", "width": 1}, row=1, col=1)
     ratio = cells["lambada_final_vs_pretrained"]
-    bars = None
-    if "lambada_final_vs_pretrained_lo" in cells and cells["lambada_final_vs_pretrained_lo"].notna().all():
-        bars = {"type": "data", "symmetric": False, "thickness": 2,
-                "array": cells["lambada_final_vs_pretrained_hi"] - ratio,
-                "arrayminus": ratio - cells["lambada_final_vs_pretrained_lo"]}
+    bars = (error_bars(ratio, cells["lambada_final_vs_pretrained_lo"], cells["lambada_final_vs_pretrained_hi"],
+                       thickness=2) if "lambada_final_vs_pretrained_lo" in cells else None)
     fig.add_trace(go.Bar(x=cells["cell"], y=ratio, name="LAMBADA final / pretrained", marker_color=PALETTE[2],
                          error_y=bars, text=[f"{v:.2f}" for v in ratio], textposition="inside",
                          insidetextanchor="middle"), row=1, col=2)
@@ -540,9 +539,7 @@ def _gpu_scores(fig: go.Figure, row: int, role: str, rec: Any, dash: str) -> Non
     layers, acc = e.layers, e.lambada_acc
     fig.add_trace(go.Scatter(x=layers, y=acc, mode="lines+markers", showlegend=False,
                              line={"dash": dash, "color": PALETTE[2]}, name=f"{role}: LAMBADA",
-                             error_y={"type": "data", "symmetric": False,
-                                      "array": [h - v for h, v in zip(e.lambada_hi, acc)],
-                                      "arrayminus": [v - lo for v, lo in zip(acc, e.lambada_lo)]}), row=row, col=3)
+                             error_y=error_bars(acc, e.lambada_lo, e.lambada_hi)), row=row, col=3)
     fig.add_trace(go.Scatter(x=layers, y=e.wikitext_word_ppl, mode="lines+markers", showlegend=False,
                              line={"dash": dash, "color": PALETTE[3]}, name=f"{role}: WikiText"), row=row, col=4)
 

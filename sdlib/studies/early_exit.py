@@ -3,7 +3,6 @@ one model after exiting at every layer and after removing n layers by each rule 
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -36,8 +35,7 @@ class PrunedModel(Record):
     """the accuracy's 95% bootstrap interval over the passages (None in records made before it was kept)"""
 
     def lambada(self) -> Interval:
-        lo, hi = (math.nan, math.nan) if self.lambada_lo is None else (self.lambada_lo, self.lambada_hi)
-        return Interval(self.lambada_acc, lo, hi)
+        return Interval.of((self.lambada_acc, self.lambada_lo, self.lambada_hi))
 
 
 @dataclass
