@@ -123,12 +123,15 @@ def evaluate_layers(model: nn.Module, tokenizer, tasks=("lambada_openai", "wikit
     settings = settings or EvalSettings()
     names = check_tasks(list(tasks))
     task_objs = load_tasks(names)
-    bar = tqdm(disable=not progress, unit="req", desc="evaluate")
+    bar = None  # one bar per task, made once its number of requests is known
+
+    def advance(n: int) -> None:
+        bar.update(n)
 
     n = decoder_parts(model).num_layers
     score = None if layers is None else [l % n for l in layers]
     lm = AllLayersLM(model, tokenizer=tokenizer, batch_size=batch_size, max_length=settings.max_length,
-                     chunk_tokens=chunk_tokens, on_batch=bar.update, score_layers=score)
+                     chunk_tokens=chunk_tokens, on_batch=advance, score_layers=score)
     out = {}
     for name in names:
         task = task_objs[name]
@@ -136,8 +139,8 @@ def evaluate_layers(model: nn.Module, tokenizer, tasks=("lambada_openai", "wikit
         instances = sorted(task.instances, key=lambda inst: inst.doc_id)
         if not instances:
             raise SdlibError(f"{name}: no documents to evaluate (limit {settings.limit_for(name)})")
-        bar.set_description(f"evaluate {name}")
-        bar.reset(total=len(instances) if task.OUTPUT_TYPE == "loglikelihood" else lm.rolling_windows(instances))
+        total = len(instances) if task.OUTPUT_TYPE == "loglikelihood" else lm.rolling_windows(instances)
+        bar = tqdm(total=total, disable=not progress, unit="req", desc=f"evaluate {name}")
         if task.OUTPUT_TYPE == "loglikelihood":
             raw = lm.loglikelihood(instances, disable_tqdm=True)
             loglik = np.stack([r[0] for r in raw])
@@ -150,9 +153,9 @@ def evaluate_layers(model: nn.Module, tokenizer, tasks=("lambada_openai", "wikit
             per_layer = [[(ll,) for ll in loglik[:, layer]] for layer in range(loglik.shape[1])]
         else:
             raise SdlibError(f"{name}: output type {task.OUTPUT_TYPE} is not supported")
+        bar.close()
         out[name] = TaskResult(name, [inst.doc_id for inst in instances], loglik, greedy,
                                _aggregate(task, instances, per_layer), lm.max_length, list(lm.score_layers))
-    bar.close()
     return out
 
 

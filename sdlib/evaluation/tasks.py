@@ -191,7 +191,12 @@ def load_tasks(names: list[str]) -> dict:
 
 @lru_cache(maxsize=8)
 def _load_tasks(names: tuple[str, ...], include: str | None) -> tuple:
+    import datasets
+
     manager = _task_manager(include)
+    quiet = include is not None and not datasets.are_progress_bars_disabled()
+    if quiet:  # building the local copies takes a second; its bar ("Generating test split: 0 examples") has no total
+        datasets.disable_progress_bars()
     try:
         loaded = manager.load(list(names))["tasks"]
     except Exception as err:  # datasets raises many types for "no network"
@@ -202,6 +207,9 @@ def _load_tasks(names: tuple[str, ...], include: str | None) -> tuple:
             f"({type(err).__name__}); offline, set SDLIB_DATA_DIR to a folder holding "
             f"{', '.join(r for n in names for r in OFFLINE[n].files.values())} (laid out as data/README.md says)"
         ) from err
+    finally:
+        if quiet:
+            datasets.enable_progress_bars()
     return tuple((name, loaded[name]) for name in names)
 
 

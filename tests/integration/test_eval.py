@@ -3,6 +3,7 @@
 import json
 import math
 import os
+import re
 
 import numpy as np
 import pytest
@@ -92,10 +93,14 @@ def test_eval_cli_writes_a_tidy_table_and_reuses_its_cache(tmp_path):
     import pandas as pd
 
     args = ("eval", "tiny-llama", "--limit", "3", "--max-length", "64", "--out", str(tmp_path / "ev"))
-    first = _sdlib(*args)
+    first = _sdlib(*args, env_extra={"HF_DATASETS_CACHE": str(tmp_path / "hf")})  # the local copies built afresh
     assert first.returncode == 0, first.stderr
     # a WikiText page longer than the model's positions is scored in rolling windows, as lm-eval means it to be
     assert "Token indices sequence length" not in first.stderr, "transformers' warning about indexing errors"
+    # every evaluation bar shows a total ("evaluate wikitext: 100%| 3/3 [..."), none a bare count ("0req [...")
+    assert "evaluate lambada_openai:" in first.stderr and "evaluate wikitext:" in first.stderr
+    assert not re.search(r"\d+req \[", first.stderr), "an evaluation bar without a total"
+    assert "examples [" not in first.stderr, "datasets' bar without a total (building the local copies)"
     table = pd.read_csv(tmp_path / "ev" / "results.csv")
     assert {"model", "checkpoint", "task", "layer", "metric", "value", "n", "max_length", "limit",
             "lm_eval_version"} <= set(table.columns)
