@@ -140,8 +140,9 @@ def write_json(path: str | os.PathLike, obj: Any) -> Path:
     return Path(path)
 
 
-RUN_STAMP = ("git_commit", "created")
-"""the provenance keys that say when and at which commit a file was written, not what it holds"""
+RUN_STAMP = ("git_commit", "created", "computed_at", "device")
+"""the provenance keys that say when, where and at which commits a file was written and computed, not what it holds
+(a figure redrawn from its JSON with the same numbers is the same figure, whichever commit or machine drew it)"""
 
 
 def same_but_run_stamp(path: str | os.PathLike, obj: Any) -> bool:

@@ -168,6 +168,15 @@ def test_a_grid_redraws_from_its_saved_json(tmp_path):
             assert redrawn["provenance"]["computed_at"] == (committed["provenance"].get("computed_at")
                                                             or [committed["provenance"]["git_commit"]])
             assert path.with_suffix(".png").stat().st_size > 0 and path.with_suffix(".html").stat().st_size > 0
+        # `./run_all.sh --redraw` over the committed files leaves them as they are: only provenance would change
+        clean = tmp_path / f"clean-{grid}"
+        clean.mkdir()
+        files = [FIGURES / f"ablation_grid_{grid}{part}.{ext}" for part in ("", "_training")
+                 for ext in ("json", "png", "html")]
+        for path in files:
+            shutil.copy(path, clean / path.name)
+        redraw_grid(spec, clean)
+        assert all((clean / p.name).read_bytes() == p.read_bytes() for p in files), "a redraw rewrote a figure"
         # the over-training panels are the training logs' measurement, and say so
         logged = json.loads((FIGURES / f"ablation_grid_{grid}_training.json").read_text())["numbers"]["grid"]
         expected = log_setting(spec)
