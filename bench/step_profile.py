@@ -90,7 +90,9 @@ def run_row(row: str, args) -> dict:
     config = replace(grid.config("00-paper"), name="bench", output_dir="/tmp/sdlib-bench", seq_len=args.seq_len,
                      micro_batch=args.micro_batch, batch_size=args.micro_batch, eval_every=0, eval_steps=[],
                      save_every=0, lens_samples=4 if row == "sampled" else 0, chunk_size=args.chunk,
-                     max_tokens=10**9, model=args.model, data=args.data)
+                     max_tokens=10**9, model=args.model, data=args.data,
+                     # a local training file is also the held-out text the recipe sets up: no other data is read
+                     **({"eval_text": args.data} if Path(args.data).is_file() else {}))
     recipe = SelfDistillation(config, progress=False)
     recipe.setup()
     student, teacher = recipe.unwrapped, recipe.teacher
