@@ -123,15 +123,10 @@ def evaluate_layers(model: nn.Module, tokenizer, tasks=("lambada_openai", "wikit
     settings = settings or EvalSettings()
     names = check_tasks(list(tasks))
     task_objs = load_tasks(names)
-    bar = None  # one bar per task, made once its number of requests is known
-
-    def advance(n: int) -> None:
-        bar.update(n)
-
     n = decoder_parts(model).num_layers
     score = None if layers is None else [l % n for l in layers]
     lm = AllLayersLM(model, tokenizer=tokenizer, batch_size=batch_size, max_length=settings.max_length,
-                     chunk_tokens=chunk_tokens, on_batch=advance, score_layers=score)
+                     chunk_tokens=chunk_tokens, score_layers=score)
     out = {}
     for name in names:
         task = task_objs[name]
@@ -140,7 +135,8 @@ def evaluate_layers(model: nn.Module, tokenizer, tasks=("lambada_openai", "wikit
         if not instances:
             raise SdlibError(f"{name}: no documents to evaluate (limit {settings.limit_for(name)})")
         total = len(instances) if task.OUTPUT_TYPE == "loglikelihood" else lm.rolling_windows(instances)
-        bar = tqdm(total=total, disable=not progress, unit="req", desc=f"evaluate {name}")
+        bar = tqdm(total=total, disable=not progress, unit="req", desc=f"evaluate {name}")  # one per task, counted
+        lm.on_batch = bar.update
         if task.OUTPUT_TYPE == "loglikelihood":
             raw = lm.loglikelihood(instances, disable_tqdm=True)
             loglik = np.stack([r[0] for r in raw])
