@@ -145,7 +145,8 @@ def _add_analyze(sub) -> None:
     p.add_argument("--text", default="wikitext-test", help="measurement text (default wikitext-test)")
     p.add_argument("--windows", type=int, default=64, help="measurement windows (default 64)")
     p.add_argument("--window-len", "--window_len", type=int, default=512, help="tokens per window (default 512)")
-    p.add_argument("--subset", default="cpu-subset", help="evaluation subset (default cpu-subset; full, tiny)")
+    p.add_argument("--subset", default=AtlasSettings.eval_subset,
+                   help=f"evaluation subset (default {AtlasSettings.eval_subset}; cpu-subset, full, tiny)")
     model_args(p)
     p.set_defaults(func=_analyze)
 
