@@ -28,12 +28,14 @@ def save_figure(fig: go.Figure, name: str, numbers: dict[str, Any], out_dir: str
     if records is not None:
         # a DataFrame's rows (missing values as null), or each record exactly as it caches (NaN kept)
         stored["records"] = json_records(records) if hasattr(records, "columns") else [r.to_dict() for r in records]
-    if all(p.is_file() for p in paths.values()) and same_but_run_stamp(paths["json"], stored):
-        return paths  # the same figure: rewriting it would change only when and where it was drawn
+    # "directory": a <script src="plotly.min.js"> beside the files, written once (offline, ~4.7 MB once); the plot's
+    # element named for the figure, so the same drawing is the same text
+    html = fig.to_html(include_plotlyjs="directory", full_html=True, div_id=name)
+    if (all(p.is_file() for p in paths.values()) and paths["html"].read_text(encoding="utf-8") == html
+            and same_but_run_stamp(paths["json"], stored)):
+        return paths  # the same numbers drawn the same way: rewriting would change only when and where it was drawn
     with atomic_path(paths["html"]) as tmp:
-        # "directory": a <script src="plotly.min.js"> beside the files, written once (offline, ~4.7 MB once); the
-        # plot's element named for the figure, so the same figure is the same file
-        fig.write_html(tmp, include_plotlyjs="directory", full_html=True, div_id=name)
+        tmp.write_text(html, encoding="utf-8")
     if not (out / "plotly.min.js").exists():
         from plotly.offline import get_plotlyjs
 

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import itertools
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
@@ -434,10 +434,13 @@ def atlas_figure(records: Sequence[Any], title: str = "Convergence atlas") -> go
     D_l (normed solid, pre_norm dotted); the last step per token split into the last block's and the final
     norm's rotation; the largest channel's share of ||h_l||^2; LAMBADA accuracy and WikiText word perplexity per
     layer; and, at initialisation, the gradient norm of zeta1 and of alpha * zeta2 (both conventions) per parameter group."""
+    passages = _counts(r.evaluation.lambada_n for r in records)
+    pages = _counts(r.evaluation.wikitext_n for r in records)
     fig = make_subplots(rows=2, cols=3, horizontal_spacing=0.07, vertical_spacing=0.14, subplot_titles=[
         "movement D_l (normed solid, pre_norm dotted)", "last step, median over tokens (position 0 excluded)",
-        "largest channel's (solid) and 4 largest (dotted) share of ||h_l||²", "LAMBADA accuracy per layer (logit lens)",
-        "WikiText word perplexity per layer (logit lens)",
+        "largest channel's (solid) and 4 largest (dotted) share of ||h_l||²",
+        f"LAMBADA accuracy per layer [95%], {passages} passages",
+        f"WikiText word perplexity per layer, {pages} page(s)",
         "at initialisation: gradient norm per parameter group"])
     for i, r in enumerate(records):
         _atlas_model(fig, r, PALETTE[i % len(PALETTE)], str(i))
@@ -467,6 +470,12 @@ def atlas_figure(records: Sequence[Any], title: str = "Convergence atlas") -> go
     return fig
 
 
+def _counts(values: Iterable[int]) -> str:
+    """The count of items the records were evaluated on, once (``500``), or each model's where they differ."""
+    distinct = list(dict.fromkeys(values))
+    return f"{distinct[0]:,}" if len(distinct) == 1 else " / ".join(f"{v:,}" for v in distinct)
+
+
 def _atlas_model(fig: go.Figure, r: Any, color: str, group: str) -> None:
     """One model's traces in the six atlas panels."""
     L = r.num_layers - 1
@@ -486,9 +495,10 @@ def _atlas_model(fig: go.Figure, r: Any, color: str, group: str) -> None:
                                  line={"color": color, "dash": dash}, **common), row=1, col=3)
     e = r.evaluation
     x = [l / L for l in e.layers]
-    for col, y in ((1, e.lambada_acc), (2, e.wikitext_word_ppl)):
-        fig.add_trace(go.Scatter(x=x, y=y, mode="lines+markers", marker={"size": 4}, line={"color": color}, **common),
-                      row=2, col=col)
+    bars = error_bars(e.lambada_acc, e.lambada_lo, e.lambada_hi, thickness=1, width=2)
+    for col, y, error in ((1, e.lambada_acc, bars), (2, e.wikitext_word_ppl, None)):
+        fig.add_trace(go.Scatter(x=x, y=y, mode="lines+markers", marker={"size": 4}, line={"color": color},
+                                 error_y=error, **common), row=2, col=col)
     g = r.init.grad_norms
     groups = [k for k in ATLAS_GROUPS if k in g["zeta1"]]
     for part, pattern in zip(GRADIENT_TERMS, ("", "/", ".")):

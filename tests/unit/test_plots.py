@@ -142,3 +142,45 @@ def test_the_pruning_figure_colours_models_and_shows_the_intervals_and_the_setti
     old = pruning_figure([_pruning("m (pretrained)", "pretrained", with_intervals=False)])
     assert old.data[0].error_y.array is None and "interval" not in old.layout.title.text
     assert "LAMBADA first 100 passages (95% intervals)" in fig.layout.title.text
+
+
+def test_a_figure_is_rewritten_when_its_drawing_changes_and_kept_when_nothing_but_its_stamp_would(tmp_path):
+    import plotly.graph_objects as go
+
+    from sdlib.figures.output import save_figure
+
+    def draw(title):
+        return go.Figure(go.Scatter(x=[0, 1], y=[0.5, 0.25]), layout={"title": title})
+
+    numbers = {"S": 0.5}
+    paths = save_figure(draw("one"), "f", numbers, tmp_path, png=False)
+    before = {k: p.read_bytes() for k, p in paths.items()}
+    import json
+
+    stamp = json.loads(paths["json"].read_text())["provenance"] | {"git_commit": "a" * 40, "created": "2026-01-01"}
+    save_figure(draw("one"), "f", numbers, tmp_path, provenance=stamp, png=False)
+    assert {k: p.read_bytes() for k, p in paths.items()} == before  # the same drawing of the same numbers
+    save_figure(draw("two"), "f", numbers, tmp_path, provenance=stamp, png=False)
+    assert "two" in paths["html"].read_text() and '"git_commit": "' + "a" * 40 in paths["json"].read_text()
+
+
+def test_the_atlas_shows_lambada_with_its_intervals_and_says_what_it_was_evaluated_on():
+    import json
+    from pathlib import Path
+
+    from sdlib.figures.plots import atlas_figure
+    from sdlib.studies.atlas import AtlasRecord
+
+    saved = json.loads((Path(__file__).parents[2] / "figures" / "atlas.json").read_text())
+    records = [AtlasRecord.from_dict(r) for r in saved["records"]]
+    fig = atlas_figure(records)
+    titles = [a.text for a in fig.layout.annotations]
+    e = records[0].evaluation
+    assert f"LAMBADA accuracy per layer [95%], {e.lambada_n} passages" in titles
+    assert f"WikiText word perplexity per layer, {e.wikitext_n} page(s)" in titles
+    lambada = [t for t in fig.data if t.xaxis == "x4" and t.name == records[0].model]
+    assert len(lambada) == 1
+    bars = lambada[0].error_y
+    assert list(bars.array) == [h - a for h, a in zip(e.lambada_hi, e.lambada_acc)]
+    assert list(bars.arrayminus) == [a - lo for a, lo in zip(e.lambada_acc, e.lambada_lo)]
+    assert all(lo <= a <= h for a, lo, h in zip(e.lambada_acc, e.lambada_lo, e.lambada_hi))
