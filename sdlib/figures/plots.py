@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Iterable, Sequence
+from pathlib import PurePath
 from typing import Any
 
 import numpy as np
@@ -558,19 +559,28 @@ FOLD_READINGS = (("normed", "solid", "normed h_L (original)"), ("pre_norm", "dot
                  ("folded", "dash", "normed h_L after the fold"))
 
 
+def for_model(mapping: dict[str, Any], model: str) -> Any:
+    """``mapping``'s entry for a record's model: its own key, else the one key naming a folder of the same name (a
+    run folder saved from another clone has another absolute path: ``/a/build/runs/x`` is ``/b/build/runs/x``)."""
+    if model in mapping:
+        return mapping[model]
+    same = [v for k, v in mapping.items() if PurePath(k).name == PurePath(model).name]
+    return same[0] if len(same) == 1 else None
+
+
 def fold_split_figure(records: Sequence[Any], title: str = "The last step: the final gain's part and the block's own",
                       labels: dict[str, str] | None = None, colors: dict[str, str] | None = None) -> go.Figure:
     """Per model (``sdlib.studies.fold_split.FoldSplitRecord``): D_l against relative depth in the three readings
     (normed solid, pre-norm dotted, folded dashed; one colour per model), and the normed last step D_L as a stacked
     bar, the last block's own part (the folded D_L) under the final gain's part. ``labels`` names a record's
-    model (a run folder, say), ``colors`` gives it its colour (``model_colors``), both keyed by the record's model.
-    README width (880 px)."""
+    model (a run folder, say), ``colors`` gives it its colour (``model_colors``), both keyed by the record's model
+    (``for_model``). README width (880 px)."""
     fig = make_subplots(rows=2, cols=1, vertical_spacing=0.16, row_heights=[0.58, 0.42], subplot_titles=[
         "D_l: normed (solid), pre-norm (dotted), folded model's normed (dashed)",
         "normed D_L split: the last block's own turn (solid) + the final gain's coordinates (light)"])
     for i, r in enumerate(records):
-        color = (colors or {}).get(r.model) or PALETTE[i % len(PALETTE)]
-        name = (labels or {}).get(r.model, r.model)
+        color = for_model(colors or {}, r.model) or PALETTE[i % len(PALETTE)]
+        name = for_model(labels or {}, r.model) or r.model
         for reading, dash, what in FOLD_READINGS:
             D = r.D[reading]
             L = len(D) - 1

@@ -184,3 +184,22 @@ def test_the_atlas_shows_lambada_with_its_intervals_and_says_what_it_was_evaluat
     assert list(bars.array) == [h - a for h, a in zip(e.lambada_hi, e.lambada_acc)]
     assert list(bars.arrayminus) == [a - lo for a, lo in zip(e.lambada_acc, e.lambada_lo)]
     assert all(lo <= a <= h for a, lo, h in zip(e.lambada_acc, e.lambada_lo, e.lambada_hi))
+
+
+def test_a_run_saved_from_another_clone_keeps_its_name_and_colour_in_the_fold_split():
+    import json
+    from pathlib import Path
+
+    from sdlib.figures.plots import fold_split_figure, for_model
+    from sdlib.studies.fold_split import FoldSplitRecord
+
+    saved = json.loads((Path(__file__).parents[2] / "figures" / "jump" / "fold_split.json").read_text())
+    records = [FoldSplitRecord.from_dict(r) for r in saved["records"]]
+    runs = [r.model for r in records if "/" in r.model]
+    assert runs, "the jump profile's fold-split has trained runs"
+    here = {f"/elsewhere/build/runs/{Path(m).name}": (f"recipe {i}", f"#00000{i}") for i, m in enumerate(runs)}
+    fig = fold_split_figure(records, labels={k: v[0] for k, v in here.items()}, colors={k: v[1] for k, v in here.items()})
+    shown = {t.legendgroup: t.line.color for t in fig.data if t.type == "scatter"}
+    assert {f"recipe {i}": f"#00000{i}" for i in range(len(runs))}.items() <= shown.items()
+    assert not any("/" in g for g in shown)
+    assert for_model({"/a/x": 1, "/b/x": 2}, "/c/x") is None  # two folders of that name: no guess
