@@ -250,3 +250,32 @@ def test_the_results_qwen_table_is_the_committed_grid_record():
     cells = json.loads((FIGURES / "ablation_grid_qwen-cpu.json").read_text())["numbers"]["cells"]
     table = markdown_table(pd.DataFrame.from_records(cells, coerce_float=True))
     assert len(cells) > 1 and table in (ROOT / "RESULTS.md").read_text(), "RESULTS.md's Qwen table differs"
+
+
+def test_the_results_atlas_table_quotes_the_committed_atlas():
+    """RESULTS.md's atlas table (section 5): S with its interval, final-layer LAMBADA with its interval, the best
+    LAMBADA layer and the final-layer WikiText perplexity of each model, read back from figures/atlas.json and
+    written as the table rounds them (an independent formatting of the record, not the notebook's)."""
+    saved = json.loads((FIGURES / "atlas.json").read_text())["numbers"]
+    lines = (ROOT / "RESULTS.md").read_text().splitlines()
+    header = next(i for i, line in enumerate(lines) if line.startswith("| | SmolLM2-135M-Instruct | Gemma-3-270M |"))
+    rows = {}
+    for line in lines[header + 2:]:
+        if not line.startswith("|"):
+            break
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        rows[cells[0]] = cells[1:4]
+    models = ["smollm2-135m-instruct", "gemma3-270m", "qwen2.5-coder-0.5b-instruct"]
+    (n,) = {saved[m]["evaluation"]["lambada_n"] for m in models}  # one evaluation subset for all three
+    (pages,) = {saved[m]["evaluation"]["wikitext_n"] for m in models}
+    for i, m in enumerate(models):
+        s, e = saved[m], saved[m]["evaluation"]
+        for reading, label in (("normed", "S normed [95% bootstrap over articles]"), ("pre_norm", "S pre_norm [95%]")):
+            lo, hi = s["S_interval"][reading]
+            assert rows[label][i] == f"{s['S'][reading]:.4f} [{lo:.4f}, {hi:.4f}]", (m, reading)
+        acc, lo, hi = e["lambada_acc"][-1], e["lambada_lo"][-1], e["lambada_hi"][-1]
+        assert rows[f"LAMBADA final layer [95% bootstrap], n = {n}"][i] == f"{acc:.3f} [{lo:.3f}, {hi:.3f}]", m
+        best = max(range(len(e["lambada_acc"])), key=e["lambada_acc"].__getitem__)
+        assert rows["LAMBADA best layer"][i].replace("*", "").startswith(str(best)), m
+        ppl = rows[f"WikiText word perplexity, final layer ({pages} pages)"][i]
+        assert float(ppl) == pytest.approx(e["wikitext_word_ppl"][-1], abs=0.051), m
