@@ -54,7 +54,7 @@ class AtlasSettings(MeasureSettings):
     eval_subset: str = "cpu-short"
     """the per-layer evaluation's subset (configs/eval/<name>.yaml): cpu-short (500 LAMBADA passages, 2 WikiText
     pages), the CPU profiles' subset, so the atlas's numbers for a pretrained model are theirs; WikiText at every
-    layer is most of an atlas's cost on a CPU (cpu-subset's 8 pages take four times as long)"""
+    layer is most of an atlas's cost on a CPU, and cpu-subset has four times the pages"""
     init_sequences: int = 2
     """training sequences (FineWeb-Edu) for the at-initialisation gradients"""
     init_seq_len: int = 256
