@@ -296,8 +296,10 @@ def run_notebooks(profile_name: str, names: list[str] | None = None, options: di
                                   "options": {"output": str(profile.figures_dir()), **(options or {})}}
         if name == "00_quickstart":
             values.update(profile.quickstart)
+        declared = papermill.inspect_notebook(src)  # only what its parameters cell declares: no "unknown parameter"
         try:
-            papermill.execute_notebook(src, out_dir / f"{name}.ipynb", parameters=values,
+            papermill.execute_notebook(src, out_dir / f"{name}.ipynb",
+                                       parameters={k: v for k, v in values.items() if k in declared},
                                        kernel_name=kernel, cwd=str(notebooks_dir()), progress_bar=progress,
                                        extra_arguments=KERNEL_ARGUMENTS, kernel_manager_class=QuietShutdownKernelManager)
         except papermill.PapermillExecutionError as err:

@@ -51,6 +51,7 @@ def test_dry_run_runs_every_stage_and_returns_few_files(tmp_path):
         done = subprocess.run([os.sys.executable, "-m", "sdlib", *args], capture_output=True, text=True, env=env,
                               timeout=hang_guard(1800), cwd=ROOT)
         assert done.returncode == 0, done.stderr[-3000:]
+        assert "unknown parameter" not in done.stdout + done.stderr  # papermill is passed only declared parameters
     drawn = tmp_path / "figures" / "gpu"
     assert {"study.json", "gpu_study.png", "gpu_study.html", "gpu_study.json"} <= {p.name for p in drawn.iterdir()}
     assert "recipe: 16 steps" in " ".join(json.loads((drawn / "gpu_study.json").read_text())["numbers"]["summary"])
