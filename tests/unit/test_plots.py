@@ -1,8 +1,16 @@
 """Drawing helpers whose choices could silently hide data."""
 
+import json
+from pathlib import Path
 from types import SimpleNamespace
 
-from sdlib.figures.plots import lens_figure, lens_rows
+import plotly.graph_objects as go
+
+from sdlib.figures.output import save_figure
+from sdlib.figures.plots import atlas_figure, fold_split_figure, for_model, lens_figure, lens_rows
+from sdlib.studies.atlas import AtlasRecord
+from sdlib.studies.fold_split import FoldSplitRecord
+from tests.conftest import ROOT
 
 
 def test_lens_rows_keep_layer_0_and_the_last_layers():
@@ -145,18 +153,12 @@ def test_the_pruning_figure_colours_models_and_shows_the_intervals_and_the_setti
 
 
 def test_a_figure_is_rewritten_when_its_drawing_changes_and_kept_when_nothing_but_its_stamp_would(tmp_path):
-    import plotly.graph_objects as go
-
-    from sdlib.figures.output import save_figure
-
     def draw(title):
         return go.Figure(go.Scatter(x=[0, 1], y=[0.5, 0.25]), layout={"title": title})
 
     numbers = {"S": 0.5}
     paths = save_figure(draw("one"), "f", numbers, tmp_path, png=False)
     before = {k: p.read_bytes() for k, p in paths.items()}
-    import json
-
     stamp = json.loads(paths["json"].read_text())["provenance"] | {"git_commit": "a" * 40, "created": "2026-01-01"}
     save_figure(draw("one"), "f", numbers, tmp_path, provenance=stamp, png=False)
     assert {k: p.read_bytes() for k, p in paths.items()} == before  # the same drawing of the same numbers
@@ -165,13 +167,7 @@ def test_a_figure_is_rewritten_when_its_drawing_changes_and_kept_when_nothing_bu
 
 
 def test_the_atlas_shows_lambada_with_its_intervals_and_says_what_it_was_evaluated_on():
-    import json
-    from pathlib import Path
-
-    from sdlib.figures.plots import atlas_figure
-    from sdlib.studies.atlas import AtlasRecord
-
-    saved = json.loads((Path(__file__).parents[2] / "figures" / "atlas.json").read_text())
+    saved = json.loads((ROOT / "figures" / "atlas.json").read_text())
     records = [AtlasRecord.from_dict(r) for r in saved["records"]]
     fig = atlas_figure(records)
     titles = [a.text for a in fig.layout.annotations]
@@ -187,13 +183,7 @@ def test_the_atlas_shows_lambada_with_its_intervals_and_says_what_it_was_evaluat
 
 
 def test_a_run_saved_from_another_clone_keeps_its_name_and_colour_in_the_fold_split():
-    import json
-    from pathlib import Path
-
-    from sdlib.figures.plots import fold_split_figure, for_model
-    from sdlib.studies.fold_split import FoldSplitRecord
-
-    saved = json.loads((Path(__file__).parents[2] / "figures" / "jump" / "fold_split.json").read_text())
+    saved = json.loads((ROOT / "figures" / "jump" / "fold_split.json").read_text())
     records = [FoldSplitRecord.from_dict(r) for r in saved["records"]]
     runs = [r.model for r in records if "/" in r.model]
     assert runs, "the jump profile's fold-split has trained runs"
